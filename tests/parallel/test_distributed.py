@@ -1,0 +1,236 @@
+"""Multi-controller JAX on localhost: 2 processes x 4 CPU devices behave like 1 process x 8 devices.
+
+The test spawns this file as a script twice (`--worker`), each child with its own XLA_FLAGS (4 host
+devices, not the 8 of conftest) and GADJAX_* environment variables, so the children initialise
+through `initialize_distributed` exactly as hosts of a TPU pod do. Each child feeds only its half of
+a global batch (`jax.make_array_from_process_local_data`), runs a jitted cross-device psum and a
+sharded matmul over a global ("data"=8) mesh, and writes the (replicated) results to a file. The
+parent computes the same programs on its own 8 devices and with numpy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROWS, COLS, OUT = 16, 6, 5
+CHILD_TIMEOUT_S = 150
+
+
+def _global_inputs() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((ROWS, COLS)).astype(np.float32)
+    w = rng.standard_normal((COLS, OUT)).astype(np.float32)
+    return x, w
+
+
+def _programs(mesh):
+    """The two SPMD programs: a psum over the data axis and a data-sharded matmul + global sum."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    @jax.jit
+    def psum_rows(x):
+        # Per-device partial column sums, then an explicit cross-device (cross-process) psum.
+        f = jax.shard_map(
+            lambda xs: jax.lax.psum(jnp.sum(xs, axis=0), "data"),
+            mesh=mesh, in_specs=P("data", None), out_specs=P(),
+        )
+        return f(x)
+
+    @jax.jit
+    def matmul(x, w):
+        y = jnp.dot(x, w)  # [ROWS, OUT] sharded over data
+        y = jax.lax.with_sharding_constraint(y, NamedSharding(mesh, P("data", None)))
+        # Replicate so every process can read the whole result; the sum needs an all-reduce.
+        rep = NamedSharding(mesh, P())
+        return jax.lax.with_sharding_constraint(y, rep), jax.lax.with_sharding_constraint(jnp.sum(y), rep)
+
+    return psum_rows, matmul
+
+
+def _run_programs(process_rows: slice) -> dict[str, np.ndarray]:
+    """Run both programs on a (data=all devices) mesh; this process contributes rows `process_rows`."""
+    import jax
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    x, w = _global_inputs()
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    xg = jax.make_array_from_process_local_data(
+        NamedSharding(mesh, P("data", None)), x[process_rows], (ROWS, COLS)
+    )
+    wg = jax.make_array_from_process_local_data(NamedSharding(mesh, P()), w, (COLS, OUT))
+    psum_rows, matmul = _programs(mesh)
+    # Block on each result before the next collective program (2-core CPU deadlock, DESIGN.md).
+    colsum = np.asarray(psum_rows(xg))
+    y, total = matmul(xg, wg)
+    y, total = np.asarray(y), np.asarray(total)
+    return {"colsum": colsum, "y": y, "total": total}
+
+
+def _worker(out_path: str) -> None:
+    from gadjax.parallel import distributed
+
+    info = distributed.initialize_distributed()
+    import jax
+
+    assert jax.device_count() == 8, jax.devices()
+    assert jax.local_device_count() == 4
+    results = _run_programs(distributed.process_batch_slice(ROWS))
+    distributed.sync_global_devices("test_distributed_done")
+    payload = {k: v.tolist() for k, v in results.items()}
+    payload["info"] = {
+        "process_id": info.process_id, "num_processes": info.num_processes,
+        "local_device_count": info.local_device_count, "global_device_count": info.global_device_count,
+        "mode": info.mode, "is_primary": distributed.is_primary(),
+        "device_processes": sorted({d.process_index for d in jax.devices()}),
+    }
+    Path(out_path).write_text(json.dumps(payload))
+    jax.distributed.shutdown()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _child_env(port: int, pid: int) -> dict[str, str]:
+    env = dict(os.environ)
+    # Replace conftest's 8-device flag: each child process owns 4 CPU devices.
+    flags = [f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
+    env["XLA_FLAGS"] = " ".join([*flags, "--xla_force_host_platform_device_count=4"])
+    env["JAX_PLATFORMS"] = "cpu"
+    env["GADJAX_COORDINATOR"] = f"127.0.0.1:{port}"
+    env["GADJAX_NUM_PROCESSES"] = "2"
+    env["GADJAX_PROCESS_ID"] = str(pid)
+    repo = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join([repo, *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process(tmp_path):
+    port = _free_port()
+    procs, outs = [], []
+    for pid in range(2):
+        out = tmp_path / f"proc{pid}.json"
+        log = open(tmp_path / f"proc{pid}.log", "w")  # noqa: SIM115 (closed below)
+        procs.append((subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--worker", str(out)],
+            env=_child_env(port, pid), stdout=log, stderr=subprocess.STDOUT,
+        ), log))
+        outs.append(out)
+    try:
+        for p, _ in procs:
+            p.wait(timeout=CHILD_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        hung = [i for i, (p, _) in enumerate(procs) if p.poll() is None]
+        for p, log in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            log.close()
+    logs = "\n".join(f"--- process {i} ---\n" + (tmp_path / f"proc{i}.log").read_text()[-3000:]
+                     for i in range(2))
+    assert not hung, f"processes {hung} hung for > {CHILD_TIMEOUT_S}s\n{logs}"
+    for i, (p, _) in enumerate(procs):
+        assert p.returncode == 0, f"process {i} exited {p.returncode}\n{logs}"
+
+    results = [json.loads(o.read_text()) for o in outs]
+    for i, r in enumerate(results):
+        assert r["info"] == {
+            "process_id": i, "num_processes": 2, "local_device_count": 4, "global_device_count": 8,
+            "mode": "explicit", "is_primary": i == 0, "device_processes": [0, 1],
+        }
+
+    # Reference 1: the same programs in this process on 8 local devices (conftest).
+    import jax
+
+    assert jax.device_count() == 8 and jax.process_count() == 1
+    single = _run_programs(slice(0, ROWS))
+    # Reference 2: numpy.
+    x, w = _global_inputs()
+    expect = {"colsum": x.sum(0), "y": x @ w, "total": (x @ w).sum()}
+    for r in results:
+        for k in ("colsum", "y", "total"):
+            got = np.asarray(r[k], np.float32)
+            # Same programs, same device count: only reduction order in gloo vs in-process may differ.
+            np.testing.assert_allclose(got, single[k], rtol=1e-6, atol=1e-5, err_msg=k)
+            np.testing.assert_allclose(got, expect[k], rtol=1e-5, atol=1e-4, err_msg=k)
+
+
+def test_single_process_is_noop(monkeypatch):
+    from gadjax.parallel import distributed
+
+    for var in ("GADJAX_COORDINATOR", "GADJAX_NUM_PROCESSES", "GADJAX_PROCESS_ID"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("GADJAX_NUM_PROCESSES", "1")
+    info = distributed.initialize_distributed()
+    assert info.mode == "single" and info.num_processes == 1 and info.is_primary
+    assert distributed.is_primary()
+    distributed.sync_global_devices("noop")  # must not block or compile anything
+    assert distributed.process_batch_slice(8) == slice(0, 8)
+
+
+@pytest.mark.parametrize(
+    "env, match",
+    [
+        ({"GADJAX_NUM_PROCESSES": "two"}, "GADJAX_NUM_PROCESSES='two' is not an integer"),
+        ({"GADJAX_NUM_PROCESSES": "2", "GADJAX_PROCESS_ID": "2", "GADJAX_COORDINATOR": "h:1"},
+         r"GADJAX_PROCESS_ID\) = 2 is outside \[0, 2\)"),
+        ({"GADJAX_NUM_PROCESSES": "0"}, "must be >= 1"),
+        ({"GADJAX_NUM_PROCESSES": "2", "GADJAX_PROCESS_ID": "1", "GADJAX_COORDINATOR": "hostonly"},
+         "must be 'host:port'"),
+    ],
+)
+def test_bad_layout_is_named(monkeypatch, env, match):
+    from gadjax.parallel import distributed
+
+    for var in ("GADJAX_COORDINATOR", "GADJAX_NUM_PROCESSES", "GADJAX_PROCESS_ID"):
+        monkeypatch.delenv(var, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ValueError, match=match):
+        distributed.initialize_distributed()
+
+
+def test_partial_layout_outside_a_cluster_is_an_error(monkeypatch):
+    from gadjax.parallel import distributed
+
+    for var in ("GADJAX_COORDINATOR", "GADJAX_NUM_PROCESSES", "GADJAX_PROCESS_ID"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(distributed, "_cluster_env_present", lambda: None)
+    with pytest.raises(ValueError, match=r"missing coordinator_address \(or GADJAX_COORDINATOR\)"):
+        distributed.initialize_distributed(num_processes=2, process_id=0)
+
+
+def test_uneven_batch_split_is_an_error(monkeypatch):
+    import jax
+
+    from gadjax.parallel import distributed
+
+    monkeypatch.setattr(jax, "process_count", lambda: 3)
+    monkeypatch.setattr(jax, "process_index", lambda: 2)
+    assert distributed.process_batch_slice(9) == slice(6, 9)
+    with pytest.raises(ValueError, match="not divisible by the process count 3"):
+        distributed.process_batch_slice(8)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--worker", required=True, help="write this process's results here")
+    _worker(parser.parse_args().worker)
