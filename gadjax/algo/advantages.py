@@ -6,9 +6,7 @@ import jax
 import jax.numpy as jnp
 
 
-def grpo_advantages(
-    rewards: jax.Array, n: int, *, eps: float = 1e-6, norm_by_std: bool = True
-) -> jax.Array:
+def grpo_advantages(rewards: jax.Array, n: int, *, eps: float = 1e-6, norm_by_std: bool = True) -> jax.Array:
     """Outcome advantages per group of N samples of the same prompt.
 
         A_i = (r_i - mean_group(r)) / (std_group(r) + eps)
