@@ -152,8 +152,10 @@ def tokenizer_from_gguf(path: str | os.PathLike) -> PreTrainedTokenizerFast:
     backend.decoder = decoders.ByteLevel()
     # Adding an existing vocab entry reuses its id, so ids stay those of the file.
     typed = list(zip(tokens, types, strict=True))
-    backend.add_special_tokens([AddedToken(t, normalized=False, special=True) for t, k in typed if k == _CONTROL])
-    backend.add_tokens([AddedToken(t, normalized=False, special=False) for t, k in typed if k == _USER_DEFINED])
+    control = [AddedToken(t, normalized=False, special=True) for t, k in typed if k == _CONTROL]
+    user = [AddedToken(t, normalized=False, special=False) for t, k in typed if k == _USER_DEFINED]
+    backend.add_special_tokens(control)
+    backend.add_tokens(user)
     if backend.get_vocab_size(with_added_tokens=True) != len(tokens):
         size = backend.get_vocab_size(with_added_tokens=True)
         raise ValueError(f"{path}: rebuilt tokenizer has {size} ids, the file has {len(tokens)}")
