@@ -7,6 +7,7 @@
 #   * errors go to stderr and exit with status 2 (usage) or gcloud's status (runtime).
 
 # Default remote checkout on every worker, relative to the worker user's home directory.
+# shellcheck disable=SC2034  # read by the scripts that source this file
 GADJAX_REMOTE_DIR_DEFAULT="gadjax"
 DRY_RUN=0
 
@@ -17,15 +18,19 @@ die() {
 }
 
 log() {
-  printf '[%s] %s\n' "$(basename "$0" .sh)" "$*" >&2
+  local dry=""
+  [[ $DRY_RUN == 1 ]] && dry="(dry run) "
+  printf '[%s] %s%s\n' "$(basename "$0" .sh)" "$dry" "$*" >&2
 }
 
-# normalize_args ARGS... -> the global array ARGS, with every --flag=value split into --flag value.
+# normalize_args ARGS... -> the global array ARGS, with every --flag=value split into --flag value
+# (up to a literal `--`; what follows it is a command and stays as given).
 normalize_args() {
   ARGS=()
-  local a
+  local a rest=0
   for a in "$@"; do
-    if [[ $a == --*=* ]]; then
+    [[ $a == -- ]] && rest=1
+    if [[ $rest == 0 && $a == --*=* ]]; then
       ARGS+=("${a%%=*}" "${a#*=}")
     else
       ARGS+=("$a")
@@ -113,5 +118,7 @@ repo_root() {
 remote_bash_command() {
   local b64
   b64=$(printf '%s\n' "$1" | base64 | tr -d '\n')
-  printf 'echo %s | base64 -d | bash' "$b64"
+  # shellcheck disable=SC2016  # $(...) is for the worker's shell to expand
+  # bash -c (not `| bash`) so that the script's commands keep ssh's stdin instead of eating the script.
+  printf 'bash -c "$(echo %s | base64 -d)"' "$b64"
 }

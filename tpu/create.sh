@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create a Cloud TPU VM or pod slice for gadjax, directly or through a queued resource.
 set -euo pipefail
-# shellcheck source=tpu/common.sh
+# shellcheck source-path=SCRIPTDIR source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 usage() {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install gadjax (with the tpu extra) in a venv on every worker of a TPU VM / pod slice.
 set -euo pipefail
-# shellcheck source=tpu/common.sh
+# shellcheck source-path=SCRIPTDIR source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 usage() {
