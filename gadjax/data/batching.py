@@ -100,7 +100,8 @@ def pad_batch_to(batch: dict[str, np.ndarray], prompt_len: int, response_len: in
     if response_len is not None and "response_ids" in batch:
         extra = response_len - batch["response_ids"].shape[1]
         if extra < 0:
-            raise ValueError(f"cannot shrink responses from {batch['response_ids'].shape[1]} to {response_len}")
+            raise ValueError(f"cannot shrink responses from {batch['response_ids'].shape[1]} "
+                             f"to {response_len}")
         if extra:
             out["response_ids"] = np.pad(batch["response_ids"], ((0, 0), (0, extra)), constant_values=pad_id)
             out["response_mask"] = np.pad(batch["response_mask"], ((0, 0), (0, extra)))

@@ -36,12 +36,12 @@ class TeacherJoin:
         self._done = False
 
     @staticmethod
-    def _feed(parent: Any, pending: collections.deque) -> Iterator[tuple[int, list]]:
+    def _feed(parent: Any, pending: collections.deque) -> Iterator[tuple[str, list]]:
         # May run in the client's worker thread: it only touches its own parent and deque.append.
         for element in parent:
             pending.append((element, parent.get_state()))
             if needs_teacher(element):
-                yield int(element["example_id"]), element["messages"]
+                yield str(element["example_id"]), element["messages"]  # the client's prompt ids are str
 
     def state(self) -> dict:
         """Grain state right after the last element returned by ``__next__``."""
@@ -75,7 +75,7 @@ class TeacherJoin:
     @staticmethod
     def _join(element: dict[str, Any], result: tuple) -> dict[str, Any]:
         prompt_id, _, responses = result
-        if int(prompt_id) != int(element["example_id"]):
+        if str(prompt_id) != str(element["example_id"]):
             raise RuntimeError(f"teacher client returned prompt id {prompt_id} where "
                                f"{element['example_id']} was expected (prefetch must keep input order)")
         out = dict(element)
