@@ -36,6 +36,11 @@ def answer_for(prompt: str) -> str:
     return f"Teacher answer to: {prompt}"
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256
+
+
 class FakeOpenAI:
     def __init__(self, fault_rate: float = 0.0, faults: tuple[str, ...] = FAULTS, seed: int = 0,
                  latency_s: float = 0.0, hang_s: float = 1.0, retry_after: str = "0",
@@ -49,8 +54,7 @@ class FakeOpenAI:
         self.requests: list[dict[str, Any]] = []
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
-        self.httpd.daemon_threads = True
+        self.httpd = _Server(("127.0.0.1", 0), _make_handler(self))
         self.httpd.handle_error = lambda request, client_address: None  # injected faults are noisy
         self._thread: threading.Thread | None = None
 
