@@ -216,7 +216,8 @@ def test_launch_logs_stop_with_pushed_key(fake):
     job = ("import hashlib, os; k = os.environ['MY_TEACHER_KEY']; "
            "print('keyhash', hashlib.sha256(k.encode()).hexdigest(), os.environ['GREETING'], flush=True)")
     r = _run([TPU / "launch.sh", "--name", "gad", "--zone", ZONE, "--run-name", "t1",
-              "--env", "GREETING=hi there", "--key-env", "MY_TEACHER_KEY", "--push-key", "--", "python", "-c", job], env=env)
+              "--env", "GREETING=hi there", "--key-env", "MY_TEACHER_KEY", "--push-key",
+              "--", "python", "-c", job], env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     logfile = home / "gadjax" / "logs" / "t1" / f"{host}.log"
     content = _wait_for(logfile, f"keyhash {hashlib.sha256(secret.encode()).hexdigest()} hi there")
