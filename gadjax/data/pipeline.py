@@ -125,7 +125,7 @@ class _EncodeRow:
         self.encode_response, self.prompts_only = encode_response, prompts_only
 
     def __call__(self, record: dict[str, Any]) -> dict[str, Any]:
-        if self.encode_response and record["response"] is None:
+        if self.encode_response and not self.prompts_only and record["response"] is None:
             where = self.source.where(record["example_id"]) if hasattr(self.source, "where") else "?"
             raise DataError(where, "field 'response' (or 'teacher_response') is missing and no teacher "
                             "client was given (set prompts_only for evaluation prompts)", "missing_field")

@@ -52,7 +52,7 @@ class JsonlSource:
         self.paths = _as_paths(paths)
         self.require_response = require_response
         self.bad_rows = BadRowCounter()
-        files, offsets, lines = [], [], []
+        files, offsets, lengths, lines = [], [], [], []
         for fi, path in enumerate(self.paths):
             with open(path, "rb") as f:
                 offset = 0
@@ -68,12 +68,14 @@ class JsonlSource:
                         else:
                             files.append(fi)
                             offsets.append(offset)
+                            lengths.append(len(line))
                             lines.append(lineno)
                     offset += len(line)
         self._file = np.asarray(files, np.int32)
         self._offset = np.asarray(offsets, np.int64)
+        self._length = np.asarray(lengths, np.int64)
         self._line = np.asarray(lines, np.int64)
-        self._handles: dict[int, Any] = {}
+        self._fds: dict[int, int] = {}
 
     def __len__(self) -> int:
         return len(self._offset)
@@ -84,18 +86,25 @@ class JsonlSource:
     def __getitem__(self, i: int) -> dict[str, Any]:
         i = int(i)
         fi = int(self._file[i])
-        # Open per process lazily: grain workers receive a pickled copy without handles.
-        f = self._handles.get(fi)
-        if f is None:
-            f = self._handles[fi] = open(self.paths[fi], "rb")  # noqa: SIM115
-        f.seek(int(self._offset[i]))
-        line = f.readline()
+        # One descriptor per file, opened lazily (grain workers get a pickled copy without them);
+        # pread has no shared file position, so grain's reader threads can share it.
+        fd = self._fds.get(fi)
+        if fd is None:
+            fd = self._fds.setdefault(fi, os.open(self.paths[fi], os.O_RDONLY))
+        line = os.pread(fd, int(self._length[i]), int(self._offset[i]))
         where = self.where(i)
         return _record(i, normalize_row(decode_jsonl_line(line, where), where, self.require_response))
 
+    def __del__(self):
+        for fd in getattr(self, "_fds", {}).values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_handles"] = {}
+        state["_fds"] = {}
         return state
 
     def __repr__(self) -> str:
