@@ -142,9 +142,23 @@ def make_optimizer(
 def current_lr(opt_state: Any) -> jax.Array:
     """The learning rate used by the most recent update (schedule(0) right after init).
 
-    Works on the state of ``make_optimizer`` and on states that wrap it (looks the key up in the tree).
+    Works on the optax state of ``make_optimizer``, on trees that wrap it, and on flax.nnx states
+    (``nnx.state(nnx.Optimizer(...))``), where the namedtuples became dicts: it looks for the unique leaf
+    at a path ``... hyperparams / learning_rate``.
     """
-    hp = getattr(opt_state, "hyperparams", None)
-    if hp is not None and "learning_rate" in hp:
-        return hp["learning_rate"]
-    return optax.tree_utils.tree_get(opt_state, "learning_rate")
+
+    def name(k) -> str:
+        return str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+
+    found = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(opt_state)[0]:
+        names = [name(k) for k in path]
+        while names and names[-1] == "value":  # nnx Variable wrapper
+            names.pop()
+        if len(names) >= 2 and names[-2:] == ["hyperparams", "learning_rate"]:
+            found.append(leaf)
+    if len(found) != 1:
+        raise ValueError(
+            f"current_lr: expected one hyperparams/learning_rate leaf in opt_state, found {len(found)}"
+        )
+    return found[0]
