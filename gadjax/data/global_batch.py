@@ -39,6 +39,9 @@ def make_global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh,
       mesh: the device mesh (axes "data", "fsdp", "tensor").
       partition_spec: spec of the batch dimension; trailing dims are replicated.
       pad_id: the tokenizer's pad id, used when widening to the common P / R.
+
+    ``example_id`` (int64 on the host) becomes jax's canonical integer on device (int32 unless
+    ``jax_enable_x64``); keep the host copy when ids above 2**31 matter.
     """
     p, r = agree_shapes(local_batch)
     batch = pad_batch_to(local_batch, p, r, pad_id)

@@ -50,7 +50,8 @@ def test_seeded_order_epochs_and_coverage(src20, tokenizer):
 @pytest.mark.parametrize("online", [False, True], ids=["offline", "online"])
 def test_resume_from_state_equals_uninterrupted(tmp_path, src20, tokenizer, online):
     if online:  # same prompts without responses: the fake teacher answers them
-        src = JsonlSource(write_jsonl(tmp_path / "p.jsonl", [{"messages": r["content"]} for r in gad_rows(20)]))
+        prompts = [{"messages": r["content"]} for r in gad_rows(20)]
+        src = JsonlSource(write_jsonl(tmp_path / "p.jsonl", prompts))
     else:
         src = src20
     kw = dict(seed=3, num_epochs=2, max_prompt_tokens=8, buckets="multiple:4", min_bucket=4)
