@@ -12,6 +12,7 @@ Where the process layout comes from, in order:
   3. JAX's cluster auto-detection (Cloud TPU VMs and pod slices, GKE, Slurm, Open MPI) when
      nothing is given and such an environment is present;
   4. otherwise a single process: nothing is initialised.
+GADJAX_NUM_PROCESSES=1 forces a single process even where a cluster environment is detected.
 
 Only process 0 writes metrics, reports and exports (`is_primary`); every process takes part in
 collectives and in Orbax save / restore.
@@ -22,7 +23,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Sequence
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
 
 import jax
 
@@ -252,3 +258,65 @@ def process_batch_slice(global_batch_size: int) -> slice:
         )
     per = global_batch_size // n
     return slice(i * per, (i + 1) * per)
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalProcessResult:
+    process_id: int
+    returncode: int | None  # None: killed after the timeout
+    output: str  # stdout and stderr together
+
+
+def run_local_processes(
+    argv: Sequence[str],
+    num_processes: int,
+    devices_per_process: int,
+    *,
+    timeout_s: float = 300.0,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+) -> list[LocalProcessResult]:
+    """Run `python argv...` as `num_processes` JAX processes on this machine, each with
+    `devices_per_process` CPU devices, connected through a coordinator on a free localhost port.
+
+    This is the CPU stand-in for a multi-host slice (tests, trying a multi-host config on a laptop):
+    the children call `initialize_distributed()` with no arguments and find their layout in the
+    GADJAX_* variables set here. If any process is still running after `timeout_s`, all are killed
+    (returncode None), so a hung collective fails instead of hanging the caller.
+    """
+    if num_processes < 1 or devices_per_process < 1:
+        raise ValueError("num_processes and devices_per_process must be >= 1")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    base = dict(os.environ if env is None else env)
+    # Replace any device-count flag (tests set 8 for the parent process).
+    flags = [f for f in base.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
+    base["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={devices_per_process}"])
+    base["JAX_PLATFORMS"] = "cpu"
+    base[ENV_COORDINATOR] = f"127.0.0.1:{port}"
+    base[ENV_NUM_PROCESSES] = str(num_processes)
+    procs = []
+    for pid in range(num_processes):
+        child_env = {**base, ENV_PROCESS_ID: str(pid)}
+        out = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a full pipe would block the child
+        procs.append((subprocess.Popen([sys.executable, *argv], env=child_env, cwd=cwd, stdout=out,
+                                       stderr=subprocess.STDOUT), out))
+    results = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        for p, _ in procs:
+            try:
+                p.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                break  # the rest get the same verdict below
+    finally:
+        for pid, (p, out) in enumerate(procs):
+            hung = p.poll() is None
+            if hung:
+                p.kill()
+                p.wait()
+            out.seek(0)
+            results.append(LocalProcessResult(pid, None if hung else p.returncode, out.read()))
+            out.close()
+    return results

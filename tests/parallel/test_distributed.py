@@ -1,11 +1,11 @@
 """Multi-controller JAX on localhost: 2 processes x 4 CPU devices behave like 1 process x 8 devices.
 
-The test spawns this file as a script twice (`--worker`), each child with its own XLA_FLAGS (4 host
-devices, not the 8 of conftest) and GADJAX_* environment variables, so the children initialise
-through `initialize_distributed` exactly as hosts of a TPU pod do. Each child feeds only its half of
-a global batch (`jax.make_array_from_process_local_data`), runs a jitted cross-device psum and a
-sharded matmul over a global ("data"=8) mesh, and writes the (replicated) results to a file. The
-parent computes the same programs on its own 8 devices and with numpy.
+The test spawns this file as a script twice (`--worker`, through `run_local_processes`), each child
+with its own XLA_FLAGS (4 host devices, not the 8 of conftest) and GADJAX_* environment variables, so
+the children initialise through `initialize_distributed` exactly as hosts of a TPU pod do. Each child
+feeds only its half of a global batch (`jax.make_array_from_process_local_data`), runs a jitted
+cross-device psum and a sharded matmul over a global ("data"=8) mesh, and writes the (replicated)
+results to a file. The parent computes the same programs on its own 8 devices and with numpy.
 """
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
-import subprocess
-import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -79,10 +77,11 @@ def _run_programs(process_rows: slice) -> dict[str, np.ndarray]:
     return {"colsum": colsum, "y": y, "total": total}
 
 
-def _worker(out_path: str) -> None:
+def _worker(out_pattern: str) -> None:
     from gadjax.parallel import distributed
 
     info = distributed.initialize_distributed()
+    out_path = out_pattern.format(info.process_id)
     import jax
 
     assert jax.device_count() == 8, jax.devices()
@@ -100,55 +99,21 @@ def _worker(out_path: str) -> None:
     jax.distributed.shutdown()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _child_env(port: int, pid: int) -> dict[str, str]:
-    env = dict(os.environ)
-    # Replace conftest's 8-device flag: each child process owns 4 CPU devices.
-    flags = [f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
-    env["XLA_FLAGS"] = " ".join([*flags, "--xla_force_host_platform_device_count=4"])
-    env["JAX_PLATFORMS"] = "cpu"
-    env["GADJAX_COORDINATOR"] = f"127.0.0.1:{port}"
-    env["GADJAX_NUM_PROCESSES"] = "2"
-    env["GADJAX_PROCESS_ID"] = str(pid)
-    repo = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join([repo, *filter(None, [env.get("PYTHONPATH")])])
-    return env
-
-
 @pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path):
-    port = _free_port()
-    procs, outs = [], []
-    for pid in range(2):
-        out = tmp_path / f"proc{pid}.json"
-        log = open(tmp_path / f"proc{pid}.log", "w")  # noqa: SIM115 (closed below)
-        procs.append((subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--worker", str(out)],
-            env=_child_env(port, pid), stdout=log, stderr=subprocess.STDOUT,
-        ), log))
-        outs.append(out)
-    try:
-        for p, _ in procs:
-            p.wait(timeout=CHILD_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        pass
-    finally:
-        hung = [i for i, (p, _) in enumerate(procs) if p.poll() is None]
-        for p, log in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-            log.close()
-    logs = "\n".join(f"--- process {i} ---\n" + (tmp_path / f"proc{i}.log").read_text()[-3000:]
-                     for i in range(2))
-    assert not hung, f"processes {hung} hung for > {CHILD_TIMEOUT_S}s\n{logs}"
-    for i, (p, _) in enumerate(procs):
-        assert p.returncode == 0, f"process {i} exited {p.returncode}\n{logs}"
+    from gadjax.parallel.distributed import run_local_processes
+
+    repo = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
+    procs = run_local_processes(
+        [str(Path(__file__).resolve()), "--worker", str(tmp_path / "proc{}.json")],
+        num_processes=2, devices_per_process=4, timeout_s=CHILD_TIMEOUT_S, env=env,
+    )
+    logs = "\n".join(f"--- process {r.process_id} ---\n{r.output[-3000:]}" for r in procs)
+    for r in procs:
+        assert r.returncode is not None, f"process {r.process_id} hung for > {CHILD_TIMEOUT_S}s\n{logs}"
+        assert r.returncode == 0, f"process {r.process_id} exited {r.returncode}\n{logs}"
+    outs = [tmp_path / f"proc{i}.json" for i in range(2)]
 
     results = [json.loads(o.read_text()) for o in outs]
     for i, r in enumerate(results):
@@ -171,6 +136,19 @@ def test_two_processes_match_one_process(tmp_path):
             # Same programs, same device count: only reduction order in gloo vs in-process may differ.
             np.testing.assert_allclose(got, single[k], rtol=1e-6, atol=1e-5, err_msg=k)
             np.testing.assert_allclose(got, expect[k], rtol=1e-5, atol=1e-4, err_msg=k)
+
+
+def test_hung_processes_are_killed_after_the_timeout():
+    from gadjax.parallel.distributed import run_local_processes
+
+    t0 = time.monotonic()
+    code = ("import os, time; print(os.environ['GADJAX_PROCESS_ID'], os.environ['XLA_FLAGS'], flush=True); "
+            "time.sleep(0 if os.environ['GADJAX_PROCESS_ID'] == '0' else 60)")
+    res = run_local_processes(["-c", code], num_processes=2, devices_per_process=3, timeout_s=3)
+    assert time.monotonic() - t0 < 30
+    assert [r.returncode for r in res] == [0, None]
+    assert res[1].output.startswith("1 ") and "--xla_force_host_platform_device_count=3" in res[1].output
+    assert "device_count=8" not in res[1].output  # the parent's flag is replaced, not appended to
 
 
 def test_single_process_is_noop(monkeypatch):
@@ -232,5 +210,5 @@ def test_uneven_batch_split_is_an_error(monkeypatch):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("--worker", required=True, help="write this process's results here")
+    parser.add_argument("--worker", required=True, help="results file pattern, {} = process id")
     _worker(parser.parse_args().worker)
