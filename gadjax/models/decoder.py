@@ -1,0 +1,245 @@
+"""The decoder-only transformer of the Llama / Qwen2 / Qwen2.5 / Qwen3 families, in flax.nnx.
+
+Layers are stacked (every per-layer parameter has a leading `layers` axis) and applied with
+`jax.lax.scan`, so a 30-layer model compiles one layer body, as MaxText does. Every parameter carries
+logical axis names in its `out_sharding` metadata; gadjax.parallel.rules maps them onto the mesh.
+
+Inputs are token ids with an explicit attention mask and positions, so LEFT-padded batches (prompts)
+and RIGHT-padded ones (responses) both work: positions = max(cumsum(mask) - 1, 0).
+
+KV cache: `init_cache` allocates [layers, batch, max_len, kv_heads, head_dim] keys and values plus a
+slot-validity mask and a write index; calling the model with `cache=` writes the new tokens at the
+index (prefill: the whole prompt; decode: one token) and attends over everything cached so far.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from gadjax.models import layers as L
+from gadjax.models.config import ModelConfig
+from gadjax.parallel.rules import constrain
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def param(value: jax.Array, names: tuple[str, ...]) -> nnx.Param:
+    """An nnx.Param with logical axis names (sharding is applied later, by the rule table)."""
+    return nnx.Param(value, out_sharding=names, eager_sharding=False)
+
+
+@flax.struct.dataclass
+class KVCache:
+    """Keys/values [L, B, S, Hkv, D], slot mask [B, S] (1 = holds a real token), next write index."""
+
+    k: jax.Array
+    v: jax.Array
+    mask: jax.Array
+    index: jax.Array
+
+    @property
+    def max_length(self) -> int:
+        return self.k.shape[2]
+
+    def nbytes(self) -> int:
+        return int(self.k.nbytes + self.v.nbytes + self.mask.nbytes)
+
+
+def kv_cache_bytes(config: ModelConfig, batch: int, max_length: int, dtype: Any) -> int:
+    """Bytes of a KV cache for (batch, max_length): 2 x layers x batch x length x kv_heads x head_dim."""
+    per = jnp.dtype(dtype).itemsize
+    return 2 * config.num_layers * batch * max_length * config.num_kv_heads * config.head_dim * per
+
+
+class Blocks(nnx.Module):
+    """All transformer layers' parameters, stacked along a leading `layers` axis."""
+
+    def __init__(
+        self, cfg: ModelConfig, rngs: nnx.Rngs, param_dtype: Any = jnp.float32, init_std: float = 0.02
+    ):
+        n, h, d, m = cfg.num_layers, cfg.hidden_size, cfg.head_dim, cfg.intermediate_size
+        nh, nkv = cfg.num_heads, cfg.num_kv_heads
+
+        def normal(*shape: int) -> jax.Array:
+            return init_std * jax.random.normal(rngs.params(), shape, param_dtype)
+
+        self.attn_norm = param(jnp.ones((n, h), param_dtype), ("layers", "norm"))
+        self.q = param(normal(n, h, nh, d), ("layers", "embed", "heads", "head_dim"))
+        self.k = param(normal(n, h, nkv, d), ("layers", "embed", "kv_heads", "head_dim"))
+        self.v = param(normal(n, h, nkv, d), ("layers", "embed", "kv_heads", "head_dim"))
+        self.o = param(normal(n, nh, d, h), ("layers", "heads", "head_dim", "embed"))
+        if cfg.attention_bias:
+            self.q_bias = param(jnp.zeros((n, nh, d), param_dtype), ("layers", "heads", "head_dim"))
+            self.k_bias = param(jnp.zeros((n, nkv, d), param_dtype), ("layers", "kv_heads", "head_dim"))
+            self.v_bias = param(jnp.zeros((n, nkv, d), param_dtype), ("layers", "kv_heads", "head_dim"))
+        if cfg.qk_norm:
+            self.q_norm = param(jnp.ones((n, d), param_dtype), ("layers", "norm"))
+            self.k_norm = param(jnp.ones((n, d), param_dtype), ("layers", "norm"))
+        self.mlp_norm = param(jnp.ones((n, h), param_dtype), ("layers", "norm"))
+        self.gate = param(normal(n, h, m), ("layers", "embed", "mlp"))
+        self.up = param(normal(n, h, m), ("layers", "embed", "mlp"))
+        self.down = param(normal(n, m, h), ("layers", "mlp", "embed"))
+
+    def arrays(self) -> dict[str, jax.Array]:
+        """The raw stacked arrays, keyed by parameter name (what the scanned layer body consumes)."""
+        return {name: var[...] for name, var in vars(self).items() if isinstance(var, nnx.Param)}
+
+
+def _layer(
+    x: jax.Array,
+    p: dict[str, jax.Array],
+    cfg: ModelConfig,
+    cos: jax.Array,
+    sin: jax.Array,
+    mask: jax.Array,
+    cached: tuple[jax.Array, jax.Array, jax.Array] | None,
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    """One pre-norm transformer layer; returns the new hidden state and this layer's new k, v."""
+    dt = x.dtype
+    p = {k: v.astype(dt) for k, v in p.items()}
+    h = L.rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
+    q = jnp.einsum("btd,dnh->btnh", h, p["q"])
+    k = jnp.einsum("btd,dnh->btnh", h, p["k"])
+    v = jnp.einsum("btd,dnh->btnh", h, p["v"])
+    if cfg.attention_bias:
+        q, k, v = q + p["q_bias"], k + p["k_bias"], v + p["v_bias"]
+    if cfg.qk_norm:
+        q = L.rms_norm(q, p["q_norm"], cfg.rms_norm_eps)
+        k = L.rms_norm(k, p["k_norm"], cfg.rms_norm_eps)
+    q = constrain(L.apply_rope(q, cos, sin), ("batch", "length", "act_heads", "head_dim"))
+    k = L.apply_rope(k, cos, sin)
+    attn = L.attention(q, k, v, mask, cached)
+    x = x + jnp.einsum("btnh,nhd->btd", attn, p["o"])
+    x = constrain(x, ("batch", "length", "act_embed"))
+    h = L.rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
+    x = x + L.swiglu(h, p["gate"], p["up"], p["down"])
+    return constrain(x, ("batch", "length", "act_embed")), (k, v)
+
+
+class Decoder(nnx.Module):
+    """Causal LM backbone + (optional) LM head for Llama / Qwen2 / Qwen3 configs.
+
+    `dtype` is the compute dtype (bf16 on accelerators, f32 on CPU); parameters stay in `param_dtype`
+    (f32 master weights) and are cast inside each layer.
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        *,
+        rngs: nnx.Rngs,
+        dtype: Any = jnp.float32,
+        param_dtype: Any = jnp.float32,
+        remat: str = "none",
+        with_lm_head: bool = True,
+    ):
+        if remat not in REMAT_POLICIES:
+            raise ValueError(f"remat={remat!r}: expected one of {sorted(REMAT_POLICIES)}")
+        self.config = config
+        self.dtype = dtype
+        self.remat = remat
+        h, vsz = config.hidden_size, config.vocab_size
+        self.embed = param(0.02 * jax.random.normal(rngs.params(), (vsz, h), param_dtype), ("vocab", "embed"))
+        self.blocks = Blocks(config, rngs, param_dtype)
+        self.final_norm = param(jnp.ones((h,), param_dtype), ("norm",))
+        self.has_lm_head = with_lm_head and not config.tie_word_embeddings
+        if self.has_lm_head:
+            self.lm_head = param(
+                0.02 * jax.random.normal(rngs.params(), (h, vsz), param_dtype), ("embed", "vocab")
+            )
+
+    def init_cache(self, batch: int, max_length: int, dtype: Any | None = None) -> KVCache:
+        cfg = self.config
+        shape = (cfg.num_layers, batch, max_length, cfg.num_kv_heads, cfg.head_dim)
+        dt = dtype or self.dtype
+        return KVCache(
+            k=jnp.zeros(shape, dt),
+            v=jnp.zeros(shape, dt),
+            mask=jnp.zeros((batch, max_length), jnp.int32),
+            index=jnp.zeros((), jnp.int32),
+        )
+
+    def embed_tokens(self, input_ids: jax.Array) -> jax.Array:
+        x = jnp.take(self.embed[...], input_ids, axis=0).astype(self.dtype)
+        return constrain(x, ("batch", "length", "act_embed"))
+
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        positions: jax.Array,
+        attention_mask: jax.Array,
+        cache: KVCache | None = None,
+    ) -> tuple[jax.Array, KVCache | None]:
+        """Hidden states after the final norm, [B, T, hidden], and the updated cache (or None).
+
+        input_ids, positions, attention_mask: [B, T]. With a cache, the T tokens are written at
+        cache.index and attend to all valid cached slots before them.
+        """
+        cfg = self.config
+        mask_new = attention_mask.astype(bool)
+        t = input_ids.shape[1]
+        causal = jnp.tril(jnp.ones((t, t), bool))
+        new_mask = causal[None] & mask_new[:, None, :]
+        cos, sin = L.rope_cos_sin(positions, rope_inv_freq_for(cfg))
+        x = self.embed_tokens(input_ids)
+
+        def body(x, layer):
+            if cache is None:
+                p, cached = layer, None
+            else:
+                p, k_cache, v_cache = layer
+                slots = jnp.arange(cache.max_length)
+                # Slots written before this call, and valid (not left padding).
+                cache_mask = (cache.mask.astype(bool) & (slots[None, :] < cache.index))[:, None, :]
+                cached = (k_cache, v_cache, jnp.broadcast_to(cache_mask, (x.shape[0], t, cache.max_length)))
+            return _layer(x, p, cfg, cos, sin, new_mask, cached)
+
+        policy = REMAT_POLICIES[self.remat]
+        if self.remat != "none":
+            body = jax.checkpoint(body, policy=policy, prevent_cse=False)
+        params = self.blocks.arrays()
+        xs = params if cache is None else (params, cache.k, cache.v)
+        x, (k_new, v_new) = jax.lax.scan(body, x, xs)
+        x = L.rms_norm(x, self.final_norm[...], cfg.rms_norm_eps)
+
+        if cache is None:
+            return x, None
+        idx = cache.index
+        cache = KVCache(
+            k=jax.lax.dynamic_update_slice(cache.k, k_new.astype(cache.k.dtype), (0, 0, idx, 0, 0)),
+            v=jax.lax.dynamic_update_slice(cache.v, v_new.astype(cache.v.dtype), (0, 0, idx, 0, 0)),
+            mask=jax.lax.dynamic_update_slice(cache.mask, attention_mask.astype(jnp.int32), (0, idx)),
+            index=idx + t,
+        )
+        return x, cache
+
+    def output_embedding(self) -> jax.Array:
+        """The LM head as [hidden, vocab] (the transposed embedding when tied)."""
+        if self.has_lm_head:
+            return self.lm_head[...]
+        return self.embed[...].T
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """Float32 logits [B, T, vocab]. Use gadjax.algo.logprobs for long sequences (chunked)."""
+        w = self.output_embedding().astype(hidden.dtype)
+        out = jnp.einsum("btd,dv->btv", hidden, w, preferred_element_type=jnp.float32)
+        return constrain(out, ("batch", "length", "act_vocab"))
+
+
+def rope_inv_freq_for(config: ModelConfig) -> jax.Array:
+    return L.rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling)
+
+
+def positions_from_mask(mask: jax.Array) -> jax.Array:
+    """Positions for left- or right-padded rows: count of real tokens before each one (0 on padding)."""
+    return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)

@@ -1,0 +1,111 @@
+"""Pure building blocks of the decoder: RMSNorm, rotary embeddings, grouped-query attention, SwiGLU.
+
+They take raw arrays (not modules) so the decoder can scan them over stacked layer parameters.
+Numerics follow Hugging Face's Llama / Qwen PyTorch code: norms and softmax in float32, rotary
+frequencies in float32, the "rotate_half" (non-interleaved) rotary layout.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+# Scores of masked keys. Finite, so a query that sees no key at all (a left-padding position) gets a
+# uniform softmax instead of NaN; such positions are masked out of every loss.
+MASK_VALUE = -1e30
+
+
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+    """RMSNorm (Zhang & Sennrich 2019) computed in float32, cast back to x's dtype before the scale."""
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return weight.astype(x.dtype) * normed.astype(x.dtype)
+
+
+def rope_inv_freq(head_dim: int, theta: float, scaling: dict[str, Any] | None) -> jax.Array:
+    """Inverse rotary frequencies, with the 'linear' and Llama-3 frequency scalings."""
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    if not scaling:
+        return inv_freq
+    kind = scaling["rope_type"]
+    if kind == "linear":
+        return inv_freq / float(scaling["factor"])
+    if kind == "llama3":
+        # Llama 3.1: keep high frequencies, divide low ones by `factor`, interpolate in between.
+        factor = float(scaling["factor"])
+        low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+        old_ctx = float(scaling["original_max_position_embeddings"])
+        low_wavelen, high_wavelen = old_ctx / low, old_ctx / high
+        wavelen = 2 * math.pi / inv_freq
+        scaled = jnp.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+        smooth = (old_ctx / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        is_medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        return jnp.where(is_medium, smoothed, scaled)
+    raise ValueError(f"unsupported rope_type {kind!r}")
+
+
+def rope_cos_sin(positions: jax.Array, inv_freq: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """cos, sin of shape [B, T, head_dim] for integer positions [B, T]."""
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotate x [B, T, N, D] by the rotary angles (HF's rotate_half layout), in float32."""
+    x32 = x.astype(jnp.float32)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+    out = x32 * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+    return out.astype(x.dtype)
+
+
+def _scores(q: jax.Array, k: jax.Array, num_kv: int) -> jax.Array:
+    """q [B,T,H,D] . k [B,S,Hkv,D] -> scaled scores [B,Hkv,G,T,S] in float32 (GQA without repeating k)."""
+    b, t, h, d = q.shape
+    qg = q.reshape(b, t, num_kv, h // num_kv, d)
+    s = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
+    return s * (1.0 / math.sqrt(d))
+
+
+def attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    mask: jax.Array,
+    cached: tuple[jax.Array, jax.Array, jax.Array] | None = None,
+) -> jax.Array:
+    """Grouped-query attention.
+
+    q [B,T,H,D]; k, v [B,T,Hkv,D] are the new tokens, `mask` [B,T,T] says which new keys each query
+    sees. `cached` = (k_cache [B,S,Hkv,D], v_cache, cache_mask [B,T,S]) adds keys already in a KV
+    cache; their scores are concatenated with the new ones so the cache is read, never copied.
+    Returns [B,T,H,D] in q's dtype.
+    """
+    b, t, h, d = q.shape
+    num_kv = k.shape[2]
+    scores = jnp.where(mask[:, None, None], _scores(q, k, num_kv), MASK_VALUE)
+    if cached is not None:
+        k_cache, v_cache, cache_mask = cached
+        old = jnp.where(cache_mask[:, None, None], _scores(q, k_cache, num_kv), MASK_VALUE)
+        scores = jnp.concatenate([old, scores], axis=-1)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    if cached is not None:
+        s = cached[0].shape[1]
+        out = jnp.einsum("bkgts,bskd->btkgd", probs[..., :s], cached[1]) + jnp.einsum(
+            "bkgts,bskd->btkgd", probs[..., s:], v
+        )
+    else:
+        out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(b, t, h, d)
+
+
+def swiglu(x: jax.Array, gate: jax.Array, up: jax.Array, down: jax.Array) -> jax.Array:
+    """SwiGLU MLP (Shazeer 2020): down(silu(x gate) * (x up))."""
+    g = jnp.einsum("btd,dm->btm", x, gate)
+    u = jnp.einsum("btd,dm->btm", x, up)
+    return jnp.einsum("btm,md->btd", jax.nn.silu(g) * u, down)
