@@ -138,6 +138,7 @@ def test_two_processes_match_one_process(tmp_path):
             np.testing.assert_allclose(got, expect[k], rtol=1e-5, atol=1e-4, err_msg=k)
 
 
+@pytest.mark.slow
 def test_hung_processes_are_killed_after_the_timeout():
     from gadjax.parallel.distributed import run_local_processes
 
