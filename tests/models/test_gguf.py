@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from transformers import (
-    AutoConfig,
     AutoModelForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
@@ -145,9 +144,10 @@ def _write_gguf(
     writer.close()
 
 
-def _transformers_state_dict(path: str) -> dict[str, np.ndarray]:
+def _transformers_load(path: str) -> tuple[dict[str, np.ndarray], object]:
+    """transformers' own GGUF import of `path`: (state dict as float32 numpy, config)."""
     model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
-    return {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+    return {k: v.detach().float().numpy() for k, v in model.state_dict().items()}, model.config
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -166,7 +166,7 @@ def test_synthetic_gguf_round_trips_to_hf_layout(family, tmp_path):
         assert array.dtype == np.float32 and array.shape == expected[name].shape, name
         np.testing.assert_array_equal(array, expected[name], err_msg=name)
 
-    reference = _transformers_state_dict(path)
+    reference, _ = _transformers_load(path)
     for name, array in ours.items():
         np.testing.assert_allclose(array, reference[name], rtol=0, atol=1e-6, err_msg=name)
 
@@ -265,7 +265,7 @@ def test_unsupported_architecture_and_missing_tensor(tmp_path):
 
 
 @pytest.mark.slow
-def test_smollm2_config_matches_model_card_and_transformers():
+def test_smollm2_config_matches_model_card():
     path = smollm2_gguf()
     config = read_gguf_config(path)
     assert config["model_type"] == "llama" and config["architectures"] == ["LlamaForCausalLM"]
@@ -274,19 +274,19 @@ def test_smollm2_config_matches_model_card_and_transformers():
                     rope_theta=100000.0, rms_norm_eps=1e-5, max_position_embeddings=8192,
                     bos_token_id=1, eos_token_id=2, rope_scaling=None, attention_bias=False)
     assert {k: config[k] for k in expected} == expected
-    reference = AutoConfig.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
-    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                "num_key_value_heads", "head_dim", "max_position_embeddings", "tie_word_embeddings"):
-        assert config[key] == getattr(reference, key), key
-    assert config["rms_norm_eps"] == pytest.approx(reference.rms_norm_eps, rel=1e-6)
-    assert config["rope_theta"] == reference.rope_parameters["rope_theta"]
 
 
 @pytest.mark.slow
 def test_smollm2_tensors_equal_transformers_gguf_state_dict():
-    """Every dequantized, un-permuted tensor equals transformers' own GGUF conversion (~20 s)."""
+    """Every dequantized, un-permuted tensor (and the config) equals transformers' own GGUF conversion."""
     path = smollm2_gguf()
-    reference = _transformers_state_dict(path)
+    reference, ref_config = _transformers_load(path)
+    config = read_gguf_config(path)
+    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "head_dim", "max_position_embeddings", "tie_word_embeddings"):
+        assert config[key] == getattr(ref_config, key), key
+    assert config["rms_norm_eps"] == pytest.approx(ref_config.rms_norm_eps, rel=1e-6)
+    assert config["rope_theta"] == ref_config.rope_parameters["rope_theta"]
     seen = set()
     for name, array in iter_gguf_tensors(path):
         assert array.dtype == np.float32
