@@ -1,0 +1,12 @@
+"""Rollout engine: KV-cache sampling of N responses per prompt with per-token log-probs."""
+
+from gadjax.rollout.sampler import (
+    MemoryEstimate,
+    RolloutMemoryError,
+    RolloutOutput,
+    Sampler,
+    SamplingConfig,
+    generate,
+)
+
+__all__ = ["MemoryEstimate", "RolloutMemoryError", "RolloutOutput", "Sampler", "SamplingConfig", "generate"]

@@ -1,0 +1,451 @@
+"""The rollout engine: jitted prefill + KV-cache decode loop, N samples per prompt, per-token log-probs.
+
+One call of `Sampler.generate` runs ONE jitted program:
+
+1. prefill: the LEFT-padded prompt batch [B, P_bucket] is written once into a preallocated KV cache of
+   length P_bucket + R (R = max_new_tokens); the last prompt column's logits give the first token;
+2. broadcast: the cache and those logits are repeated to B*N rows (row i*N + j = sample j of prompt i),
+   so each prompt is prefilled once, not N times;
+3. decode: a `jax.lax.while_loop` feeds the last token, writes its keys/values at `cache.index` (one
+   `dynamic_update_slice` on the loop carry, done in place) and samples the next one, until every row
+   has emitted a stop id or R tokens exist.
+
+Compiled programs: prompts are left-padded to the smallest of `SamplingConfig.prompt_buckets` that holds
+the longest prompt of the batch, so a Sampler compiles one program per (prompt bucket, batch size) it
+sees: a run with a fixed rollout batch size compiles at most len(prompt_buckets) programs (one per
+bucket actually hit), each once. Changing the SamplingConfig means a new Sampler (a new set of programs);
+new parameter VALUES (after a training step) reuse the compiled programs.
+
+Sharding: with a mesh, every batch-shaped array (prompt, cache, tokens) is laid out by the rule table's
+"batch" logical axis (data x fsdp), the cache's kv heads by "kv_heads" (tensor), and the model's own
+activation constraints apply; parameters stay in whatever sharding they already have. The random draws
+do not depend on the sharding (see gadjax.rollout.sampling), so the same key gives the same tokens on
+one device and on a mesh.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import logging
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from gadjax.models.decoder import Decoder, KVCache, kv_cache_bytes, positions_from_mask
+from gadjax.parallel.rules import DEFAULT_RULES, Rules, constrain, named_sharding, use_mesh
+from gadjax.rollout.sampling import choose_tokens
+
+log = logging.getLogger(__name__)
+
+CACHE_AXES = ("layers", "batch", "cache_length", "kv_heads", "head_dim")
+DEFAULT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+class RolloutMemoryError(ValueError):
+    """A rollout request whose KV cache + parameters would not fit the configured / device memory."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """How to sample. Hashable: it keys the compiled programs.
+
+    temperature == 0 or greedy=True: greedy (argmax) decoding. top_k <= 0 and top_p >= 1 switch those
+    filters off. stop_ids: a row stops after emitting any of them (the stop token is part of the
+    response). pad_id fills response slots after the stop and the left padding added for bucketing.
+    max_memory_bytes: per-device budget for KV cache + parameters + sampling buffers; None = the
+    device's `bytes_limit` when jax reports one (GPU / TPU), else no check.
+    """
+
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    greedy: bool = False
+    n_samples: int = 1
+    stop_ids: frozenset[int] = frozenset()
+    pad_id: int = 0
+    prompt_buckets: tuple[int, ...] = DEFAULT_BUCKETS
+    max_memory_bytes: int | None = None
+    cache_dtype: str | None = None  # None = the model's compute dtype
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stop_ids", frozenset(int(s) for s in self.stop_ids))
+        object.__setattr__(self, "prompt_buckets", tuple(sorted(int(b) for b in self.prompt_buckets)))
+        if self.max_new_tokens < 1:
+            raise ValueError(f"SamplingConfig.max_new_tokens={self.max_new_tokens}: must be >= 1")
+        if self.n_samples < 1:
+            raise ValueError(f"SamplingConfig.n_samples={self.n_samples}: must be >= 1")
+        if self.temperature < 0:
+            raise ValueError(f"SamplingConfig.temperature={self.temperature}: must be >= 0")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"SamplingConfig.top_p={self.top_p}: must be in (0, 1]")
+        if not self.prompt_buckets or self.prompt_buckets[0] < 1:
+            raise ValueError(f"SamplingConfig.prompt_buckets={self.prompt_buckets}: need positive lengths")
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.greedy or self.temperature == 0.0
+
+    def bucket_for(self, length: int) -> int:
+        """The smallest prompt bucket >= length."""
+        for b in self.prompt_buckets:
+            if b >= length:
+                return b
+        raise ValueError(
+            f"prompt of {length} tokens is longer than the largest prompt bucket "
+            f"{self.prompt_buckets[-1]}; add a bucket to SamplingConfig.prompt_buckets or truncate prompts"
+        )
+
+
+@dataclasses.dataclass
+class RolloutOutput:
+    """Sampler output, numpy arrays on the host (or device arrays with `as_numpy=False`).
+
+    Rows are B*N: row i*N + j is sample j of prompt i.
+      prompt_ids         int32   [B*N, P]  the input prompts (as given, LEFT-padded), repeated N times
+      prompt_mask        int32   [B*N, P]
+      response_ids       int32   [B*N, R]  sampled tokens, pad_id after the first stop token
+      response_mask      int32   [B*N, R]  1 up to AND INCLUDING the first stop token
+      response_lengths   int32   [B*N]     = response_mask.sum(1)
+      logprobs           float32 [B*N, R]  log p(token) under the model (temperature 1), 0 on padding
+      sampling_logprobs  float32 [B*N, R]  log q(token) under the sampling distribution (temperature,
+                                           top-k, top-p applied; 0 for greedy), 0 on padding
+      truncated          bool    [B*N]     no stop token within R
+      decode_steps       int               forward steps of the decode loop that ran (<= R - 1)
+    """
+
+    prompt_ids: Any
+    prompt_mask: Any
+    response_ids: Any
+    response_mask: Any
+    response_lengths: Any
+    logprobs: Any
+    sampling_logprobs: Any
+    truncated: Any
+    decode_steps: int
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryEstimate:
+    """Per-device bytes a rollout program needs (from shapes and shardings, before compiling)."""
+
+    kv_cache_bytes: int  # whole KV cache, all devices together
+    kv_cache_bytes_per_device: int
+    param_bytes_per_device: int
+    work_bytes_per_device: int  # logits / noise buffers [B*N, V] and prefill attention scores
+    limit_bytes: int | None
+
+    @property
+    def total_per_device(self) -> int:
+        return self.kv_cache_bytes_per_device + self.param_bytes_per_device + self.work_bytes_per_device
+
+
+def _shard_bytes(
+    shape: tuple[int, ...], itemsize: int, logical: tuple, mesh: Mesh | None, rules: Rules
+) -> int:
+    if mesh is None:
+        return int(np.prod(shape)) * itemsize
+    shard = named_sharding(logical, shape, mesh, rules).shard_shape(shape)
+    return int(np.prod(shard)) * itemsize
+
+
+def _device_limit() -> int | None:
+    try:
+        stats = jax.devices()[0].memory_stats()
+    except Exception:  # some backends raise instead of returning None
+        return None
+    if not stats or "bytes_limit" not in stats:
+        return None
+    return int(stats["bytes_limit"])
+
+
+def _check_left_padded(mask: np.ndarray) -> np.ndarray:
+    """Real lengths per row; raises naming the row if a row is empty or not left-padded."""
+    lengths = mask.sum(axis=1)
+    p = mask.shape[1]
+    for row in np.flatnonzero(lengths == 0):
+        raise ValueError(f"prompt_mask row {row}: empty prompt (no real tokens)")
+    cols = np.arange(p)[None, :]
+    expected = (cols >= p - lengths[:, None]).astype(mask.dtype)
+    bad = np.flatnonzero((expected != mask).any(axis=1))
+    if bad.size:
+        raise ValueError(
+            f"prompt_mask row {bad[0]}: not LEFT-padded (real tokens must be the last columns); "
+            f"{bad.size} such row(s)"
+        )
+    return lengths
+
+
+class Sampler:
+    """Rollout engine for one model structure and one SamplingConfig; compiled programs are cached.
+
+    `model`: an nnx Decoder, or its (graphdef, state). Pass updated parameters to `generate(state=...)`
+    (same structure and shardings) to sample from the current student without recompiling.
+    """
+
+    def __init__(
+        self,
+        model: Decoder | tuple[Any, nnx.State],
+        config: SamplingConfig,
+        *,
+        mesh: Mesh | None = None,
+        rules: Rules = DEFAULT_RULES,
+    ):
+        if isinstance(model, tuple):
+            graphdef, state = model
+            module = nnx.merge(graphdef, state)
+        else:
+            module = model
+            graphdef, state = nnx.split(model)
+        if not isinstance(module, Decoder):
+            raise TypeError(f"Sampler needs a gadjax Decoder, got {type(module).__name__}")
+        self.graphdef = graphdef
+        self.state = state
+        self.model_config = module.config
+        self.cache_dtype = jnp.dtype(config.cache_dtype or module.dtype)
+        self.config = config
+        self.mesh = mesh
+        self.rules = tuple(rules)
+        self._programs: dict[tuple[int, int], Any] = {}
+
+    # ---- bookkeeping -------------------------------------------------------------------------------
+    @property
+    def num_compiled(self) -> int:
+        """Programs compiled so far (one per (prompt bucket, batch size) seen)."""
+        return len(self._programs)
+
+    def memory_estimate(
+        self, batch: int, prompt_bucket: int, state: nnx.State | None = None
+    ) -> MemoryEstimate:
+        """Per-device bytes of a rollout of `batch` prompts in `prompt_bucket` (x n_samples rows)."""
+        cfg, mc = self.config, self.model_config
+        rows = batch * cfg.n_samples
+        length = prompt_bucket + cfg.max_new_tokens
+        cache_shape = (mc.num_layers, rows, length, mc.num_kv_heads, mc.head_dim)
+        item = self.cache_dtype.itemsize
+        total_cache = kv_cache_bytes(mc, rows, length, self.cache_dtype)
+        per_dev_cache = 2 * _shard_bytes(cache_shape, item, CACHE_AXES, self.mesh, self.rules)
+        # The prefill holds the un-repeated cache too.
+        per_dev_cache += 2 * _shard_bytes(
+            (mc.num_layers, batch, length, mc.num_kv_heads, mc.head_dim),
+            item,
+            CACHE_AXES,
+            self.mesh,
+            self.rules,
+        )
+        params = 0
+        for leaf in jax.tree.leaves(state if state is not None else self.state):
+            shard = leaf.sharding.shard_shape(leaf.shape) if hasattr(leaf, "sharding") else leaf.shape
+            params += int(np.prod(shard)) * leaf.dtype.itemsize
+        # ~4 float32 [rows, V] buffers per step (logits, log-softmax, processed logits, noise) and the
+        # prefill's float32 attention scores of one layer [B, heads, P, P + R].
+        work = 4 * _shard_bytes((rows, mc.vocab_size), 4, ("batch", "act_vocab"), self.mesh, self.rules)
+        work += _shard_bytes(
+            (batch, mc.num_heads, prompt_bucket, length),
+            4,
+            ("batch", "act_heads", None, None),
+            self.mesh,
+            self.rules,
+        )
+        limit = cfg.max_memory_bytes if cfg.max_memory_bytes is not None else _device_limit()
+        return MemoryEstimate(total_cache, per_dev_cache, params, work, limit)
+
+    def check_memory(self, batch: int, prompt_bucket: int, state: nnx.State | None = None) -> MemoryEstimate:
+        """The estimate; raises RolloutMemoryError naming what to lower when it exceeds the limit."""
+        est = self.memory_estimate(batch, prompt_bucket, state)
+        if est.limit_bytes is not None and est.total_per_device > est.limit_bytes:
+            gib = 1 << 30
+            cfg = self.config
+            raise RolloutMemoryError(
+                f"rollout needs {est.total_per_device / gib:.2f} GiB per device but the limit is "
+                f"{est.limit_bytes / gib:.2f} GiB: KV cache {est.kv_cache_bytes_per_device / gib:.2f} GiB "
+                f"(batch {batch} x n_samples {cfg.n_samples} rows, length prompt bucket {prompt_bucket} + "
+                f"max_new_tokens {cfg.max_new_tokens}), params {est.param_bytes_per_device / gib:.2f} GiB, "
+                f"sampling buffers {est.work_bytes_per_device / gib:.2f} GiB. Lower the rollout batch size, "
+                f"n_samples, max_new_tokens or the prompt length, or shard the batch over more devices."
+            )
+        return est
+
+    # ---- the program ----------------------------------------------------------------------------------
+    def _program(self, bucket: int, batch: int):
+        key = (bucket, batch)
+        if key not in self._programs:
+            fn = functools.partial(_rollout, self.graphdef, self.config, self.cache_dtype)
+            self._programs[key] = jax.jit(fn)
+            log.info("rollout: compiling program for prompt bucket %d, batch %d", bucket, batch)
+        return self._programs[key]
+
+    def generate(
+        self,
+        prompt_ids: np.ndarray,
+        prompt_mask: np.ndarray,
+        rng: jax.Array,
+        *,
+        state: nnx.State | None = None,
+        as_numpy: bool = True,
+    ) -> RolloutOutput:
+        """Sample config.n_samples responses for each LEFT-padded prompt row.
+
+        prompt_ids, prompt_mask: int [B, P] host arrays. rng: a jax PRNG key. See RolloutOutput.
+        """
+        ids = np.asarray(prompt_ids)
+        mask = np.asarray(prompt_mask)
+        if ids.ndim != 2 or ids.shape != mask.shape:
+            raise ValueError(f"prompt_ids {ids.shape} and prompt_mask {mask.shape} must both be [B, P]")
+        lengths = _check_left_padded(mask)
+        cfg = self.config
+        b, p = ids.shape
+        longest = int(lengths.max())
+        bucket = cfg.bucket_for(longest)
+        state = state if state is not None else self.state
+        self.check_memory(b, bucket, state)
+
+        # Re-pad on the left to the bucket (drop all-padding columns first).
+        ids_b = np.full((b, bucket), cfg.pad_id, np.int32)
+        mask_b = np.zeros((b, bucket), np.int32)
+        ids_b[:, bucket - longest :] = ids[:, p - longest :]
+        mask_b[:, bucket - longest :] = mask[:, p - longest :]
+
+        program = self._program(bucket, b)
+        ctx = use_mesh(self.mesh, self.rules) if self.mesh is not None else contextlib.nullcontext()
+        with ctx:
+            if self.mesh is not None:
+                sh = named_sharding(("batch", "length"), ids_b.shape, self.mesh, self.rules)
+                ids_d, mask_d = jax.device_put(ids_b, sh), jax.device_put(mask_b, sh)
+            else:
+                ids_d, mask_d = jnp.asarray(ids_b), jnp.asarray(mask_b)
+            out = program(state, ids_d, mask_d, rng)
+            steps = int(out["steps"])  # blocks: the next program may contain collectives (DESIGN.md)
+
+        n = cfg.n_samples
+        rep_ids = np.repeat(ids.astype(np.int32), n, axis=0)
+        rep_mask = np.repeat(mask.astype(np.int32), n, axis=0)
+        arrays = {k: v for k, v in out.items() if k != "steps"}
+        if as_numpy:
+            arrays = {k: np.asarray(v) for k, v in arrays.items()}
+        return RolloutOutput(prompt_ids=rep_ids, prompt_mask=rep_mask, decode_steps=steps, **arrays)
+
+
+def _rollout(
+    graphdef: Any,
+    cfg: SamplingConfig,
+    cache_dtype: Any,
+    state: nnx.State,
+    ids: jax.Array,
+    mask: jax.Array,
+    rng: jax.Array,
+) -> dict[str, jax.Array]:
+    """Prefill once per prompt, broadcast to N samples, decode with a while_loop (see module doc)."""
+    model = nnx.merge(graphdef, state)
+    b, p = ids.shape
+    n, r = cfg.n_samples, cfg.max_new_tokens
+    rows = b * n
+    choose = functools.partial(
+        choose_tokens, greedy=cfg.is_greedy, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p
+    )
+    stop = jnp.asarray(sorted(cfg.stop_ids), jnp.int32) if cfg.stop_ids else None
+
+    def is_stop(tok: jax.Array) -> jax.Array:
+        if stop is None:
+            return jnp.zeros(tok.shape, bool)
+        return (tok[..., None] == stop).any(-1)
+
+    def shard_cache(c: KVCache) -> KVCache:
+        return KVCache(
+            k=constrain(c.k, CACHE_AXES),
+            v=constrain(c.v, CACHE_AXES),
+            mask=constrain(c.mask, ("batch", "cache_length")),
+            index=c.index,
+        )
+
+    # 1. prefill the B prompts once.
+    cache = shard_cache(model.init_cache(b, p + r, cache_dtype))
+    hidden, cache = model(ids, positions_from_mask(mask), mask, cache)
+    logits = model.logits(hidden[:, -1:])[:, 0]  # [B, V]: left padding puts every last token at p-1
+
+    # 2. broadcast to B*N rows (row i*N + j = sample j of prompt i).
+    cache = shard_cache(
+        KVCache(
+            k=jnp.repeat(cache.k, n, axis=1),
+            v=jnp.repeat(cache.v, n, axis=1),
+            mask=jnp.repeat(cache.mask, n, axis=0),
+            index=cache.index,
+        )
+    )
+    logits = constrain(jnp.repeat(logits, n, axis=0), ("batch", "act_vocab"))
+    prompt_len = jnp.repeat(mask.sum(axis=1).astype(jnp.int32), n, axis=0)
+
+    tok, lp, slp = choose(logits, jax.random.fold_in(rng, 0))
+    tokens = jnp.full((rows, r), cfg.pad_id, jnp.int32).at[:, 0].set(tok)
+    logprobs = jnp.zeros((rows, r), jnp.float32).at[:, 0].set(lp)
+    sampling_lp = jnp.zeros((rows, r), jnp.float32).at[:, 0].set(slp)
+    done = is_stop(tok)
+    ones = jnp.ones((rows, 1), jnp.int32)
+
+    # 3. decode: step t feeds token t-1 (at position prompt_len + t - 1) and samples token t.
+    def cond(carry: tuple) -> jax.Array:
+        t, _, _, _, _, done, _ = carry
+        return (t < r) & ~jnp.all(done)
+
+    def body(carry: tuple) -> tuple:
+        t, cache, tokens, logprobs, sampling_lp, done, last = carry
+        pos = (prompt_len + t - 1)[:, None]
+        hidden, cache = model(last[:, None], pos, ones, cache)
+        logits = constrain(model.logits(hidden)[:, 0], ("batch", "act_vocab"))
+        tok, lp, slp = choose(logits, jax.random.fold_in(rng, t))
+        tok = jnp.where(done, cfg.pad_id, tok)
+        tokens = jax.lax.dynamic_update_slice(tokens, tok[:, None], (0, t))
+        logprobs = jax.lax.dynamic_update_slice(logprobs, jnp.where(done, 0.0, lp)[:, None], (0, t))
+        sampling_lp = jax.lax.dynamic_update_slice(sampling_lp, jnp.where(done, 0.0, slp)[:, None], (0, t))
+        return t + 1, cache, tokens, logprobs, sampling_lp, done | is_stop(tok), tok
+
+    init = (jnp.int32(1), cache, tokens, logprobs, sampling_lp, done, tok)
+    t_end, _, tokens, logprobs, sampling_lp, done, _ = jax.lax.while_loop(cond, body, init)
+
+    cols = jnp.arange(r)[None, :]
+    written = cols < t_end
+    stops = is_stop(tokens) & written
+    after_stop = (jnp.cumsum(stops, axis=1) - stops) > 0
+    resp_mask = (written & ~after_stop).astype(jnp.int32)
+    tokens = jnp.where(resp_mask == 1, tokens, cfg.pad_id)
+    return {
+        "response_ids": tokens,
+        "response_mask": resp_mask,
+        "response_lengths": resp_mask.sum(axis=1).astype(jnp.int32),
+        "logprobs": logprobs * resp_mask,
+        "sampling_logprobs": sampling_lp * resp_mask,
+        "truncated": ~(stops & (resp_mask == 1)).any(axis=1),
+        "steps": t_end - 1,
+    }
+
+
+_SAMPLERS: dict[tuple, Sampler] = {}
+
+
+def generate(
+    model: Decoder | tuple[Any, nnx.State],
+    prompt_ids: np.ndarray,
+    prompt_mask: np.ndarray,
+    config: SamplingConfig,
+    rng: jax.Array,
+    *,
+    mesh: Mesh | None = None,
+    rules: Rules = DEFAULT_RULES,
+    as_numpy: bool = True,
+) -> RolloutOutput:
+    """Functional entry point: a cached Sampler per (model structure, config, mesh) runs the rollout.
+
+    See Sampler.generate and RolloutOutput for shapes; the compiled programs persist across calls.
+    """
+    graphdef, state = model if isinstance(model, tuple) else nnx.split(model)
+    key = (graphdef, config, mesh, tuple(rules))
+    sampler = _SAMPLERS.get(key)
+    if sampler is None:
+        sampler = _SAMPLERS[key] = Sampler((graphdef, state), config, mesh=mesh, rules=rules)
+    return sampler.generate(prompt_ids, prompt_mask, rng, state=state, as_numpy=as_numpy)
