@@ -167,7 +167,8 @@ def read_gguf_config(path: str | os.PathLike) -> dict:
     """The Hugging Face ``config.json`` dict for a llama / qwen2 / qwen3 GGUF file.
 
     ``tie_word_embeddings`` is true when the file has no ``output.weight`` (llama.cpp then reuses
-    ``token_embd``). Raises ValueError naming the file for an unsupported architecture or missing key.
+    ``token_embd``); ``rope_scaling`` is present only when the file scales rotary frequencies.
+    Raises ValueError naming the file for an unsupported architecture or a missing key.
     """
     path, reader, meta = _open(path)
     return _config(path, reader, meta)
@@ -201,12 +202,13 @@ def _config(path: str, reader: GGUFReader, meta: _Metadata) -> dict:
         "hidden_act": "silu",
         "rms_norm_eps": _f32(meta.require("attention.layer_norm_rms_epsilon")),
         "rope_theta": theta,
-        "rope_scaling": _rope_scaling(path, reader, meta, head_dim, theta),
         "max_position_embeddings": int(meta.arch_key("context_length", 2048)),
         "tie_word_embeddings": "output.weight" not in names,
         "attention_bias": "blk.0.attn_q.bias" in names,
-        "torch_dtype": "float32",
     }
+    rope_scaling = _rope_scaling(path, reader, meta, head_dim, theta)
+    if rope_scaling is not None:
+        config["rope_scaling"] = rope_scaling
     if meta.arch == "qwen2" and not config["attention_bias"]:
         raise ValueError(f"{path}: qwen2 GGUF without blk.0.attn_q.bias (Qwen2 attention has q/k/v biases)")
     for key in ("bos", "eos", "padding"):
