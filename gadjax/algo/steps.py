@@ -1,0 +1,432 @@
+"""Pure train steps: `(state, batch, rng) -> (state, metrics)` for SFT, the discriminator and the policy.
+
+Each step takes a `TrainState` (params + optax state + step count, a pytree), a batch of arrays laid out
+as in the data pipeline (prompt LEFT-padded [B, P], response RIGHT-padded [B, R]; the model sees
+concat(prompt, response) so every response starts at column P), and returns the new state and float32
+metrics. The model's graph definition, optimizer and hyperparameters are closed over when the step is
+built (`make_*_step`), so the jitted function is pure in its arguments and the state can be donated.
+
+Gradient accumulation: the batch is split into `micro_batches` interleaved slices (row k, k+M, ... so each
+slice keeps rows on every data shard) and scanned; every micro-batch loss is normalised by the GLOBAL
+count of tokens (or prompts) of the whole batch, so the summed gradient equals the full-batch gradient,
+weighted by real token counts (levanter's grad_accum, verl's agg_loss with global token counts).
+
+Non-finite guard: if the loss or the gradient norm is not finite, the update is skipped (params and
+optimizer state unchanged, step count still advances) and `skipped` = 1 is reported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from gadjax.algo.advantages import grpo_advantages
+from gadjax.algo.kl import kl_loss
+from gadjax.algo.logprobs import response_logprobs
+from gadjax.algo.losses import bce_discriminator_loss, bradley_terry_loss, ppo_clip_loss, sft_loss
+from gadjax.algo.optim import current_lr
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a model's training carries between steps (graphdef lives outside, static)."""
+
+    step: jax.Array
+    params: Any  # nnx.State of Params
+    opt_state: Any
+
+    @classmethod
+    def create(cls, params: Any, optimizer: optax.GradientTransformation) -> TrainState:
+        return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyLossConfig:
+    """SPEC.md "G loss" settings (verl names)."""
+
+    clip_eps: float = 0.2
+    clip_ratio_c: float = 3.0
+    loss_agg_mode: str = "token-mean"
+    kl_beta: float = 0.001
+    kl_kind: str = "low_var_kl"
+    entropy_coeff: float = 0.0
+
+
+# --- sequence helpers ------------------------------------------------------------------------------
+
+
+def concat_sequence(prompt_ids, prompt_mask, response_ids, response_mask) -> tuple[jax.Array, ...]:
+    """ids, mask, positions of concat(prompt, response) (prompt LEFT-padded, response RIGHT-padded)."""
+    ids = jnp.concatenate([prompt_ids, response_ids], axis=1).astype(jnp.int32)
+    mask = jnp.concatenate([prompt_mask, response_mask], axis=1).astype(jnp.int32)
+    positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+    return ids, mask, positions
+
+
+def sequence_logprobs(
+    model: nnx.Module,
+    prompt_ids: jax.Array,
+    prompt_mask: jax.Array,
+    response_ids: jax.Array,
+    response_mask: jax.Array,
+    *,
+    chunk_size: int,
+    return_entropy: bool = False,
+) -> tuple[jax.Array, jax.Array | None]:
+    """Log-probs [B, R] (float32) of the response tokens under `model` (a Decoder), chunked over time."""
+    ids, mask, pos = concat_sequence(prompt_ids, prompt_mask, response_ids, response_mask)
+    hidden, _ = model(ids, pos, mask)
+    return response_logprobs(
+        hidden,
+        model.output_embedding(),
+        response_ids,
+        prompt_ids.shape[1],
+        head_layout="hv",
+        chunk_size=chunk_size,
+        compute_dtype=model.dtype,
+        return_entropy=return_entropy,
+    )
+
+
+def sequence_scores(model: nnx.Module, prompt_ids, prompt_mask, response_ids, response_mask) -> jax.Array:
+    """Discriminator scores [B] of concat(prompt, response) at the last valid token."""
+    ids, mask, pos = concat_sequence(prompt_ids, prompt_mask, response_ids, response_mask)
+    return model(ids, pos, mask)
+
+
+# --- micro-batching and the shared update ----------------------------------------------------------
+
+
+def split_micro(tree: Any, m: int) -> Any:
+    """[B, ...] -> [M, B/M, ...] with micro-batch k = rows k, k+M, k+2M, ... (stays shard-local)."""
+
+    def one(x):
+        b = x.shape[0]
+        if b % m:
+            raise ValueError(f"batch of {b} rows does not split into micro_batches={m}")
+        return jnp.swapaxes(x.reshape(b // m, m, *x.shape[1:]), 0, 1)
+
+    return jax.tree.map(one, tree)
+
+
+def _accumulate(
+    loss_fn: Callable[[Any, Batch], tuple[jax.Array, Metrics]], params: Any, batch: Batch, micro_batches: int
+) -> tuple[jax.Array, Any, Metrics]:
+    """Sum of loss and grads over micro-batches (loss_fn normalises by global counts); metrics summed."""
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if micro_batches == 1:
+        (loss, metrics), grads = grad_fn(params, batch)
+        return loss, grads, metrics
+
+    def body(carry, micro):
+        (loss, metrics), grads = grad_fn(params, micro)
+        acc_loss, acc_grads, acc_metrics = carry
+        return (
+            acc_loss + loss,
+            jax.tree.map(jnp.add, acc_grads, grads),
+            jax.tree.map(jnp.add, acc_metrics, metrics),
+        ), None
+
+    micro = split_micro(batch, micro_batches)
+    first = jax.tree.map(lambda x: x[0], micro)
+    zeros_metrics = jax.tree.map(jnp.zeros_like, jax.eval_shape(lambda: loss_fn(params, first)[1]))
+    zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params), zeros_metrics)
+    (loss, grads, metrics), _ = jax.lax.scan(body, zeros, micro)
+    return loss, grads, metrics
+
+
+def _apply_update(
+    state: TrainState, loss: jax.Array, grads: Any, optimizer: optax.GradientTransformation
+) -> tuple[TrainState, Metrics]:
+    """Optimizer update, skipped (state kept) when the loss or gradients are not finite."""
+    grad_norm = optax.tree.norm(grads)
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, new_opt = optimizer.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+    new_state = TrainState(
+        step=state.step + 1,
+        params=keep(new_params, state.params),
+        opt_state=keep(new_opt, state.opt_state),
+    )
+    return new_state, {
+        "loss": loss,
+        "grad_norm": grad_norm,
+        "skipped": (~ok).astype(jnp.float32),
+        "lr": current_lr(new_opt).astype(jnp.float32),
+    }
+
+
+# --- SFT (seqkd, and G's warmup) -------------------------------------------------------------------
+
+
+def make_sft_step(
+    graphdef: nnx.GraphDef,
+    optimizer: optax.GradientTransformation,
+    *,
+    micro_batches: int = 1,
+    chunk_size: int = 256,
+) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
+    """Token-mean cross-entropy of the teacher response (incl. EOS) given the prompt (SPEC.md seqkd)."""
+
+    def step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, Metrics]:
+        del rng  # deterministic
+        num_tokens = jnp.sum(batch["response_mask"]).astype(jnp.float32)
+
+        def loss_fn(params, b):
+            model = nnx.merge(graphdef, params)
+            logp, _ = sequence_logprobs(
+                model,
+                b["prompt_ids"],
+                b["prompt_mask"],
+                b["response_ids"],
+                b["response_mask"],
+                chunk_size=chunk_size,
+            )
+            loss = sft_loss(logp, b["response_mask"], num_tokens=num_tokens)
+            return loss, {"sft_nll_sum": -jnp.sum(logp * b["response_mask"])}
+
+        loss, grads, aux = _accumulate(loss_fn, state.params, batch, micro_batches)
+        state, metrics = _apply_update(state, loss, grads, optimizer)
+        metrics["sft_loss"] = loss
+        metrics["sft_tokens"] = num_tokens
+        del aux
+        return state, metrics
+
+    return step
+
+
+# --- discriminator ---------------------------------------------------------------------------------
+
+
+def make_discriminator_step(
+    graphdef: nnx.GraphDef,
+    optimizer: optax.GradientTransformation,
+    *,
+    n_samples: int,
+    loss_type: str = "bradley_terry",
+    micro_batches: int = 1,
+) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
+    """One D update on (prompt, teacher response) vs the prompt's N student samples (SPEC.md L_D).
+
+    batch: prompt_ids/prompt_mask [B, P], response_ids/response_mask [B, R] (teacher),
+    student_ids/student_mask [B*N, R_s] (prompt i's samples at rows i*N .. i*N+N-1).
+    Returns metrics incl. `student_scores` [B*N]: D(x, y_s) under the PRE-update D, which are exactly the
+    GRPO rewards SPEC.md asks for (no second forward needed).
+    """
+    losses = {"bradley_terry": bradley_terry_loss, "bce": bce_discriminator_loss}
+    if loss_type not in losses:
+        raise ValueError(f"discriminator loss_type={loss_type!r}: expected one of {sorted(losses)}")
+    d_loss_fn = losses[loss_type]
+    n = n_samples
+
+    def step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, Metrics]:
+        del rng
+        b_prompts = batch["prompt_ids"].shape[0]
+        grouped = dict(batch)
+        grouped["student_ids"] = batch["student_ids"].reshape(b_prompts, n, -1)
+        grouped["student_mask"] = batch["student_mask"].reshape(b_prompts, n, -1)
+
+        def loss_fn(params, b):
+            model = nnx.merge(graphdef, params)
+            bp = b["prompt_ids"].shape[0]
+            t = sequence_scores(
+                model, b["prompt_ids"], b["prompt_mask"], b["response_ids"], b["response_mask"]
+            )
+            rep = lambda x: jnp.repeat(x, n, axis=0)
+            s = sequence_scores(
+                model,
+                rep(b["prompt_ids"]),
+                rep(b["prompt_mask"]),
+                b["student_ids"].reshape(bp * n, -1),
+                b["student_mask"].reshape(bp * n, -1),
+            )
+            loss, m = d_loss_fn(s, t, n)
+            # Normalise by the global prompt count so micro-batch losses sum to the batch loss.
+            w = bp / b_prompts
+            return loss * w, {
+                "d_acc": m["d_acc"] * w,
+                "teacher_score_mean": m["teacher_score_mean"] * w,
+                "student_score_mean": m["student_score_mean"] * w,
+                "student_scores": s.reshape(bp, n),
+            }
+
+        if micro_batches == 1:
+            (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, grouped)
+            scores = aux["student_scores"]
+        else:
+            loss, grads, aux = _accumulate_with_rows(loss_fn, state.params, grouped, micro_batches)
+            scores = aux["student_scores"]
+        state, metrics = _apply_update(state, loss, grads, optimizer)
+        metrics.update(
+            d_loss=loss,
+            d_acc=aux["d_acc"],
+            teacher_score_mean=aux["teacher_score_mean"],
+            student_score_mean=aux["student_score_mean"],
+            student_scores=scores.reshape(-1),
+        )
+        return state, metrics
+
+    return step
+
+
+def _accumulate_with_rows(loss_fn, params, batch, micro_batches):
+    """Like _accumulate, but per-row aux outputs (`student_scores`) are re-assembled, not summed."""
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    micro = split_micro(batch, micro_batches)
+
+    def body(carry, mb):
+        (loss, aux), grads = grad_fn(params, mb)
+        rows = aux.pop("student_scores")
+        acc_loss, acc_grads, acc_aux = carry
+        new = (acc_loss + loss, jax.tree.map(jnp.add, acc_grads, grads), jax.tree.map(jnp.add, acc_aux, aux))
+        return new, rows
+
+    first = jax.tree.map(lambda x: x[0], micro)
+    aux_shape = jax.eval_shape(lambda: loss_fn(params, first)[1])
+    aux_shape.pop("student_scores")
+    zeros = (
+        jnp.zeros((), jnp.float32),
+        jax.tree.map(jnp.zeros_like, params),
+        jax.tree.map(jnp.zeros_like, aux_shape),
+    )
+    (loss, grads, aux), rows = jax.lax.scan(body, zeros, micro)
+    # rows [M, B/M, N] -> undo the interleaved split -> [B, N]
+    aux["student_scores"] = jnp.swapaxes(rows, 0, 1).reshape(-1, rows.shape[-1])
+    return loss, grads, aux
+
+
+# --- policy (GRPO with the discriminator's reward) -------------------------------------------------
+
+
+def make_policy_step(
+    graphdef: nnx.GraphDef,
+    optimizer: optax.GradientTransformation,
+    loss_cfg: PolicyLossConfig,
+    *,
+    micro_batches: int = 1,
+    chunk_size: int = 256,
+) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
+    """PPO clipped surrogate + beta * KL(k3) to the reference, token-mean (SPEC.md "G loss").
+
+    batch: prompt_ids/prompt_mask [B*N, P] (each prompt repeated N times), response_ids/response_mask
+    [B*N, R] (the student's samples), advantages [B*N], ref_logprobs [B*N, R]; optional old_logprobs
+    [B*N, R]. Without old_logprobs, the rollout policy is the current one (one optimizer step per rollout
+    batch, SPEC.md), so old = stop_gradient(current) exactly and the ratio is 1.
+    """
+    cfg = loss_cfg
+
+    def step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, Metrics]:
+        del rng
+        mask_all = batch["response_mask"].astype(jnp.float32)
+        num_tokens = jnp.sum(mask_all)
+        num_seqs = jnp.sum((jnp.sum(mask_all, axis=1) > 0).astype(jnp.float32))
+        horizon = float(batch["response_ids"].shape[1])
+
+        def loss_fn(params, b):
+            model = nnx.merge(graphdef, params)
+            logp, entropy = sequence_logprobs(
+                model,
+                b["prompt_ids"],
+                b["prompt_mask"],
+                b["response_ids"],
+                b["response_mask"],
+                chunk_size=chunk_size,
+                return_entropy=True,
+            )
+            mask = b["response_mask"].astype(jnp.float32)
+            old = b["old_logprobs"] if "old_logprobs" in b else jax.lax.stop_gradient(logp)
+            agg = dict(
+                loss_agg_mode=cfg.loss_agg_mode, horizon=horizon, num_tokens=num_tokens, num_seqs=num_seqs
+            )
+            pg_loss, pg_m = ppo_clip_loss(
+                logp, old, b["advantages"], mask, clip_eps=cfg.clip_eps, clip_ratio_c=cfg.clip_ratio_c, **agg
+            )
+            kl = kl_loss(logp, b["ref_logprobs"], mask, kind=cfg.kl_kind, **agg)
+            loss = pg_loss + cfg.kl_beta * kl
+            ent_sum = jnp.sum(entropy * mask)
+            if cfg.entropy_coeff:
+                loss = loss - cfg.entropy_coeff * ent_sum / num_tokens
+            ntok = jnp.sum(mask)
+            # Token-weighted sums of the per-micro metrics; divided by the global count below.
+            return loss, {
+                "pg_loss": pg_loss,
+                "kl_loss": kl,
+                "entropy_sum": jax.lax.stop_gradient(ent_sum),
+                "pg_clipfrac_sum": pg_m["pg_clipfrac"] * ntok,
+                "pg_clipfrac_lower_sum": pg_m["pg_clipfrac_lower"] * ntok,
+                "ppo_kl_sum": pg_m["ppo_kl"] * ntok,
+            }
+
+        loss, grads, aux = _accumulate(loss_fn, state.params, batch, micro_batches)
+        state, metrics = _apply_update(state, loss, grads, optimizer)
+        den = jnp.maximum(num_tokens, 1.0)
+        metrics.update(
+            pg_loss=aux["pg_loss"],
+            kl_loss=aux["kl_loss"],
+            entropy=aux["entropy_sum"] / den,
+            pg_clipfrac=aux["pg_clipfrac_sum"] / den,
+            pg_clipfrac_lower=aux["pg_clipfrac_lower_sum"] / den,
+            ppo_kl=aux["ppo_kl_sum"] / den,
+            response_tokens=num_tokens,
+        )
+        return state, metrics
+
+    return step
+
+
+# --- forward-only helpers --------------------------------------------------------------------------
+
+
+def make_logprob_fn(graphdef: nnx.GraphDef, *, chunk_size: int = 256) -> Callable[[Any, Batch], jax.Array]:
+    """(params, batch) -> response log-probs [B, R]: the frozen reference's log-probs for the KL term."""
+
+    def fn(params: Any, batch: Batch) -> jax.Array:
+        model = nnx.merge(graphdef, params)
+        logp, _ = sequence_logprobs(
+            model,
+            batch["prompt_ids"],
+            batch["prompt_mask"],
+            batch["response_ids"],
+            batch["response_mask"],
+            chunk_size=chunk_size,
+        )
+        return logp
+
+    return fn
+
+
+def make_score_fn(graphdef: nnx.GraphDef) -> Callable[[Any, Batch], jax.Array]:
+    """(params, batch) -> discriminator scores [B] of concat(prompt, response)."""
+
+    def fn(params: Any, batch: Batch) -> jax.Array:
+        model = nnx.merge(graphdef, params)
+        return sequence_scores(
+            model, batch["prompt_ids"], batch["prompt_mask"], batch["response_ids"], batch["response_mask"]
+        )
+
+    return fn
+
+
+def group_advantages(rewards: jax.Array, n: int) -> tuple[jax.Array, Metrics]:
+    """GRPO advantages from rewards [B*N] plus reward / advantage statistics for the logs."""
+    adv = grpo_advantages(rewards, n)
+    r = rewards.astype(jnp.float32)
+    return adv, {
+        "reward_mean": jnp.mean(r),
+        "reward_std": jnp.std(r),
+        "advantage_mean": jnp.mean(adv),
+        "advantage_abs_mean": jnp.mean(jnp.abs(adv)),
+        "advantage_max": jnp.max(adv),
+        "advantage_min": jnp.min(adv),
+    }
