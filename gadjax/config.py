@@ -1,0 +1,232 @@
+"""The training config: defaults (SPEC.md reference hyperparameters) and validation.
+
+Config files in configs/ define `get_config()` that starts from `base_config()` and overrides fields;
+`python -m gadjax.train --config configs/X.py --config.key=value` overrides more. `validate` runs before
+anything is compiled and names the offending key.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ml_collections import ConfigDict
+
+STAGES = ("seqkd", "warmup", "gad")
+DTYPES = ("float32", "bfloat16")
+REMATS = ("none", "full", "dots", "dots_no_batch")
+
+
+class ConfigValidationError(ValueError):
+    """An invalid training config; the message names the key."""
+
+
+def _optim(lr: float) -> ConfigDict:
+    # SPEC.md: AdamW betas 0.9 / 0.999, wd 0.01, constant lr, grad-norm clip 0.2.
+    return ConfigDict(
+        dict(
+            lr=lr,
+            schedule="constant",
+            warmup_steps=0,
+            b1=0.9,
+            b2=0.999,
+            eps=1e-8,
+            weight_decay=0.01,
+            weight_decay_mask="all",
+            grad_clip_norm=0.2,
+        )
+    )
+
+
+def base_config() -> ConfigDict:
+    """Every key the trainer reads, with SPEC.md's defaults (GAD stage, Qwen2.5-7B-scale settings)."""
+    c = ConfigDict()
+    c.stage = "gad"
+    c.run_dir = "runs/default"
+    c.seed = 0
+    c.resume = False  # continue exactly from the latest checkpoint in run_dir
+
+    c.model = ConfigDict(
+        dict(
+            path="",  # HF directory or .gguf of the student
+            tokenizer="",  # default: model.path
+            random_init=ConfigDict(dict(enabled=False, hf_config={})),  # tests: random weights from a config
+            dtype="float32",  # compute dtype (bfloat16 on accelerators)
+            param_dtype="float32",  # master weights (SPEC.md: fp32)
+            remat="none",
+        )
+    )
+    c.disc = ConfigDict(
+        dict(
+            path="",  # default: the student's path (SPEC.md: D is a copy of the student)
+            head_init="normal",
+            head_std=0.02,
+            loss="bradley_terry",  # or "bce" (the paper's ablation)
+        )
+    )
+    # Start G and D from an earlier run (the warmup result for gad). Empty: from the model paths.
+    c.init_from = ""
+
+    c.mesh = ConfigDict(dict(shape=(1, -1, 1)))  # (data, fsdp, tensor); -1 takes the remaining devices
+    c.distributed = ConfigDict(dict(coordinator_address="", num_processes=0, process_id=-1))
+
+    c.data = ConfigDict(
+        dict(
+            train=[],  # JSONL / parquet files or a tfds directory
+            kind="auto",
+            skip_bad_rows=False,
+            batch_size=256,  # prompts per step (global)
+            max_prompt_tokens=2048,
+            max_response_tokens=1536,
+            overlong_prompt="truncate",
+            overlong_response="truncate",
+            buckets="pow2",
+            min_bucket=16,
+            shuffle=True,
+            num_epochs=3,
+            worker_count=0,
+        )
+    )
+    c.teacher = ConfigDict(
+        dict(
+            enabled=False,  # online teacher: prompts without responses go through the API
+            base_url="",
+            model="",
+            api_key_env="OPENAI_API_KEY",
+            system_prompt="",
+            temperature=1.0,
+            top_p=1.0,
+            max_tokens=1536,
+            concurrency=8,
+            cache_path="",  # default: <run_dir>/teacher_cache.sqlite
+            max_ahead=512,
+        )
+    )
+    c.rollout = ConfigDict(
+        dict(
+            n_samples=8,
+            temperature=0.8,
+            top_p=1.0,
+            top_k=0,
+            max_new_tokens=1536,
+            prompt_buckets=(64, 128, 256, 512, 1024, 2048),
+        )
+    )
+    c.optim_g = _optim(1e-6)
+    c.optim_d = _optim(1e-6)
+    c.loss = ConfigDict(
+        dict(
+            clip_eps=0.2,
+            clip_ratio_c=3.0,
+            loss_agg_mode="token-mean",
+            kl_beta=0.001,
+            kl_kind="low_var_kl",
+            entropy_coeff=0.0,
+        )
+    )
+    c.train = ConfigDict(
+        dict(
+            steps=0,  # 0: one pass over num_epochs of the data
+            d_only_steps=10,  # warmup: D trains alone first
+            micro_batches_g=1,
+            micro_batches_d=1,
+            logprob_chunk=256,
+            max_bad_steps=3,  # consecutive non-finite steps before the run stops
+        )
+    )
+    c.checkpoint = ConfigDict(dict(every=50, keep=3, dir=""))  # dir default: <run_dir>/checkpoints
+    c.metrics = ConfigDict(dict(tensorboard=True, wandb=False, wandb_project="gadjax", progress=True))
+    # Reward-hacking watch (SPEC.md): warn when these drift out of band.
+    c.guards = ConfigDict(
+        dict(
+            response_length_max_ratio=2.0,  # mean length vs its first-logged value
+            d_acc_low=0.55,
+            d_acc_high=0.98,
+            window=20,
+        )
+    )
+    c.export = ConfigDict(dict(hf=True, discriminator=False))
+    c.peak_flops_per_device = 0.0  # 0: look up the device kind; used for MFU
+    return c
+
+
+def stage_defaults(c: ConfigDict) -> ConfigDict:
+    """SPEC.md per-stage values where the stage changes them (seqkd: G lr 5e-6, no KL)."""
+    if c.stage == "seqkd":
+        c.optim_g.lr = 5e-6 if c.optim_g.lr == 1e-6 else c.optim_g.lr
+        c.loss.kl_beta = 0.0
+    return c
+
+
+def _fail(key: str, msg: str) -> None:
+    raise ConfigValidationError(f"config.{key}: {msg}")
+
+
+def validate(c: ConfigDict) -> ConfigDict:
+    """Check every key the trainer relies on; raise ConfigValidationError naming the first bad one."""
+    if c.stage not in STAGES:
+        _fail("stage", f"{c.stage!r} is not one of {STAGES}")
+    if not c.run_dir:
+        _fail("run_dir", "must be set")
+    if not c.model.path and not c.model.random_init.enabled:
+        _fail("model.path", "must name a HF directory or .gguf file (or enable model.random_init)")
+    if c.model.path and not os.path.exists(c.model.path):
+        _fail("model.path", f"{c.model.path!r} does not exist")
+    for key in ("dtype", "param_dtype"):
+        if c.model[key] not in DTYPES:
+            _fail(f"model.{key}", f"{c.model[key]!r} is not one of {DTYPES}")
+    if c.model.remat not in REMATS:
+        _fail("model.remat", f"{c.model.remat!r} is not one of {REMATS}")
+    if c.disc.loss not in ("bradley_terry", "bce"):
+        _fail("disc.loss", f"{c.disc.loss!r} is not 'bradley_terry' or 'bce'")
+    if c.disc.head_init not in ("zero", "normal"):
+        _fail("disc.head_init", f"{c.disc.head_init!r} is not 'zero' or 'normal'")
+    if len(tuple(c.mesh.shape)) != 3:
+        _fail("mesh.shape", f"{tuple(c.mesh.shape)} must have 3 entries (data, fsdp, tensor)")
+    if not c.data.train:
+        _fail("data.train", "no training files given")
+    for path in c.data.train:
+        if not os.path.exists(path):
+            _fail("data.train", f"{path!r} does not exist")
+    _positive(c, "data.batch_size", "data.max_prompt_tokens", "data.max_response_tokens")
+    _positive(c, "rollout.n_samples", "rollout.max_new_tokens", "train.logprob_chunk")
+    _positive(c, "train.micro_batches_g", "train.micro_batches_d", "checkpoint.every", "checkpoint.keep")
+    for opt in ("optim_g", "optim_d"):
+        if c[opt].lr <= 0:
+            _fail(f"{opt}.lr", f"must be > 0 (got {c[opt].lr})")
+        if c[opt].schedule not in ("constant", "warmup_cosine"):
+            _fail(f"{opt}.schedule", f"{c[opt].schedule!r} is not 'constant' or 'warmup_cosine'")
+    if c.rollout.temperature < 0:
+        _fail("rollout.temperature", "must be >= 0")
+    if not 0 < c.rollout.top_p <= 1:
+        _fail("rollout.top_p", "must be in (0, 1]")
+    if c.loss.kl_beta < 0:
+        _fail("loss.kl_beta", "must be >= 0")
+    from gadjax.algo.kl import KL_KINDS
+    from gadjax.algo.losses import LOSS_AGG_MODES
+
+    if c.loss.kl_kind not in KL_KINDS:
+        _fail("loss.kl_kind", f"{c.loss.kl_kind!r} is not one of {KL_KINDS}")
+    if c.loss.loss_agg_mode not in LOSS_AGG_MODES:
+        _fail("loss.loss_agg_mode", f"{c.loss.loss_agg_mode!r} is not one of {LOSS_AGG_MODES}")
+    if c.stage == "gad" and c.rollout.n_samples < 2:
+        _fail("rollout.n_samples", "gad needs >= 2 samples per prompt (a group of 1 has zero advantage)")
+    if c.stage != "seqkd" and c.data.batch_size % c.train.micro_batches_d:
+        _fail("train.micro_batches_d", f"must divide data.batch_size={c.data.batch_size}")
+    rows_g = c.data.batch_size * (c.rollout.n_samples if c.stage == "gad" else 1)
+    if rows_g % c.train.micro_batches_g:
+        _fail("train.micro_batches_g", f"must divide the G batch of {rows_g} rows")
+    if c.teacher.enabled and (not c.teacher.base_url or not c.teacher.model):
+        _fail("teacher.base_url", "teacher.enabled needs teacher.base_url and teacher.model")
+    if c.init_from and not os.path.isdir(c.init_from):
+        _fail("init_from", f"{c.init_from!r} is not a directory (an earlier run_dir)")
+    return c
+
+
+def _positive(c: ConfigDict, *keys: str) -> None:
+    for key in keys:
+        node: Any = c
+        for part in key.split("."):
+            node = node[part]
+        if not isinstance(node, int) or node < 1:
+            _fail(key, f"must be a positive integer (got {node!r})")

@@ -1,0 +1,98 @@
+"""Jitting train steps over a mesh: explicit in/out shardings for the state and batch, donated state.
+
+The parameter shardings come from the logical-axis rule table; optimizer-state leaves (Adam's mu and nu
+mirror the parameter tree) take the sharding of the parameter whose path they end with, everything
+else (step counts, hyperparameters) is replicated. Batches are split over the ("data", "fsdp") axes by
+their leading (row) dimension.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from gadjax.algo.steps import TrainState
+from gadjax.parallel.rules import DEFAULT_RULES, Rules, named_sharding
+
+
+def _key(k: Any) -> str:
+    return str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+
+
+def like_params_shardings(tree: Any, param_shardings: Any, mesh: Mesh) -> Any:
+    """Shardings for `tree` (e.g. an optimizer state): a leaf whose path ENDS with a parameter's path
+    and has its shape gets that parameter's sharding; any other leaf is replicated."""
+    by_path: dict[tuple[str, ...], NamedSharding] = {}
+    for path, sh in jax.tree_util.tree_flatten_with_path(param_shardings)[0]:
+        by_path[tuple(_key(k) for k in path)] = sh
+    longest = max((len(p) for p in by_path), default=0)
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def one(path: tuple, leaf: Any) -> NamedSharding:
+        keys = tuple(_key(k) for k in path)
+        for start in range(max(0, len(keys) - longest), len(keys)):
+            sh = by_path.get(keys[start:])
+            if sh is not None and len(sh.spec) <= len(getattr(leaf, "shape", ())):
+                return sh
+        return replicated
+
+    return jax.tree_util.tree_map_with_path(one, tree)
+
+
+def train_state_shardings(abstract_state: TrainState, param_shardings: Any, mesh: Mesh) -> TrainState:
+    """TrainState of NamedShardings matching `abstract_state` (from jax.eval_shape)."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return TrainState(
+        step=replicated,
+        params=param_shardings,
+        opt_state=like_params_shardings(abstract_state.opt_state, param_shardings, mesh),
+    )
+
+
+def batch_shardings(batch: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Any:
+    """Each array's leading dimension over the "batch" logical axis (data x fsdp), the rest replicated."""
+
+    def one(x: Any) -> NamedSharding:
+        shape = tuple(x.shape)
+        return named_sharding(("batch",) + (None,) * (len(shape) - 1), shape, mesh, rules)
+
+    return jax.tree.map(one, batch)
+
+
+def shard_batch(batch: dict[str, Any], mesh: Mesh, rules: Rules = DEFAULT_RULES) -> dict[str, jax.Array]:
+    """Place a host batch (numpy, the same on every process) on the mesh with batch_shardings."""
+    return jax.device_put(batch, batch_shardings(batch, mesh, rules))
+
+
+def jit_step(
+    step: Callable[..., tuple[TrainState, dict[str, jax.Array]]],
+    state_shardings: TrainState,
+    mesh: Mesh,
+    batch_example: dict[str, Any],
+    rules: Rules = DEFAULT_RULES,
+) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
+    """jax.jit(step) with explicit shardings: state (donated), batch by rows, rng and metrics replicated."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return jax.jit(
+        step,
+        in_shardings=(state_shardings, batch_shardings(batch_example, mesh, rules), replicated),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=(0,),
+    )
+
+
+def jit_forward(
+    fn: Callable[[Any, dict[str, Any]], jax.Array],
+    param_shardings: Any,
+    mesh: Mesh,
+    batch_example: dict[str, Any],
+    rules: Rules = DEFAULT_RULES,
+) -> Callable[[Any, dict[str, Any]], jax.Array]:
+    """jax.jit of a forward-only (params, batch) -> per-row array function, rows split like the batch."""
+    out = named_sharding(("batch",), (next(iter(batch_example.values())).shape[0],), mesh, rules)
+    return jax.jit(
+        fn, in_shardings=(param_shardings, batch_shardings(batch_example, mesh, rules)), out_shardings=out
+    )
