@@ -1,0 +1,108 @@
+"""Greedy batched generation of the student's responses to a list of chats (SPEC.md: greedy decoding).
+
+Prompts are rendered with the student's chat template and tokenized exactly as for training
+(:class:`gadjax.data.tokenize.RowEncoder`: an over-long prompt keeps its end), sorted by length so that
+each batch pads little, LEFT-padded and run through the rollout sampler. Every batch has the same size
+(the last one is filled with copies of its final prompt, whose outputs are discarded), so the sampler
+compiles one program per prompt bucket it meets, not one per leftover batch size.
+
+Lengths are in student tokens and EXCLUDE the stop token; ``truncated`` means no stop token within
+``max_new_tokens``. The text is the decoded content tokens (special tokens skipped).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import jax
+from jax.sharding import Mesh
+from tqdm.auto import tqdm
+
+from gadjax.data.batching import pad_left
+from gadjax.data.tokenize import RowEncoder
+from gadjax.parallel.rules import DEFAULT_RULES, Rules
+from gadjax.rollout.sampler import DEFAULT_BUCKETS, Sampler, SamplingConfig
+
+# End-of-turn tokens of common chat templates; those present in the vocabulary also stop generation.
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|endoftext|>", "<end_of_turn>", "</s>")
+
+
+@dataclasses.dataclass
+class GeneratedResponse:
+    """One greedy response. ``token_ids`` excludes the stop token; ``length == len(token_ids)``."""
+
+    text: str
+    token_ids: list[int]
+    length: int
+    truncated: bool
+    prompt_tokens: int
+    prompt_truncated: bool
+
+
+def default_stop_ids(tokenizer: Any, extra: Iterable[int] = ()) -> frozenset[int]:
+    """EOS plus the end-of-turn tokens in the tokenizer's vocabulary (pad is not one of them unless it
+    is one of those tokens: a pad that is a real token may not end a response)."""
+    ids = {int(tokenizer.eos_token_id), *(int(i) for i in extra)}
+    vocab = tokenizer.get_vocab()
+    ids.update(int(vocab[t]) for t in END_OF_TURN_TOKENS if t in vocab)
+    return frozenset(ids)
+
+
+def generate_responses(
+    model: Any,
+    tokenizer: Any,
+    chats: Sequence[Sequence[Mapping[str, str]]],
+    *,
+    max_new_tokens: int,
+    batch_size: int = 8,
+    max_prompt_tokens: int = 1024,
+    stop_ids: Iterable[int] | None = None,
+    mesh: Mesh | None = None,
+    rules: Rules = DEFAULT_RULES,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[GeneratedResponse]:
+    """Greedy responses of ``model`` (a Decoder or its (graphdef, state)) to ``chats``, in input order."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: must be >= 1")
+    if not chats:
+        return []
+    encoder = RowEncoder(tokenizer, max_prompt_tokens=max_prompt_tokens, max_response_tokens=1)
+    encoded = [encoder.encode_prompt({"messages": list(c)}) for c in chats]
+    buckets = tuple(sorted({*(b for b in DEFAULT_BUCKETS if b < max_prompt_tokens), max_prompt_tokens}))
+    cfg = SamplingConfig(
+        max_new_tokens=max_new_tokens,
+        greedy=True,
+        stop_ids=frozenset(stop_ids) if stop_ids is not None else default_stop_ids(tokenizer),
+        pad_id=int(tokenizer.pad_token_id),
+        prompt_buckets=buckets,
+    )
+    sampler = Sampler(model, cfg, mesh=mesh, rules=rules)
+    order = sorted(range(len(chats)), key=lambda i: len(encoded[i]["prompt_ids"]))
+    out: list[GeneratedResponse | None] = [None] * len(chats)
+    rng = jax.random.key(seed)  # greedy: the key is unused by the sampling rule, but required
+    bar = tqdm(total=len(chats), desc="generate", unit="prompt", disable=not progress, leave=False)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        rows = idx + [idx[-1]] * (batch_size - len(idx))  # fixed batch size: one program per bucket
+        seqs = [encoded[i]["prompt_ids"] for i in rows]
+        ids, mask = pad_left(seqs, max(len(s) for s in seqs), cfg.pad_id)
+        res = sampler.generate(ids, mask, rng)
+        for j, i in enumerate(idx):
+            n = int(res.response_lengths[j])
+            trunc = bool(res.truncated[j])
+            content = [int(t) for t in res.response_ids[j, : n if trunc else n - 1]]
+            out[i] = GeneratedResponse(
+                text=tokenizer.decode(content, skip_special_tokens=True),
+                token_ids=content,
+                length=len(content),
+                truncated=trunc,
+                prompt_tokens=len(encoded[i]["prompt_ids"]),
+                prompt_truncated=bool(encoded[i]["prompt_truncated"]),
+            )
+        bar.update(len(idx))
+    bar.close()
+    return [o for o in out if o is not None]
+

@@ -1,0 +1,254 @@
+"""``evaluate_model``: greedy student responses on held-out prompts, then every metric of issue 7.
+
+In-process API for the trainer and the demo (no reloading): pass the live Decoder (or its
+(graphdef, state)), the tokenizer and the rows. ``write_results`` saves what the CLI saves.
+Metrics (SPEC.md "Data and evaluation"): ROUGE-L F1 vs the teacher's responses, response length
+statistics in student tokens, persona marker rate, and the judge score.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from jax.sharding import Mesh
+
+from gadjax.eval.generation import default_stop_ids, generate_responses
+from gadjax.eval.judge import JudgeResult, JudgeSettings, judge_summary, render_question, run_judge
+from gadjax.eval.lengths import length_stats
+from gadjax.eval.markers import compile_marker, marker_hits, marker_rate
+from gadjax.eval.rouge import rouge_l_scores
+from gadjax.parallel.rules import DEFAULT_RULES, Rules
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+    """How to evaluate. ``max_prompts``: the first N rows (file order); None = all. ``marker``: a regex
+    (or a literal phrase with ``marker_literal``) whose presence in a response is the persona marker.
+    ``judge``: None skips the judge protocol."""
+
+    max_prompts: int | None = None
+    max_new_tokens: int = 1536  # SPEC.md: greedy, max 1536 new tokens
+    batch_size: int = 8
+    max_prompt_tokens: int = 1024
+    marker: str | None = None
+    marker_literal: bool = False
+    marker_ignore_case: bool = False
+    judge: JudgeSettings | None = None
+    rouge_stemmer: bool = False
+    extra_stop_ids: tuple[int, ...] = ()
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_prompts is not None and self.max_prompts < 1:
+            raise ValueError(f"EvalSettings.max_prompts={self.max_prompts}: must be >= 1 or None")
+        for f in ("max_new_tokens", "batch_size", "max_prompt_tokens"):
+            if getattr(self, f) < 1:
+                raise ValueError(f"EvalSettings.{f}={getattr(self, f)}: must be >= 1")
+
+    def describe(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["judge"] = self.judge.describe() if self.judge is not None else None
+        d["extra_stop_ids"] = list(self.extra_stop_ids)
+        return d
+
+
+def _row_fields(row: Any, i: int) -> tuple[Any, list[dict[str, str]], str | None]:
+    """(example_id, messages, teacher response or None) of a record dict or a gadjax Row."""
+    get = row.get if isinstance(row, Mapping) else (lambda k, d=None: getattr(row, k, d))
+    messages = get("messages")
+    if not messages:
+        raise ValueError(f"row {i}: no 'messages' (expected a chat: list of {{role, content}})")
+    return get("example_id", i), [dict(m) for m in messages], get("response")
+
+
+def evaluate_model(
+    model: Any,
+    tokenizer: Any,
+    rows: Sequence[Any],
+    settings: EvalSettings,
+    *,
+    mesh: Mesh | None = None,
+    rules: Rules = DEFAULT_RULES,
+) -> dict[str, Any]:
+    """Evaluate ``model`` on ``rows`` (dicts with ``messages`` and optional ``response`` / ``example_id``,
+    as from :func:`gadjax.data.sources.open_source`, or :class:`gadjax.data.rows.Row`).
+
+    Returns {"settings", "counts", "metrics", "summary", "timing_s", "generations"} (see
+    gadjax/evaluate.py for the schema).
+    """
+    t0 = time.perf_counter()
+    rows = list(rows)[: settings.max_prompts] if settings.max_prompts else list(rows)
+    if not rows:
+        raise ValueError("evaluate_model: no rows to evaluate")
+    fields = [_row_fields(r, i) for i, r in enumerate(rows)]
+    ids = [f[0] for f in fields]
+    chats = [f[1] for f in fields]
+    teacher = [f[2] for f in fields]
+
+    stop_ids = default_stop_ids(tokenizer, settings.extra_stop_ids)
+    gens = generate_responses(
+        model, tokenizer, chats, max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size,
+        max_prompt_tokens=settings.max_prompt_tokens, stop_ids=stop_ids, mesh=mesh, rules=rules,
+        seed=settings.seed, progress=settings.progress,
+    )
+    t_gen = time.perf_counter() - t0
+    student = [g.text for g in gens]
+    with_ref = [k for k, t in enumerate(teacher) if t is not None]
+
+    # ROUGE-L: only where the row has a teacher response; the rest are counted, not guessed.
+    rouge: list[float | None] = [None] * len(rows)
+    for k, v in zip(with_ref, rouge_l_scores([student[k] for k in with_ref], [teacher[k] for k in with_ref],
+                                             settings.rouge_stemmer), strict=True):
+        rouge[k] = v
+    rouge_vals = [v for v in rouge if v is not None]
+
+    teacher_lengths = [len(tokenizer.encode(teacher[k], add_special_tokens=False)) for k in with_ref]
+    metrics: dict[str, Any] = {
+        "rouge_l": {"mean": sum(rouge_vals) / len(rouge_vals) if rouge_vals else None, "n": len(rouge_vals),
+                    "skipped_no_teacher_response": len(rows) - len(rouge_vals),
+                    "use_stemmer": settings.rouge_stemmer},
+        "length": length_stats([g.length for g in gens], [g.truncated for g in gens]),
+        "teacher_length": length_stats(teacher_lengths),
+        "marker": None,
+        "judge": None,
+    }
+
+    hits: list[bool | None] = [None] * len(rows)
+    t_hits: list[bool | None] = [None] * len(rows)
+    if settings.marker:
+        rx = compile_marker(settings.marker, settings.marker_ignore_case, settings.marker_literal)
+        hits = list(marker_hits(student, rx))
+        th = marker_hits([teacher[k] for k in with_ref], rx)
+        for k, h in zip(with_ref, th, strict=True):
+            t_hits[k] = h
+        metrics["marker"] = {"pattern": settings.marker, "literal": settings.marker_literal,
+                             "ignore_case": settings.marker_ignore_case,
+                             "student": marker_rate(hits), "teacher": marker_rate(th)}
+
+    judged: list[JudgeResult | None] = [None] * len(rows)
+    t1 = time.perf_counter()
+    if settings.judge is not None:
+        results, counters = run_judge(chats, student, settings.judge, ids=[str(i) for i in ids],
+                                      progress=settings.progress)
+        judged = list(results)
+        metrics["judge"] = {**judge_summary(results), "model": settings.judge.model,
+                            "base_url": settings.judge.base_url, "client": counters}
+    t_judge = time.perf_counter() - t1
+
+    generations = []
+    for k, g in enumerate(gens):
+        generations.append({
+            "index": k,
+            "example_id": ids[k],
+            "messages": chats[k],
+            "prompt": render_question(chats[k]),
+            "teacher_response": teacher[k],
+            "student_response": g.text,
+            "student_token_ids": g.token_ids,
+            "length": g.length,
+            "truncated": g.truncated,
+            "prompt_tokens": g.prompt_tokens,
+            "prompt_truncated": g.prompt_truncated,
+            "rouge_l": rouge[k],
+            "marker_hit": hits[k],
+            "teacher_marker_hit": t_hits[k],
+            "judge": judged[k].as_dict() if judged[k] is not None else None,
+        })
+
+    counts = {
+        "prompts": len(rows),
+        "with_teacher_response": len(with_ref),
+        "prompt_truncated": sum(g.prompt_truncated for g in gens),
+        "response_truncated": sum(g.truncated for g in gens),
+        "judge_ok": metrics["judge"]["n_ok"] if metrics["judge"] else None,
+        "judge_failed": metrics["judge"]["n_failed"] if metrics["judge"] else None,
+    }
+    return {
+        "settings": {**settings.describe(), "stop_ids": sorted(stop_ids)},
+        "counts": counts,
+        "metrics": metrics,
+        "summary": summarize(metrics, len(rows)),
+        "timing_s": {"generation": round(t_gen, 3), "judge": round(t_judge, 3),
+                     "total": round(time.perf_counter() - t0, 3)},
+        "generations": generations,
+    }
+
+
+def summarize(metrics: Mapping[str, Any], n_prompts: int) -> dict[str, float | int | None]:
+    """Flat headline numbers (None where a metric was not computed), for tables and bar plots."""
+    marker, judge, length = metrics.get("marker"), metrics.get("judge"), metrics["length"]
+    return {
+        "n_prompts": n_prompts,
+        "rouge_l": metrics["rouge_l"]["mean"],
+        "length_mean": length["mean"],
+        "length_median": length["median"],
+        "length_p90": length["p90"],
+        "length_max": length["max"],
+        "truncation_rate": length["truncation_rate"],
+        "teacher_length_mean": metrics["teacher_length"]["mean"],
+        "marker_rate": marker["student"]["rate"] if marker else None,
+        "teacher_marker_rate": marker["teacher"]["rate"] if marker else None,
+        "judge_score": judge["score"] if judge else None,
+        "judge_n_ok": judge["n_ok"] if judge else None,
+        "judge_n_failed": judge["n_failed"] if judge else None,
+    }
+
+
+def _atomic_write(path: str, text: str) -> None:
+    d = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_results(result: Mapping[str, Any], out_dir: str, name: str,
+                  info: Mapping[str, Any] | None = None) -> tuple[str, str]:
+    """Write ``eval_<name>.json`` (everything but the generations, plus ``name`` and ``info`` such as
+    the model path) and ``generations_<name>.jsonl`` (one line per prompt). Returns both paths."""
+    if not name or os.sep in name or name.startswith("."):
+        raise ValueError(f"evaluation name {name!r}: must be a plain file-name label")
+    os.makedirs(out_dir, exist_ok=True)
+    eval_path = os.path.join(out_dir, f"eval_{name}.json")
+    gen_path = os.path.join(out_dir, f"generations_{name}.jsonl")
+    doc = {"name": name, **dict(info or {}), **{k: v for k, v in result.items() if k != "generations"}}
+    _atomic_write(gen_path, "".join(json.dumps(g, ensure_ascii=False) + "\n" for g in result["generations"]))
+    _atomic_write(eval_path, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    return eval_path, gen_path
+
+
+def format_summary(result: Mapping[str, Any], name: str) -> str:
+    """A few human lines: the headline numbers with their counts."""
+    s, m = result["summary"], result["metrics"]
+
+    def f(x: float | None, spec: str = ".3f") -> str:
+        return "n/a" if x is None else format(x, spec)
+
+    lines = [f"eval {name}: {s['n_prompts']} prompts"]
+    lines.append(f"  ROUGE-L F1      {f(s['rouge_l'])}  (n={m['rouge_l']['n']})")
+    lines.append(f"  length (tokens) mean {f(s['length_mean'], '.1f')}  median "
+                 f"{f(s['length_median'], '.1f')}  p90 {f(s['length_p90'], '.1f')}  max {s['length_max']}  "
+                 f"truncated {f(s['truncation_rate'], '.1%')}  (teacher mean "
+                 f"{f(s['teacher_length_mean'], '.1f')})")
+    if m["marker"]:
+        st, te = m["marker"]["student"], m["marker"]["teacher"]
+        lines.append(f"  marker rate     {f(st['rate'], '.1%')} ({st['hits']}/{st['n']}); "
+                     f"teacher {f(te['rate'], '.1%')} ({te['hits']}/{te['n']})")
+    if m["judge"]:
+        j = m["judge"]
+        failed = ", ".join(f"{k} {v}" for k, v in j["failures"].items() if v) or "none"
+        lines.append(f"  judge score     {f(s['judge_score'], '.2f')}  (50 = parity; ok "
+                     f"{j['n_ok']}/{j['n']}, failed: {failed})")
+    return "\n".join(lines)

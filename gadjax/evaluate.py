@@ -1,0 +1,154 @@
+"""Evaluate any student checkpoint: ``python -m gadjax.evaluate --model PATH --data FILE.jsonl ...``.
+
+Greedy responses of the model (a HF directory or a .gguf file) to the held-out prompts, then (SPEC.md
+"Data and evaluation", issue 7): ROUGE-L F1 vs the teacher's responses (rouge-score), response length
+statistics in student tokens, persona marker rate (``--marker``), and the judge protocol against any
+OpenAI-compatible chat URL (``--judge-url``). In-process use: :func:`evaluate_model`.
+
+Writes, in ``--out``:
+
+``eval_<name>.json``::
+
+    name, model, tokenizer, data           what was evaluated
+    settings     every EvalSettings field (judge settings incl. the API-key variable NAME, never the
+                 key), stop_ids
+    counts       prompts, with_teacher_response, prompt_truncated, response_truncated, judge_ok,
+                 judge_failed (null without a judge)
+    metrics
+      rouge_l        {mean, n, skipped_no_teacher_response, use_stemmer}
+      length         {n, mean, median, p90, min, max, truncated, truncation_rate}   student tokens,
+                     stop token excluded
+      teacher_length {n, mean, median, p90, min, max}   teacher responses re-tokenized by the student
+      marker         null | {pattern, literal, ignore_case, student: {hits, n, rate},
+                             teacher: {hits, n, rate}}
+      judge          null | {score (mean s_student/(s_student+s_reference) x 100 over n_ok items),
+                             n, n_ok, n_failed, failures: {reference_error, rating_error, parse_error,
+                             zero_scores}, mean_s_student, mean_s_reference, model, base_url,
+                             client: {reference: counters, rating: counters}}
+    summary      flat: n_prompts, rouge_l, length_mean, length_median, length_p90, length_max,
+                 truncation_rate, teacher_length_mean, marker_rate, teacher_marker_rate, judge_score,
+                 judge_n_ok, judge_n_failed   (null where not computed)
+    timing_s     {generation, judge, total}
+
+``generations_<name>.jsonl``, one line per prompt in data order::
+
+    index, example_id, messages, prompt (the question text given to the judge), teacher_response,
+    student_response, student_token_ids (no stop token), length (= len(student_token_ids)), truncated,
+    prompt_tokens, prompt_truncated, rouge_l, marker_hit, teacher_marker_hit,
+    judge: null | {reference, raw, s_reference, s_student, score (0..1), failure, error}
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from gadjax.eval.judge import JudgeSettings
+from gadjax.eval.runner import EvalSettings, evaluate_model, format_summary, write_results
+
+__all__ = ["EvalSettings", "JudgeSettings", "evaluate_model", "write_results", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m gadjax.evaluate", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True, help="student checkpoint: HF directory or .gguf file")
+    p.add_argument("--tokenizer", help="tokenizer (HF directory or .gguf); default: --model")
+    p.add_argument("--data", required=True, help="held-out rows: JSONL / parquet ({messages, response} or "
+                   "the GAD format {content, teacher_response}) or a prepared tfds directory")
+    p.add_argument("--split", default="test", help="split of a tfds directory")
+    p.add_argument("--max-prompts", type=int, help="evaluate the first N rows (default: all)")
+    p.add_argument("--max-new-tokens", type=int, default=1536)
+    p.add_argument("--max-prompt-tokens", type=int, default=1024, help="longer prompts keep their end")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
+    p.add_argument("--stop-id", type=int, action="append", default=[],
+                   help="extra stop token id (EOS and known end-of-turn tokens always stop)")
+    p.add_argument("--marker", help="persona marker: Python regex searched in each response")
+    p.add_argument("--marker-literal", action="store_true", help="--marker is a literal phrase, not a regex")
+    p.add_argument("--marker-ignore-case", action="store_true")
+    p.add_argument("--rouge-stemmer", action="store_true", help="Porter stemming in ROUGE-L")
+    j = p.add_argument_group("judge (SPEC.md protocol; skipped without --judge-url)")
+    j.add_argument("--judge-url", help="OpenAI-compatible API root, e.g. http://127.0.0.1:8000/v1")
+    j.add_argument("--judge-model", help="model name sent to the judge")
+    j.add_argument("--judge-api-key-env", help="NAME of the environment variable holding the judge's key "
+                   "(default: no authentication)")
+    j.add_argument("--judge-temperature", type=float, default=0.0)
+    j.add_argument("--judge-max-tokens", type=int, default=1024, help="for the judge's reference answer")
+    j.add_argument("--judge-rating-max-tokens", type=int, default=512)
+    j.add_argument("--judge-concurrency", type=int, default=4)
+    j.add_argument("--judge-retries", type=int, default=4)
+    j.add_argument("--judge-timeout", type=float, default=120.0)
+    j.add_argument("--judge-cache", help="SQLite cache of judge requests (default: OUT/judge_cache.sqlite; "
+                   "'none' disables). Shared by evaluations in one OUT, so references are paid once")
+    p.add_argument("--out", default="eval_out", help="output directory")
+    p.add_argument("--name", help="label in the output file names (default: the model's file / dir name)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def _default_name(model: str) -> str:
+    base = os.path.basename(os.path.normpath(model))
+    return os.path.splitext(base)[0] if base.endswith(".gguf") else base
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.judge_url and not args.judge_model:
+        raise SystemExit("--judge-url needs --judge-model")
+    if args.judge_model and not args.judge_url:
+        raise SystemExit("--judge-model needs --judge-url")
+    judge = None
+    if args.judge_url:
+        cache = args.judge_cache or os.path.join(args.out, "judge_cache.sqlite")
+        if cache.lower() == "none":
+            cache = None
+        else:
+            os.makedirs(os.path.dirname(os.path.abspath(cache)), exist_ok=True)
+        judge = JudgeSettings(base_url=args.judge_url, model=args.judge_model,
+                              api_key_env=args.judge_api_key_env, temperature=args.judge_temperature,
+                              reference_max_tokens=args.judge_max_tokens,
+                              rating_max_tokens=args.judge_rating_max_tokens,
+                              concurrency=args.judge_concurrency, timeout_s=args.judge_timeout,
+                              max_retries=args.judge_retries, cache_path=cache)
+    settings = EvalSettings(
+        max_prompts=args.max_prompts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+        max_prompt_tokens=args.max_prompt_tokens, marker=args.marker, marker_literal=args.marker_literal,
+        marker_ignore_case=args.marker_ignore_case, judge=judge, rouge_stemmer=args.rouge_stemmer,
+        extra_stop_ids=tuple(args.stop_id), seed=args.seed, progress=not args.no_progress,
+    )
+    if settings.marker:  # fail on a bad regex before loading the model
+        from gadjax.eval.markers import compile_marker
+
+        compile_marker(settings.marker, settings.marker_ignore_case, settings.marker_literal)
+    name = args.name or _default_name(args.model)
+
+    # Heavy imports after argument checks: --help and usage errors stay fast.
+    import jax.numpy as jnp
+
+    from gadjax.data.sources import open_source
+    from gadjax.models.hf_io import load_decoder
+    from gadjax.models.tokenizer import load_tokenizer
+
+    source = open_source(args.data, split=args.split)
+    n = len(source) if args.max_prompts is None else min(len(source), args.max_prompts)
+    rows = [source[i] for i in range(n)]
+    tokenizer = load_tokenizer(args.tokenizer or args.model)
+    dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
+    model = load_decoder(args.model, dtype=dtype)
+    result = evaluate_model(model, tokenizer, rows, settings)
+    info = {"model": os.path.abspath(args.model), "tokenizer": os.path.abspath(args.tokenizer or args.model),
+            "data": os.path.abspath(args.data)}
+    eval_path, gen_path = write_results(result, args.out, name, info)
+    print(format_summary(result, name))
+    print(f"wrote {eval_path}\nwrote {gen_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
