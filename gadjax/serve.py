@@ -1,0 +1,150 @@
+"""OpenAI-compatible HTTP server for any gadjax-loadable checkpoint (HF directory or .gguf), issue 4.
+
+    python -m gadjax.serve --model PATH [--tokenizer PATH] [--host 127.0.0.1] [--port 8000]
+        [--system-prompt TEXT] [--api-key-env NAME] [--max-batch 8] [--batch-wait-ms 10]
+        [--max-new-tokens 512] [--max-prompt-tokens N] [--dtype float32|bfloat16]
+        [--served-model-name NAME] [--ready-file PATH] [--seed N] [--log-level info]
+
+When it is ready it prints exactly one line to stdout (flushed):
+
+    gadjax.serve listening on http://HOST:PORT/v1 (model NAME)
+
+so a script can wait for the regex ``listening on (\\S+) \\(model (.*)\\)$``; ``--port 0`` picks a free
+port. ``--ready-file PATH`` also writes the base URL (one line) to PATH, atomically. SIGTERM / SIGINT
+stop it cleanly (exit status 0).
+
+Behaviour (details in gadjax/serving/): concurrent requests are batched through the rollout sampler
+(engine.py); ``stream=true`` answers with a server-sent-event stream that carries the whole completion
+once it is generated (not token by token); the hidden ``--system-prompt`` is prepended to every
+conversation and, when the client sends its own leading system message, both go in ONE system message,
+the hidden text first (protocol.with_hidden_system_prompt). The client never sees the hidden prompt,
+but it is counted in ``usage.prompt_tokens``. ``--api-key-env NAME`` reads the bearer token from the
+environment variable NAME; it is never printed or logged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+
+READY_PREFIX = "gadjax.serve listening on"
+END_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "</s>")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m gadjax.serve", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="HF checkpoint directory or .gguf file")
+    p.add_argument("--tokenizer", help="tokenizer directory or .gguf (default: --model)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="0 = pick a free port (printed in the ready line)")
+    p.add_argument("--system-prompt", help="hidden system prompt prepended to every conversation")
+    p.add_argument("--api-key-env", help="NAME of the environment variable holding the bearer token")
+    p.add_argument("--max-batch", type=int, default=8, help="most rows (choices) in one sampler call")
+    p.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long to gather a batch")
+    p.add_argument("--max-new-tokens", type=int, default=512, help="largest max_tokens a request may ask")
+    p.add_argument("--max-prompt-tokens", type=int,
+                   help="longest prompt accepted (default: model max positions - max-new-tokens, <= 4096)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--served-model-name", help="model id reported by /v1/models (default: file name)")
+    p.add_argument("--ready-file", help="write the base URL here once listening")
+    p.add_argument("--seed", type=int, help="base random seed for requests without one")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    return p
+
+
+def default_model_name(path: str) -> str:
+    name = os.path.basename(os.path.normpath(path))
+    return name[: -len(".gguf")] if name.endswith(".gguf") else name
+
+
+def eos_ids_for(tokenizer: object, model_eos: Sequence[int], vocab_size: int) -> set[int]:
+    """Tokens that end a turn: the tokenizer's eos, the checkpoint's eos ids, and common end-of-turn
+    tokens present in the vocabulary (chat templates often end a turn with one that is not `eos`)."""
+    ids = {int(tokenizer.eos_token_id)} | {int(e) for e in model_eos}
+    vocab = tokenizer.get_vocab()
+    ids |= {vocab[t] for t in END_TOKENS if t in vocab}
+    return {i for i in ids if 0 <= i < vocab_size}
+
+
+def _write_ready_file(path: str, url: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(url + "\n")
+    os.replace(tmp, path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("gadjax.serve")
+    api_key = None
+    if args.api_key_env:
+        api_key = os.environ.get(args.api_key_env)
+        if not api_key:
+            print(f"gadjax.serve: environment variable {args.api_key_env} (--api-key-env) is not set or "
+                  "empty", file=sys.stderr)
+            return 2
+    for name in ("max_batch", "max_new_tokens"):
+        if getattr(args, name) < 1:
+            print(f"gadjax.serve: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
+            return 2
+
+    import jax.numpy as jnp  # after argument checks: importing jax takes seconds
+
+    from gadjax.models.hf_io import load_decoder
+    from gadjax.models.tokenizer import load_tokenizer
+    from gadjax.serving.engine import Engine
+    from gadjax.serving.http import ChatService, make_server
+
+    dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
+    tokenizer = load_tokenizer(args.tokenizer or args.model)
+    model = load_decoder(args.model, dtype=dtype, param_dtype=dtype)
+    cfg = model.config
+    max_prompt = args.max_prompt_tokens or max(
+        32, min(4096, cfg.max_position_embeddings - args.max_new_tokens))
+    engine = Engine(
+        model,
+        eos_ids=eos_ids_for(tokenizer, cfg.eos_token_ids, cfg.vocab_size),
+        pad_id=tokenizer.pad_token_id,
+        max_batch=args.max_batch,
+        batch_wait_ms=args.batch_wait_ms,
+        max_new_tokens=args.max_new_tokens,
+        max_prompt_tokens=max_prompt,
+        seed=args.seed,
+    )
+    name = args.served_model_name or default_model_name(args.model)
+    service = ChatService(engine, tokenizer, name, system_prompt=args.system_prompt, api_key=api_key)
+    httpd = make_server(service, args.host, args.port)
+    host, port = httpd.server_address[:2]
+    url = f"http://{host}:{port}/v1"
+
+    def stop(signum: int, frame: object) -> None:
+        log.info("signal %d: shutting down", signum)
+        threading.Thread(target=httpd.shutdown, daemon=True).start()  # shutdown() blocks; not here
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("model %s: %d layers, hidden %d, vocab %d, %s; eos ids %s; max batch %d, prompt <= %d, "
+             "new tokens <= %d; auth %s; hidden system prompt %s", args.model, cfg.num_layers,
+             cfg.hidden_size, cfg.vocab_size, args.dtype, sorted(engine.eos_ids), args.max_batch, max_prompt,
+             args.max_new_tokens, "on" if api_key else "off", "on" if args.system_prompt else "off")
+    if args.ready_file:
+        _write_ready_file(args.ready_file, url)
+    print(f"{READY_PREFIX} {url} (model {name})", flush=True)
+    try:
+        httpd.serve_forever(poll_interval=0.2)
+    finally:
+        httpd.server_close()
+        engine.close()
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

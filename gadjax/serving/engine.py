@@ -1,0 +1,306 @@
+"""The batching engine behind gadjax.serve: one worker thread owns the device and runs the sampler.
+
+Request threads call :meth:`Engine.submit` with token ids and get a Future. The worker takes the first
+waiting request, then gathers more for up to ``batch_wait_ms`` (or until ``max_batch`` rows are
+waiting), and runs them through as few sampler calls as it can:
+
+- each request of ``n`` choices contributes ``n`` rows (the prompt repeated; the sampler runs with
+  ``n_samples=1``, so one compiled program serves every ``n``);
+- rows are grouped by sampling settings: greedy (temperature 0, top_p ignored) or (temperature,
+  top_p), and the max-tokens BUCKET (a power of two >= max_tokens, at most ``max_new_tokens``); each
+  row is cut back to its own max_tokens afterwards;
+- a request with a ``seed`` is a group of its own, keyed by ``jax.random.key(seed)``, so the same seed,
+  prompt and settings give the same text whatever else is in flight (the Gumbel noise of a row depends
+  on its row index and the batch shape, so seeded requests are never mixed with others);
+- each group is cut into chunks of ``max_batch`` rows and each chunk padded to a batch size in
+  {1, 2, 4, ..., max_batch} with dummy rows (copies of its first prompt) whose outputs are dropped.
+
+Compiled programs are therefore bounded: one Sampler per sampling setting (cached in ``_samplers``),
+each with at most (number of prompt buckets) x (number of batch sizes) programs.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import dataclasses
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from gadjax.rollout.sampler import Sampler, SamplingConfig
+
+log = logging.getLogger("gadjax.serve")
+
+MIN_TOKENS_BUCKET = 16
+MIN_PROMPT_BUCKET = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class GenParams:
+    """Per-request sampling settings (already validated). temperature 0 = greedy."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 256
+    seed: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Generation:
+    """One choice. ``token_ids`` excludes the stop token; ``num_tokens`` counts every generated token
+    kept (the stop token included); ``finish_reason`` is 'stop' (a stop token) or 'length'."""
+
+    token_ids: list[int]
+    num_tokens: int
+    finish_reason: str
+
+
+@dataclasses.dataclass
+class _Request:
+    prompt: np.ndarray
+    params: GenParams
+    n: int
+    future: cf.Future
+    seq: int
+
+
+def _pow2_at_least(x: int) -> int:
+    return 1 << max(0, int(x) - 1).bit_length()
+
+
+def prompt_buckets(max_prompt_tokens: int) -> tuple[int, ...]:
+    """Powers of two from MIN_PROMPT_BUCKET below ``max_prompt_tokens``, then ``max_prompt_tokens``."""
+    out, b = [], MIN_PROMPT_BUCKET
+    while b < max_prompt_tokens:
+        out.append(b)
+        b *= 2
+    out.append(max_prompt_tokens)
+    return tuple(out)
+
+
+class Engine:
+    """Batched generation for one Decoder. Thread-safe ``submit``; call :meth:`close` when done.
+
+    eos_ids: tokens that end a response. max_new_tokens: the largest max_tokens a request may ask.
+    max_prompt_tokens: longest accepted prompt (the largest prompt bucket). seed: base key for requests
+    without their own seed (None = random per process).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        eos_ids: Iterable[int],
+        pad_id: int,
+        max_batch: int = 8,
+        batch_wait_ms: float = 10.0,
+        max_new_tokens: int = 256,
+        max_prompt_tokens: int = 2048,
+        seed: int | None = None,
+    ):
+        if max_batch < 1:
+            raise ValueError(f"max_batch={max_batch}: must be >= 1")
+        if max_new_tokens < 1 or max_prompt_tokens < 1:
+            raise ValueError(
+                f"max_new_tokens={max_new_tokens}, max_prompt_tokens={max_prompt_tokens}: must be >= 1")
+        if batch_wait_ms < 0:
+            raise ValueError(f"batch_wait_ms={batch_wait_ms}: must be >= 0")
+        self.model = model
+        self.eos_ids = frozenset(int(e) for e in eos_ids)
+        if not self.eos_ids:
+            raise ValueError("Engine needs at least one eos id")
+        self.pad_id = int(pad_id)
+        self.max_batch = int(max_batch)
+        self.batch_wait_s = float(batch_wait_ms) / 1000.0
+        self.max_new_tokens = int(max_new_tokens)
+        self.max_prompt_tokens = int(max_prompt_tokens)
+        self.prompt_buckets = prompt_buckets(self.max_prompt_tokens)
+        self._base_key = jax.random.key(seed if seed is not None else int.from_bytes(os.urandom(4), "little"))
+        self._samplers: dict[SamplingConfig, Sampler] = {}
+        self._queue: queue.Queue[_Request | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._stats: collections.Counter[str] = collections.Counter()
+        self._seq = 0
+        self._closed = False
+        self._worker = threading.Thread(target=self._loop, name="gadjax-serve-engine", daemon=True)
+        self._worker.start()
+
+    # ------------------------------------------------------------------ public API
+
+    def tokens_bucket(self, max_tokens: int) -> int:
+        """The decode length a request of ``max_tokens`` runs with (shared by its group)."""
+        return min(self.max_new_tokens, max(MIN_TOKENS_BUCKET, _pow2_at_least(max_tokens)))
+
+    def batch_size_for(self, rows: int) -> int:
+        """Padded batch size: the smallest power of two >= rows, capped at max_batch."""
+        return min(self.max_batch, _pow2_at_least(rows))
+
+    def sampling_config(self, params: GenParams) -> SamplingConfig:
+        """The SamplingConfig (and so the compiled programs) a request with ``params`` runs under."""
+        greedy = params.temperature == 0.0
+        return SamplingConfig(
+            max_new_tokens=self.tokens_bucket(params.max_tokens),
+            temperature=0.0 if greedy else float(params.temperature),
+            top_p=1.0 if greedy else float(params.top_p),
+            greedy=greedy,
+            n_samples=1,
+            stop_ids=self.eos_ids,
+            pad_id=self.pad_id,
+            prompt_buckets=self.prompt_buckets,
+        )
+
+    def submit(self, prompt_ids: Sequence[int], params: GenParams, n: int = 1) -> cf.Future:
+        """Queue one request; the Future resolves to ``n`` Generations (or raises the worker's error)."""
+        prompt = np.asarray(prompt_ids, np.int32)
+        if prompt.ndim != 1 or prompt.size == 0:
+            raise ValueError("prompt_ids must be a non-empty 1-D sequence of token ids")
+        if prompt.size > self.max_prompt_tokens:
+            raise ValueError(
+                f"prompt of {prompt.size} tokens exceeds max_prompt_tokens={self.max_prompt_tokens}")
+        if not 1 <= params.max_tokens <= self.max_new_tokens:
+            raise ValueError(f"max_tokens={params.max_tokens}: must be in [1, {self.max_new_tokens}]")
+        if n < 1:
+            raise ValueError(f"n={n}: must be >= 1")
+        fut: cf.Future = cf.Future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("engine is closed")
+            self._seq += 1
+            req = _Request(prompt, params, int(n), fut, self._seq)
+            self._stats["requests"] += 1
+        self._queue.put(req)
+        return fut
+
+    def generate(self, prompt_ids: Sequence[int], params: GenParams, n: int = 1) -> list[Generation]:
+        """Blocking :meth:`submit`."""
+        return self.submit(prompt_ids, params, n).result()
+
+    def stats(self) -> dict[str, int]:
+        """Counters: requests, rows (choices), batches (sampler calls), padded_rows, errors,
+        samplers (sampling settings seen), compiled_programs, queued."""
+        with self._lock:
+            out = {k: self._stats.get(k, 0) for k in ("requests", "rows", "batches", "padded_rows", "errors")}
+            samplers = list(self._samplers.values())
+        out["samplers"] = len(samplers)
+        out["compiled_programs"] = sum(s.num_compiled for s in samplers)
+        out["queued"] = self._queue.qsize()
+        return out
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Stop the worker after the batch in flight; queued requests fail with 'shutting down'."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._queue.put(None)
+        self._worker.join(timeout)
+        while True:
+            try:
+                req = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if req is not None and not req.future.done():
+                req.future.set_exception(RuntimeError("server is shutting down"))
+
+    # ------------------------------------------------------------------ worker
+
+    def _loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            pending, rows, stop = [first], first.n, False
+            deadline = time.monotonic() + self.batch_wait_s
+            while rows < self.max_batch:
+                remaining = deadline - time.monotonic()
+                try:
+                    item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                pending.append(item)
+                rows += item.n
+            self._run(pending)
+            if stop:
+                return
+
+    def _group_key(self, req: _Request) -> tuple:
+        cfg = self.sampling_config(req.params)
+        # Seeded requests run alone (see module doc); the sequence number keeps them apart.
+        return (cfg, req.params.seed, req.seq if req.params.seed is not None else 0)
+
+    def _run(self, pending: list[_Request]) -> None:
+        groups: dict[tuple, list[_Request]] = {}
+        for req in pending:
+            groups.setdefault(self._group_key(req), []).append(req)
+        for (cfg, seed, _), reqs in groups.items():
+            try:
+                self._run_group(cfg, seed, reqs)
+            except Exception as e:  # one bad group must not take the server down
+                log.exception("generation failed for %d request(s)", len(reqs))
+                with self._lock:
+                    self._stats["errors"] += 1
+                for r in reqs:
+                    if not r.future.done():
+                        r.future.set_exception(e)
+
+    def _sampler(self, cfg: SamplingConfig) -> Sampler:
+        with self._lock:
+            s = self._samplers.get(cfg)
+        if s is None:
+            s = Sampler(self.model, cfg)
+            with self._lock:
+                self._samplers[cfg] = s
+        return s
+
+    def _run_group(self, cfg: SamplingConfig, seed: int | None, reqs: list[_Request]) -> None:
+        rows = [r for r in reqs for _ in range(r.n)]
+        sampler = self._sampler(cfg)
+        results: dict[int, list[Generation]] = {r.seq: [] for r in reqs}
+        for c, start in enumerate(range(0, len(rows), self.max_batch)):
+            chunk = rows[start : start + self.max_batch]
+            b = self.batch_size_for(len(chunk))
+            prompts = [r.prompt for r in chunk] + [chunk[0].prompt] * (b - len(chunk))
+            width = max(p.size for p in prompts)
+            ids = np.full((b, width), self.pad_id, np.int32)
+            mask = np.zeros((b, width), np.int32)
+            for i, p in enumerate(prompts):
+                ids[i, width - p.size :] = p
+                mask[i, width - p.size :] = 1
+            if seed is not None:
+                key = jax.random.fold_in(jax.random.key(seed), c)
+            else:
+                with self._lock:
+                    key = jax.random.fold_in(self._base_key, self._stats["batches"])
+            t0 = time.perf_counter()
+            out = sampler.generate(ids, mask, key)
+            log.info("batch: %d row(s) padded to %d, prompt width %d, %d decode steps, %.3fs",
+                     len(chunk), b, width, out.decode_steps, time.perf_counter() - t0)
+            with self._lock:
+                self._stats["batches"] += 1
+                self._stats["rows"] += len(chunk)
+                self._stats["padded_rows"] += b - len(chunk)
+            for i, r in enumerate(chunk):
+                results[r.seq].append(self._generation(out.response_ids[i], int(out.response_lengths[i]),
+                                                       r.params.max_tokens))
+        for r in reqs:
+            if not r.future.done():
+                r.future.set_result(results[r.seq])
+
+    def _generation(self, ids: np.ndarray, length: int, max_tokens: int) -> Generation:
+        toks = [int(t) for t in ids[:length]]
+        if len(toks) > max_tokens:  # the group's bucket is longer than this request's max_tokens
+            return Generation(toks[:max_tokens], max_tokens, "length")
+        if toks and toks[-1] in self.eos_ids:
+            return Generation(toks[:-1], len(toks), "stop")
+        return Generation(toks, len(toks), "length")
