@@ -76,9 +76,9 @@ def _pow2_at_least(x: int) -> int:
     return 1 << max(0, int(x) - 1).bit_length()
 
 
-def prompt_buckets(max_prompt_tokens: int) -> tuple[int, ...]:
-    """Powers of two from MIN_PROMPT_BUCKET below ``max_prompt_tokens``, then ``max_prompt_tokens``."""
-    out, b = [], MIN_PROMPT_BUCKET
+def prompt_buckets(max_prompt_tokens: int, smallest: int = MIN_PROMPT_BUCKET) -> tuple[int, ...]:
+    """``smallest`` doubling while below ``max_prompt_tokens``, then ``max_prompt_tokens`` itself."""
+    out, b = [], max(1, smallest)
     while b < max_prompt_tokens:
         out.append(b)
         b *= 2
@@ -90,8 +90,8 @@ class Engine:
     """Batched generation for one Decoder. Thread-safe ``submit``; call :meth:`close` when done.
 
     eos_ids: tokens that end a response. max_new_tokens: the largest max_tokens a request may ask.
-    max_prompt_tokens: longest accepted prompt (the largest prompt bucket). seed: base key for requests
-    without their own seed (None = random per process).
+    max_prompt_tokens: longest accepted prompt (the largest prompt bucket); prompt buckets double from
+    min_prompt_bucket up to it. seed: base key for requests without their own seed (None = random).
     """
 
     def __init__(
@@ -104,6 +104,7 @@ class Engine:
         batch_wait_ms: float = 10.0,
         max_new_tokens: int = 256,
         max_prompt_tokens: int = 2048,
+        min_prompt_bucket: int = MIN_PROMPT_BUCKET,
         seed: int | None = None,
     ):
         if max_batch < 1:
@@ -122,7 +123,7 @@ class Engine:
         self.batch_wait_s = float(batch_wait_ms) / 1000.0
         self.max_new_tokens = int(max_new_tokens)
         self.max_prompt_tokens = int(max_prompt_tokens)
-        self.prompt_buckets = prompt_buckets(self.max_prompt_tokens)
+        self.prompt_buckets = prompt_buckets(self.max_prompt_tokens, min_prompt_bucket)
         self._base_key = jax.random.key(seed if seed is not None else int.from_bytes(os.urandom(4), "little"))
         self._samplers: dict[SamplingConfig, Sampler] = {}
         self._queue: queue.Queue[_Request | None] = queue.Queue()
