@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import os
 import re
 import sys
@@ -361,7 +360,11 @@ def program_specs(config: ConfigDict, run: AbstractRun) -> list[ProgramSpec]:
 
     mesh, mc = run.mesh, run.model_config
     b, n = config.data.batch_size, config.rollout.n_samples
-    p, r_t, r_s = config.data.max_prompt_tokens, config.data.max_response_tokens, config.rollout.max_new_tokens
+    p, r_t, r_s = (
+        config.data.max_prompt_tokens,
+        config.data.max_response_tokens,
+        config.rollout.max_new_tokens,
+    )
     rows = b * n
     m_g, m_d = config.train.micro_batches_g, config.train.micro_batches_d
     chunk = config.train.logprob_chunk
@@ -427,7 +430,10 @@ def program_specs(config: ConfigDict, run: AbstractRun) -> list[ProgramSpec]:
         "student_mask": _rows((rows, r_s), i32, mesh),
     }
     d_step = make_discriminator_step(
-        run.d_graphdef, _optimizer(config.optim_d, 1000), n_samples=n, loss_type=config.disc.loss,
+        run.d_graphdef,
+        _optimizer(config.optim_d, 1000),
+        n_samples=n,
+        loss_type=config.disc.loss,
         micro_batches=m_d,
     )
     d_jit = jit_step(d_step, _shardings(run.d_state), mesh, d_batch)
@@ -592,7 +598,11 @@ def our_breakdown(config: ConfigDict, run: AbstractRun) -> dict[str, int]:
 def model_flops_per_step(config: ConfigDict, mc) -> dict[str, float]:
     """Analytic model FLOPs of one gad step (6ND for training, 2ND forward, plus attention), all chips."""
     b, n = config.data.batch_size, config.rollout.n_samples
-    p, r_t, r_s = config.data.max_prompt_tokens, config.data.max_response_tokens, config.rollout.max_new_tokens
+    p, r_t, r_s = (
+        config.data.max_prompt_tokens,
+        config.data.max_response_tokens,
+        config.rollout.max_new_tokens,
+    )
     params = mc.param_count()
     attn = lambda t: 2 * 2 * mc.num_layers * t * t * mc.num_heads * mc.head_dim  # QK^T + PV, causal ~ /2
     fwd = lambda rows, t: rows * (2 * params * t + attn(t) / 2)
@@ -707,14 +717,15 @@ def run_plan(
                 "model_flops_all_chips": analytic[spec.name],
             }
             if log:
-                log(f"[plan] {spec.name}: {total / GiB:.2f} GiB of {hbm / GiB:.0f} GiB per chip ({seconds:.0f} s)")
+                log(f"[plan] {spec.name}: {total / GiB:.2f} of {hbm / GiB:.0f} GiB/chip ({seconds:.0f} s)")
             if total > hbm:
                 raise PlanDoesNotFitError(
-                    f"{spec.name} does not fit on {topo.name} ({len(devices)} chips x {hbm / GiB:.0f} GiB HBM, "
-                    f"mesh {dict(mesh.shape)}): the program itself needs {mem['peak'] / GiB:.2f} GiB per chip "
-                    f"(arguments {mem['argument'] / GiB:.2f}, outputs {mem['output'] / GiB:.2f}, aliased "
-                    f"{mem['alias'] / GiB:.2f}, temporaries {mem['temp'] / GiB:.2f}) and the long-lived state "
-                    f"it does not take (the other models and optimizer states) {other / GiB:.2f} GiB: "
+                    f"{spec.name} does not fit on {topo.name} ({len(devices)} chips x {hbm / GiB:.0f} GiB "
+                    f"HBM, mesh {dict(mesh.shape)}): the program itself needs {mem['peak'] / GiB:.2f} GiB "
+                    f"per chip (arguments {mem['argument'] / GiB:.2f}, outputs {mem['output'] / GiB:.2f}, "
+                    f"aliased {mem['alias'] / GiB:.2f}, temporaries {mem['temp'] / GiB:.2f}) and the "
+                    f"long-lived state it does not take (the other models and optimizer states) "
+                    f"{other / GiB:.2f} GiB: "
                     f"{total / GiB:.2f} GiB > {hbm / GiB:.2f} GiB. Program: {spec.what}. {ADVICE}."
                 )
     peak = max((p["total_bytes"] for p in report["programs"].values()), default=resident_total)
@@ -760,7 +771,8 @@ def format_report(rep: dict[str, Any]) -> str:
     lines += ["", "largest arrays (global shape, sharding spec, GiB per chip):"]
     for a in rep["largest_arrays"]:
         lines.append(
-            f"  {a['name']:<40} {str(a['shape']):<22} {a['dtype']:<9} {a['spec']:<40} {_g(a['per_chip_bytes'])}"
+            f"  {a['name']:<40} {str(a['shape']):<22} {a['dtype']:<9} {a['spec']:<40} "
+            f"{_g(a['per_chip_bytes'])}"
         )
     for note in rep.get("notes", []):
         lines.append(f"\nNOTE: {note}")
@@ -772,7 +784,9 @@ def format_report(rep: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(config: ConfigDict, topology: str | None = None, programs: Sequence[str] = PROGRAMS) -> dict[str, Any]:
+def main(
+    config: ConfigDict, topology: str | None = None, programs: Sequence[str] = PROGRAMS
+) -> dict[str, Any]:
     """Entry for `gadjax.train --compile_only`: run the plan, print the table and one JSON line."""
     topology = topology or config.get("plan", {}).get("topology", "") or "v5p-8"
     log = lambda s: print(s, file=sys.stderr, flush=True)
@@ -799,8 +813,11 @@ if __name__ == "__main__":
     from ml_collections import config_flags
 
     config_flags.DEFINE_config_file("config", None, "config file (configs/*.py)", lock_config=False)
-    flags.DEFINE_string("topology", "", "TPU slice, e.g. v5p-64, v4-8, v5e-16, v6e-8 or v5:2x4x4 "
-                        "(default: config.plan.topology, else v5p-8)")
+    flags.DEFINE_string(
+        "topology",
+        "",
+        "TPU slice, e.g. v5p-64, v4-8, v5e-16, v6e-8 or v5:2x4x4 (default: config.plan.topology, else v5p-8)",
+    )
     flags.DEFINE_string("programs", ",".join(PROGRAMS), f"comma-separated subset of {PROGRAMS}")
     flags.mark_flags_as_required(["config"])
     app.run(_cli)

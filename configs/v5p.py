@@ -1,0 +1,91 @@
+"""GAD with a Qwen2.5-7B-Instruct student and discriminator on a Cloud TPU v5p slice (SPEC.md reference run).
+
+    # Will it fit? Compile every program for the slice, on any machine with the tpu extra (no TPU needed):
+    python -m gadjax.plan --config configs/v5p.py --topology v5p-64
+    # Train (on every worker of the slice, see tpu/README.md):
+    python -m gadjax.train --config configs/v5p.py --config.stage=warmup --config.run_dir=gs://BUCKET/gad/run1
+
+Paths: `model.path` is where each worker keeps the downloaded Hugging Face checkpoint (safetensors +
+config.json + tokenizer), `data.train` the released teacher corpus (LMSYS-Chat-GPT-5-Chat-Response, 192,014
+rows, SPEC.md "Data") copied to every worker's disk; set GADJAX_MODEL_DIR / GADJAX_DATA_DIR to move them.
+The model's config.json is also written out below (`model.random_init.hf_config`, with
+random_init.enabled=False) so the compile-only plan knows the shapes without the files.
+
+Sizing (decided by the plan; numbers in tpu/README.md): pure FSDP over all chips (mesh (1, -1, 1)): the
+long-lived state (G and D params + Adam moments in f32, the f32 reference) is ~214 GB in all, ~6.7 GB per
+chip on v5p-64. Activations dominate: attention scores are float32 [heads, T, T] per row (T = 2048 + 1536),
+so rows live at once per chip are kept small with micro-batches and full rematerialisation.
+"""
+
+import os
+
+from gadjax.config import base_config
+
+MODEL_DIR = os.environ.get("GADJAX_MODEL_DIR", os.path.expanduser("~/gadjax/models/Qwen2.5-7B-Instruct"))
+DATA_DIR = os.environ.get("GADJAX_DATA_DIR", os.path.expanduser("~/gadjax/data"))
+
+# Qwen/Qwen2.5-7B-Instruct config.json (the fields gadjax reads, values as published).
+QWEN25_7B_INSTRUCT = dict(
+    architectures=["Qwen2ForCausalLM"],
+    model_type="qwen2",
+    vocab_size=152064,
+    hidden_size=3584,
+    intermediate_size=18944,
+    num_hidden_layers=28,
+    num_attention_heads=28,
+    num_key_value_heads=4,
+    max_position_embeddings=32768,
+    rope_theta=1000000.0,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=False,
+    use_sliding_window=False,
+    hidden_act="silu",
+    bos_token_id=151643,
+    eos_token_id=151645,
+    torch_dtype="bfloat16",
+)
+
+
+def get_config():
+    c = base_config()
+    c.stage = "gad"
+    c.run_dir = "runs/v5p"
+    c.model.path = MODEL_DIR
+    c.model.tokenizer = MODEL_DIR
+    c.model.random_init.enabled = False  # real weights from model.path; hf_config is for the plan only
+    c.model.random_init.hf_config = dict(QWEN25_7B_INSTRUCT)
+    c.model.dtype = "bfloat16"  # SPEC.md: compute in bf16
+    c.model.param_dtype = "float32"  # SPEC.md: fp32 master weights
+    c.model.remat = "full"
+    c.disc.path = ""  # D starts as a copy of the student (SPEC.md)
+
+    c.data.train = [os.path.join(DATA_DIR, "lmsys_chat_gpt5_chat_response_train.parquet")]
+    c.data.batch_size = 256  # prompts per step
+    c.data.max_prompt_tokens = 2048
+    c.data.max_response_tokens = 1536
+    c.rollout.n_samples = 8
+    c.rollout.temperature = 0.8
+    c.rollout.top_p = 1.0
+    c.rollout.max_new_tokens = 1536
+    c.rollout.prompt_buckets = (256, 512, 1024, 2048)
+
+    # SPEC.md reference hyperparameters (base_config holds them; repeated here so the file is the record).
+    c.optim_g.lr = 1e-6
+    c.optim_d.lr = 1e-6
+    c.optim_g.grad_clip_norm = 0.2
+    c.optim_d.grad_clip_norm = 0.2
+    c.loss.clip_eps = 0.2
+    c.loss.kl_beta = 0.001
+    c.loss.kl_kind = "low_var_kl"
+
+    # 2048 G rows / 16 micro-batches = 128 rows live at once (4 per chip on v5p-64, 1 per chip on v5p-256);
+    # 256 prompts / 32 D micro-batches = 8 teacher + 64 student sequences live at once.
+    c.mesh.shape = (1, -1, 1)
+    c.train.micro_batches_g = 16
+    c.train.micro_batches_d = 32
+    c.train.logprob_chunk = 256
+    c.train.d_only_steps = 10
+    c.checkpoint.every = 50
+    c.metrics.progress = True
+    c.plan = dict(topology="v5p-64")  # default slice of `python -m gadjax.plan`
+    return c
