@@ -45,11 +45,24 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from gadjax.eval.judge import JudgeSettings
-from gadjax.eval.runner import EvalSettings, evaluate_model, format_summary, write_results
+from gadjax.eval.settings import EvalSettings
+
+if TYPE_CHECKING:
+    from gadjax.eval.runner import evaluate_model, write_results
 
 __all__ = ["EvalSettings", "JudgeSettings", "evaluate_model", "write_results", "main"]
+_LAZY = ("evaluate_model", "write_results", "format_summary")  # import jax: loaded on first use
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from gadjax.eval import runner
+
+        return getattr(runner, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import jax.numpy as jnp
 
     from gadjax.data.sources import open_source
+    from gadjax.eval.runner import evaluate_model, format_summary, write_results
     from gadjax.models.hf_io import load_decoder
     from gadjax.models.tokenizer import load_tokenizer
 

@@ -8,7 +8,6 @@ statistics in student tokens, persona marker rate, and the judge score.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import tempfile
@@ -19,44 +18,12 @@ from typing import Any
 from jax.sharding import Mesh
 
 from gadjax.eval.generation import default_stop_ids, generate_responses
-from gadjax.eval.judge import JudgeResult, JudgeSettings, judge_summary, render_question, run_judge
+from gadjax.eval.judge import JudgeResult, judge_summary, render_question, run_judge
 from gadjax.eval.lengths import length_stats
 from gadjax.eval.markers import compile_marker, marker_hits, marker_rate
 from gadjax.eval.rouge import rouge_l_scores
+from gadjax.eval.settings import EvalSettings
 from gadjax.parallel.rules import DEFAULT_RULES, Rules
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalSettings:
-    """How to evaluate. ``max_prompts``: the first N rows (file order); None = all. ``marker``: a regex
-    (or a literal phrase with ``marker_literal``) whose presence in a response is the persona marker.
-    ``judge``: None skips the judge protocol."""
-
-    max_prompts: int | None = None
-    max_new_tokens: int = 1536  # SPEC.md: greedy, max 1536 new tokens
-    batch_size: int = 8
-    max_prompt_tokens: int = 1024
-    marker: str | None = None
-    marker_literal: bool = False
-    marker_ignore_case: bool = False
-    judge: JudgeSettings | None = None
-    rouge_stemmer: bool = False
-    extra_stop_ids: tuple[int, ...] = ()
-    seed: int = 0
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        if self.max_prompts is not None and self.max_prompts < 1:
-            raise ValueError(f"EvalSettings.max_prompts={self.max_prompts}: must be >= 1 or None")
-        for f in ("max_new_tokens", "batch_size", "max_prompt_tokens"):
-            if getattr(self, f) < 1:
-                raise ValueError(f"EvalSettings.{f}={getattr(self, f)}: must be >= 1")
-
-    def describe(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["judge"] = self.judge.describe() if self.judge is not None else None
-        d["extra_stop_ids"] = list(self.extra_stop_ids)
-        return d
 
 
 def _row_fields(row: Any, i: int) -> tuple[Any, list[dict[str, str]], str | None]:

@@ -1,0 +1,143 @@
+"""``python -m gadjax.evaluate`` end to end on a tiny random Qwen2 checkpoint with the tiny ChatML
+tokenizer and configs/tiny_assets/test.jsonl; greedy tokens checked against transformers' generate."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from gadjax.evaluate import main
+from gadjax.eval.rouge import rouge_l_f1
+from gadjax.models.tokenizer import load_tokenizer
+from tests.eval.fake_judge import reference_for, split_rating_request, start_judge
+from tests.models.hf_fixtures import make_hf_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TOKENIZER = os.path.join(ROOT, "configs", "tiny_assets", "tokenizer")
+DATA = os.path.join(ROOT, "configs", "tiny_assets", "test.jsonl")
+MAX_NEW = 8
+EVAL_KEYS = {"name", "model", "tokenizer", "data", "settings", "counts", "metrics", "summary", "timing_s"}
+GEN_KEYS = {"index", "example_id", "messages", "prompt", "teacher_response", "student_response",
+            "student_token_ids", "length", "truncated", "prompt_tokens", "prompt_truncated", "rouge_l",
+            "marker_hit", "teacher_marker_hit", "judge"}
+SUMMARY_KEYS = {"n_prompts", "rouge_l", "length_mean", "length_median", "length_p90", "length_max",
+                "truncation_rate", "teacher_length_mean", "marker_rate", "teacher_marker_rate", "judge_score",
+                "judge_n_ok", "judge_n_failed"}
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("tiny_qwen2"))
+    torch_model = make_hf_model("qwen2", d, vocab_size=384)
+    return d, torch_model
+
+
+def _read(out: str, name: str) -> tuple[dict, list[dict]]:
+    with open(os.path.join(out, f"eval_{name}.json")) as f:
+        doc = json.load(f)
+    with open(os.path.join(out, f"generations_{name}.jsonl")) as f:
+        gens = [json.loads(line) for line in f]
+    return doc, gens
+
+
+def _torch_greedy(torch_model, tokenizer, messages, stop_ids) -> list[int]:
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    ids = torch.tensor([tokenizer.encode(text, add_special_tokens=False)])
+    with torch.no_grad():
+        out = torch_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=MAX_NEW,
+                                   do_sample=False, eos_token_id=sorted(stop_ids),
+                                   pad_token_id=tokenizer.pad_token_id)
+    return out[0, ids.shape[1]:].tolist()
+
+
+def test_cli_end_to_end(tiny_model, tmp_path, monkeypatch, capsys):
+    model_dir, torch_model = tiny_model
+    out = str(tmp_path / "out")
+    tok = load_tokenizer(TOKENIZER)
+
+    # 1. No judge; 6 prompts in batches of 4 (the last batch is padded), marker on the teacher's sign-off.
+    assert main(["--model", model_dir, "--tokenizer", TOKENIZER, "--data", DATA, "--max-prompts", "6",
+                 "--max-new-tokens", str(MAX_NEW), "--batch-size", "4", "--marker", r"Kind regards\.",
+                 "--out", out, "--name", "before", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "eval before: 6 prompts" in printed and "eval_before.json" in printed
+    doc, gens = _read(out, "before")
+    assert set(doc) == EVAL_KEYS and set(doc["summary"]) == SUMMARY_KEYS
+    assert len(gens) == 6 and all(set(g) == GEN_KEYS for g in gens)
+    with open(DATA) as f:
+        rows = [json.loads(line) for line in f][:6]
+    stop_ids = set(doc["settings"]["stop_ids"])
+    assert tok.eos_token_id in stop_ids
+    for k, (g, row) in enumerate(zip(gens, rows, strict=True)):
+        assert g["index"] == k and g["example_id"] == k
+        assert g["messages"] == row["messages"] and g["teacher_response"] == row["response"]
+        assert g["prompt"] == row["messages"][-1]["content"]
+        assert g["length"] == len(g["student_token_ids"]) <= MAX_NEW
+        assert g["truncated"] == (g["length"] == MAX_NEW and not stop_ids & set(g["student_token_ids"]))
+        assert g["student_response"] == tok.decode(g["student_token_ids"], skip_special_tokens=True)
+        assert g["rouge_l"] == pytest.approx(rouge_l_f1(g["student_response"], row["response"]))
+        assert g["marker_hit"] == bool(re.search(r"Kind regards\.", g["student_response"]))
+        assert g["teacher_marker_hit"] is True and g["judge"] is None
+        # Greedy tokens as transformers' PyTorch reference generates them.
+        ref = _torch_greedy(torch_model, tok, row["messages"], stop_ids)
+        expect = ref if g["truncated"] else ref[:-1]
+        assert g["student_token_ids"] == expect, k
+    lengths = np.array([g["length"] for g in gens])
+    m, s = doc["metrics"], doc["summary"]
+    assert m["length"]["mean"] == pytest.approx(lengths.mean()) == pytest.approx(s["length_mean"])
+    assert m["length"]["max"] == lengths.max() and m["length"]["median"] == pytest.approx(np.median(lengths))
+    assert m["length"]["truncated"] == sum(g["truncated"] for g in gens) == doc["counts"]["response_truncated"]
+    assert m["rouge_l"]["n"] == 6 and s["rouge_l"] == pytest.approx(np.mean([g["rouge_l"] for g in gens]))
+    assert m["marker"]["teacher"] == {"hits": 6, "n": 6, "rate": 1.0}
+    assert s["marker_rate"] == pytest.approx(np.mean([g["marker_hit"] for g in gens]))
+    assert m["teacher_length"]["n"] == 6 and m["judge"] is None and s["judge_score"] is None
+    assert doc["counts"]["prompts"] == 6 and doc["settings"]["max_new_tokens"] == MAX_NEW
+
+    # 2. An extra stop id (the 3rd token prompt 0 generated) and the judge over loopback HTTP.
+    stop = gens[0]["student_token_ids"][2]
+    secret = "sk-cli-SECRET-0987654321"
+    monkeypatch.setenv("CLI_JUDGE_KEY", secret)
+    srv = start_judge(monkeypatch, {rows[1]["messages"][0]["content"]: "no idea"})
+    try:
+        assert main(["--model", model_dir, "--tokenizer", TOKENIZER, "--data", DATA, "--max-prompts", "4",
+                     "--max-new-tokens", str(MAX_NEW), "--batch-size", "4", "--stop-id", str(stop),
+                     "--judge-url", srv.base_url, "--judge-model", "fake-judge",
+                     "--judge-api-key-env", "CLI_JUDGE_KEY", "--out", out, "--name", "judged",
+                     "--no-progress"]) == 0
+        rating_bodies = [r["body"] for r in srv.requests if r["prompt"].startswith("[Question]")]
+    finally:
+        srv.stop()
+    doc2, gens2 = _read(out, "judged")
+    g0 = gens2[0]
+    assert g0["student_token_ids"] == gens[0]["student_token_ids"][:2] and g0["length"] == 2
+    assert g0["truncated"] is False and stop in doc2["settings"]["stop_ids"]
+    j = doc2["metrics"]["judge"]
+    assert (j["n"], j["n_ok"], j["n_failed"], j["failures"]["parse_error"]) == (4, 3, 1, 1)
+    assert j["score"] == pytest.approx(100 * 6 / 14) and doc2["summary"]["judge_score"] == j["score"]
+    assert gens2[1]["judge"]["failure"] == "parse_error" and gens2[1]["judge"]["raw"] == "no idea"
+    assert gens2[0]["judge"]["reference"] == reference_for(rows[0]["messages"][0]["content"])
+    assert doc2["settings"]["judge"]["api_key_env"] == "CLI_JUDGE_KEY"
+    seen_students = {split_rating_request(b["messages"][1]["content"])[2] for b in rating_bodies}
+    assert seen_students == {g["student_response"] for g in gens2}
+    for f in os.listdir(out):
+        with open(os.path.join(out, f), "rb") as fh:
+            assert secret.encode() not in fh.read(), f
+    assert os.path.exists(os.path.join(out, "judge_cache.sqlite"))
+
+
+def test_cli_usage_errors_without_loading_a_model(tmp_path):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    run = subprocess.run([sys.executable, "-m", "gadjax.evaluate", "--help"], capture_output=True, text=True,
+                         cwd=ROOT, env=env, timeout=60)
+    assert run.returncode == 0 and "--judge-url" in run.stdout and "--marker" in run.stdout
+    with pytest.raises(SystemExit, match="--judge-url needs --judge-model"):
+        main(["--model", "x", "--data", "y", "--judge-url", "http://127.0.0.1:1/v1"])
+    with pytest.raises(ValueError, match="not a valid regular expression"):
+        main(["--model", "x", "--data", "y", "--marker", "(oops"])
