@@ -24,6 +24,8 @@ def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None)
     if shape.count(-1) > 1:
         raise ValueError(f"mesh shape {shape}: at most one entry may be -1")
     known = int(np.prod([s for s in shape if s != -1]))
+    if -1 not in shape and known < len(devices):
+        devices = devices[:known]  # e.g. a (1, 1, 1) mesh on an 8-device host: the first device
     if -1 in shape:
         if len(devices) % known:
             raise ValueError(f"mesh shape {shape} cannot cover {len(devices)} devices")

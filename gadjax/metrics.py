@@ -1,0 +1,97 @@
+"""Metric sinks: JSONL (always), TensorBoard (tensorboardX), optional Weights & Biases, a tqdm bar.
+
+Only the primary process (jax.process_index() == 0) writes; the others get a writer that drops.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+# Keys shown on the progress bar, in order, when present.
+BAR_KEYS = ("d_loss", "d_acc", "sft_loss", "pg_loss", "kl_loss", "reward_mean", "response_length_mean")
+
+
+def _scalar(v: Any) -> float | int | None:
+    """A JSON-able scalar, or None for arrays (per-row values are not logged)."""
+    a = np.asarray(v)
+    if a.ndim != 0:
+        return None
+    x = a.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None if math.isnan(x) else x
+    return x
+
+
+class MetricsWriter:
+    """Append one record per step to `<run_dir>/metrics.jsonl` (+ TensorBoard / W&B when enabled)."""
+
+    def __init__(
+        self,
+        run_dir: str,
+        *,
+        tensorboard: bool = True,
+        wandb: bool = False,
+        wandb_project: str = "gadjax",
+        config: dict[str, Any] | None = None,
+        primary: bool = True,
+    ):
+        self.primary = primary
+        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self._file = None
+        self._tb = None
+        self._wandb = None
+        if not primary:
+            return
+        os.makedirs(run_dir, exist_ok=True)
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+        if wandb:
+            import wandb as wb  # optional dependency
+
+            self._wandb = wb.init(project=wandb_project, dir=run_dir, config=config or {})
+
+    def write(self, step: int, metrics: dict[str, Any], *, stage: str) -> dict[str, Any]:
+        """Write the scalar metrics of `step`; returns the record written."""
+        record: dict[str, Any] = {"step": int(step), "stage": stage, "time": time.time()}
+        for k, v in metrics.items():
+            s = _scalar(v)
+            if s is not None or (np.asarray(v).ndim == 0):
+                record[k] = s
+        if not self.primary:
+            return record
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k not in ("step", "time"):
+                    self._tb.add_scalar(f"{stage}/{k}", v, step)
+        if self._wandb is not None:
+            self._wandb.log({f"{stage}/{k}": v for k, v in record.items() if k != "stage"}, step=step)
+        return record
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def bar_postfix(record: dict[str, Any]) -> dict[str, str]:
+    return {k: f"{record[k]:.3g}" for k in BAR_KEYS if isinstance(record.get(k), (int, float))}
+
+
+def read_metrics(run_dir: str) -> list[dict[str, Any]]:
+    """All records of `<run_dir>/metrics.jsonl` (for reports and tests)."""
+    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]

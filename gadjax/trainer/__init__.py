@@ -1,0 +1,1 @@
+"""Pieces of the training loop that gadjax/train.py wires together (build, guards, FLOP accounting)."""
