@@ -54,8 +54,8 @@ def pad_left(seqs: Sequence[np.ndarray], length: int, pad_id: int) -> tuple[np.n
     mask = np.zeros((len(seqs), length), np.int32)
     for i, s in enumerate(seqs):
         if len(s):
-            ids[i, length - len(s):] = s
-            mask[i, length - len(s):] = 1
+            ids[i, length - len(s) :] = s
+            mask[i, length - len(s) :] = 1
     return ids, mask
 
 
@@ -63,29 +63,41 @@ def pad_right(seqs: Sequence[np.ndarray], length: int, pad_id: int) -> tuple[np.
     ids = np.full((len(seqs), length), pad_id, np.int32)
     mask = np.zeros((len(seqs), length), np.int32)
     for i, s in enumerate(seqs):
-        ids[i, :len(s)] = s
-        mask[i, :len(s)] = 1
+        ids[i, : len(s)] = s
+        mask[i, : len(s)] = 1
     return ids, mask
 
 
-def collate(elements: Sequence[dict[str, Any]], pad_id: int, max_prompt_tokens: int,
-            max_response_tokens: int, buckets: str = "pow2", min_bucket: int = 16,
-            with_response: bool = True) -> dict[str, np.ndarray]:
+def collate(
+    elements: Sequence[dict[str, Any]],
+    pad_id: int,
+    max_prompt_tokens: int,
+    max_response_tokens: int,
+    buckets: str = "pow2",
+    min_bucket: int = 16,
+    with_response: bool = True,
+) -> dict[str, np.ndarray]:
     """Pad tokenized elements (``prompt_ids`` / ``response_ids`` arrays) into one batch dict."""
     p = bucket_length(max(len(e["prompt_ids"]) for e in elements), max_prompt_tokens, buckets, min_bucket)
     prompt_ids, prompt_mask = pad_left([e["prompt_ids"] for e in elements], p, pad_id)
-    batch = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask,
-             "example_id": np.asarray([e["example_id"] for e in elements], np.int64)}
+    batch = {
+        "prompt_ids": prompt_ids,
+        "prompt_mask": prompt_mask,
+        "example_id": np.asarray([e["example_id"] for e in elements], np.int64),
+    }
     if with_response:
-        r = bucket_length(max(len(e["response_ids"]) for e in elements), max_response_tokens, buckets,
-                          min_bucket)
-        batch["response_ids"], batch["response_mask"] = pad_right([e["response_ids"] for e in elements], r,
-                                                                  pad_id)
+        r = bucket_length(
+            max(len(e["response_ids"]) for e in elements), max_response_tokens, buckets, min_bucket
+        )
+        batch["response_ids"], batch["response_mask"] = pad_right(
+            [e["response_ids"] for e in elements], r, pad_id
+        )
     return batch
 
 
-def pad_batch_to(batch: dict[str, np.ndarray], prompt_len: int, response_len: int | None,
-                 pad_id: int) -> dict[str, np.ndarray]:
+def pad_batch_to(
+    batch: dict[str, np.ndarray], prompt_len: int, response_len: int | None, pad_id: int
+) -> dict[str, np.ndarray]:
     """Widen a batch to P=prompt_len (more LEFT padding) and R=response_len (more RIGHT padding).
 
     Used to give every host the same shapes before assembling a global batch.
@@ -100,8 +112,9 @@ def pad_batch_to(batch: dict[str, np.ndarray], prompt_len: int, response_len: in
     if response_len is not None and "response_ids" in batch:
         extra = response_len - batch["response_ids"].shape[1]
         if extra < 0:
-            raise ValueError(f"cannot shrink responses from {batch['response_ids'].shape[1]} "
-                             f"to {response_len}")
+            raise ValueError(
+                f"cannot shrink responses from {batch['response_ids'].shape[1]} to {response_len}"
+            )
         if extra:
             out["response_ids"] = np.pad(batch["response_ids"], ((0, 0), (0, extra)), constant_values=pad_id)
             out["response_mask"] = np.pad(batch["response_mask"], ((0, 0), (0, extra)))

@@ -29,9 +29,12 @@ def agree_shapes(local_batch: dict[str, np.ndarray]) -> tuple[int, int | None]:
     return p, (None if r < 0 else r)
 
 
-def make_global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh,
-                      partition_spec: PartitionSpec = PartitionSpec(("data", "fsdp")),
-                      pad_id: int = 0) -> dict[str, jax.Array]:
+def make_global_batch(
+    local_batch: dict[str, np.ndarray],
+    mesh: Mesh,
+    partition_spec: PartitionSpec = PartitionSpec(("data", "fsdp")),
+    pad_id: int = 0,
+) -> dict[str, jax.Array]:
     """Global arrays whose leading (batch) dimension is sharded by ``partition_spec``.
 
     Args:

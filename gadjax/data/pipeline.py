@@ -70,9 +70,21 @@ class DataConfig:
 class DataStats:
     """Counters readable by the trainer (``as_dict()``); part of the iterator state."""
 
-    COUNTERS = ("rows_read", "rows_batched", "batches", "prompt_truncated", "response_truncated",
-                "prompt_tokens", "response_tokens", "prompt_pad_tokens", "response_pad_tokens",
-                "teacher_rows", "teacher_cached", "teacher_finish_length", "remainder_dropped")
+    COUNTERS = (
+        "rows_read",
+        "rows_batched",
+        "batches",
+        "prompt_truncated",
+        "response_truncated",
+        "prompt_tokens",
+        "response_tokens",
+        "prompt_pad_tokens",
+        "response_pad_tokens",
+        "teacher_rows",
+        "teacher_cached",
+        "teacher_finish_length",
+        "remainder_dropped",
+    )
 
     def __init__(self, static: dict[str, Any] | None = None):
         self.counts: dict[str, int] = dict.fromkeys(self.COUNTERS, 0)
@@ -106,8 +118,13 @@ class DataStats:
 
     def as_dict(self) -> dict[str, Any]:
         shard = self.static.get("shard_rows") or 0
-        return {**self.counts, "dropped": dict(self.dropped), "dropped_total": sum(self.dropped.values()),
-                "epoch": self.counts["rows_read"] / shard if shard else 0.0, **self.static}
+        return {
+            **self.counts,
+            "dropped": dict(self.dropped),
+            "dropped_total": sum(self.dropped.values()),
+            "epoch": self.counts["rows_read"] / shard if shard else 0.0,
+            **self.static,
+        }
 
     def state(self) -> dict[str, Any]:
         return {"counts": dict(self.counts), "dropped": dict(self.dropped)}
@@ -127,8 +144,12 @@ class _EncodeRow:
     def __call__(self, record: dict[str, Any]) -> dict[str, Any]:
         if self.encode_response and not self.prompts_only and record["response"] is None:
             where = self.source.where(record["example_id"]) if hasattr(self.source, "where") else "?"
-            raise DataError(where, "field 'response' (or 'teacher_response') is missing and no teacher "
-                            "client was given (set prompts_only for evaluation prompts)", "missing_field")
+            raise DataError(
+                where,
+                "field 'response' (or 'teacher_response') is missing and no teacher "
+                "client was given (set prompts_only for evaluation prompts)",
+                "missing_field",
+            )
         element = self.encoder.encode_prompt(record)
         if self.encode_response and not self.prompts_only:
             element = self.encoder.encode_response(element)
@@ -166,8 +187,15 @@ class DataPipeline:
       process_index / process_count: this host's shard; default jax.process_index() / process_count().
     """
 
-    def __init__(self, source: Any, tokenizer: Any, config: DataConfig, teacher: Any | None = None,
-                 process_index: int | None = None, process_count: int | None = None):
+    def __init__(
+        self,
+        source: Any,
+        tokenizer: Any,
+        config: DataConfig,
+        teacher: Any | None = None,
+        process_index: int | None = None,
+        process_count: int | None = None,
+    ):
         if process_index is None or process_count is None:
             import jax
 
@@ -176,25 +204,34 @@ class DataPipeline:
         if not 0 <= process_index < process_count:
             raise ValueError(f"process_index {process_index} not in [0, {process_count})")
         if config.batch_size % process_count:
-            raise ValueError(f"global batch_size {config.batch_size} is not divisible by "
-                             f"process_count {process_count}")
+            raise ValueError(
+                f"global batch_size {config.batch_size} is not divisible by process_count {process_count}"
+            )
         self.source, self.tokenizer, self.config, self.teacher = source, tokenizer, config, teacher
         self.process_index, self.process_count = process_index, process_count
         self.local_batch_size = config.batch_size // process_count
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.online = teacher is not None and not config.prompts_only
-        self.encoder = RowEncoder(tokenizer, config.max_prompt_tokens, config.max_response_tokens,
-                                  config.overlong_prompt, config.overlong_response)
+        self.encoder = RowEncoder(
+            tokenizer,
+            config.max_prompt_tokens,
+            config.max_response_tokens,
+            config.overlong_prompt,
+            config.overlong_response,
+        )
         n = len(source)
         shard_total = (n // process_count) * process_count if config.shard_drop_remainder else n
         self.shard_indices = range(process_index, shard_total, process_count)
         if len(self.shard_indices) == 0:
             raise ValueError(f"process {process_index} of {process_count} gets no rows from {source!r}")
         bad = getattr(source, "bad_rows", None)
-        self._static = {"source_rows": n, "shard_rows": len(self.shard_indices),
-                        "rows_left_out_for_equal_shards": n - shard_total,
-                        "bad_rows_skipped": bad.total if bad is not None else 0,
-                        "bad_rows_by_reason": dict(bad.by_reason) if bad is not None else {}}
+        self._static = {
+            "source_rows": n,
+            "shard_rows": len(self.shard_indices),
+            "rows_left_out_for_equal_shards": n - shard_total,
+            "bad_rows_skipped": bad.total if bad is not None else 0,
+            "bad_rows_by_reason": dict(bad.by_reason) if bad is not None else {},
+        }
         self.dataset = self._build()
 
     def _build(self) -> grain.IterDataset:
@@ -202,14 +239,18 @@ class DataPipeline:
         ds = grain.MapDataset.source(self.source)
         if len(self.shard_indices) != len(self.source):
             s = self.shard_indices
-            ds = ds[s.start:s.stop:s.step]
+            ds = ds[s.start : s.stop : s.step]
         if c.shuffle:
             ds = ds.shuffle(seed=c.seed)
         ds = ds.repeat(c.num_epochs)
-        ds = ds.map(_EncodeRow(self.encoder, self.source, encode_response=not self.online,
-                               prompts_only=c.prompts_only))
-        it = ds.to_iter_dataset(grain.ReadOptions(num_threads=c.read_threads,
-                                                  prefetch_buffer_size=c.prefetch_buffer))
+        ds = ds.map(
+            _EncodeRow(
+                self.encoder, self.source, encode_response=not self.online, prompts_only=c.prompts_only
+            )
+        )
+        it = ds.to_iter_dataset(
+            grain.ReadOptions(num_threads=c.read_threads, prefetch_buffer_size=c.prefetch_buffer)
+        )
         if c.worker_count > 0:
             it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=c.worker_count))
         return it
@@ -256,8 +297,13 @@ class BatchIterator:
 
     def get_state(self) -> dict[str, Any]:
         """JSON-serialisable state after the last returned batch."""
-        return {"version": self.STATE_VERSION, "grain": self._rows.state(), "stats": self.stats.state(),
-                "process_index": self._p.process_index, "process_count": self._p.process_count}
+        return {
+            "version": self.STATE_VERSION,
+            "grain": self._rows.state(),
+            "stats": self.stats.state(),
+            "process_index": self._p.process_index,
+            "process_count": self._p.process_count,
+        }
 
     def __iter__(self) -> BatchIterator:
         return self
@@ -278,8 +324,15 @@ class BatchIterator:
         if not kept or (len(kept) < p.local_batch_size and c.drop_remainder):
             self.stats.counts["remainder_dropped"] += len(kept)
             raise StopIteration
-        batch = collate(kept, p.pad_id, c.max_prompt_tokens, c.max_response_tokens, c.buckets,
-                        c.min_bucket, with_response=not c.prompts_only)
+        batch = collate(
+            kept,
+            p.pad_id,
+            c.max_prompt_tokens,
+            c.max_response_tokens,
+            c.buckets,
+            c.min_bucket,
+            with_response=not c.prompts_only,
+        )
         self.stats.count_batch(batch)
         return batch
 

@@ -64,16 +64,22 @@ def _messages(value: Any, field: str, where: str) -> list[dict[str, str]]:
         raise _fail(where, "missing_field", f"field '{field}' is missing or null")
     # pyarrow gives numpy arrays / lists for list columns; accept any non-string sequence.
     if isinstance(value, str | bytes | Mapping) or not hasattr(value, "__len__"):
-        raise _fail(where, "bad_type", f"field '{field}' must be a list of {{role, content}} messages, "
-                    f"got {type(value).__name__}")
+        raise _fail(
+            where,
+            "bad_type",
+            f"field '{field}' must be a list of {{role, content}} messages, got {type(value).__name__}",
+        )
     if len(value) == 0:
         raise _fail(where, "empty_field", f"field '{field}' is an empty list")
     out = []
     for i, m in enumerate(value):
         f = f"{field}[{i}]"
         if not isinstance(m, Mapping):
-            raise _fail(where, "bad_type", f"field '{f}' must be an object with role and content, "
-                        f"got {type(m).__name__}")
+            raise _fail(
+                where,
+                "bad_type",
+                f"field '{f}' must be an object with role and content, got {type(m).__name__}",
+            )
         role, content = m.get("role"), m.get("content")
         if role is None:
             raise _fail(where, "missing_field", f"field '{f}.role' is missing")
@@ -82,16 +88,21 @@ def _messages(value: Any, field: str, where: str) -> list[dict[str, str]]:
         if content is None:
             raise _fail(where, "missing_field", f"field '{f}.content' is missing or null")
         if not isinstance(content, str):
-            raise _fail(where, "bad_type", f"field '{f}.content' must be a string, "
-                        f"got {type(content).__name__}")
+            raise _fail(
+                where, "bad_type", f"field '{f}.content' must be a string, got {type(content).__name__}"
+            )
         if not content.strip():
             raise _fail(where, "empty_field", f"field '{f}.content' is empty")
         out.append({"role": role, "content": content})
     while out and out[-1]["role"] == "assistant":
         out.pop()  # the original answer, not the teacher's: see module docstring
     if not out or out[-1]["role"] != "user":
-        raise _fail(where, "no_user_turn", f"field '{field}' has no user turn to answer "
-                    "(after dropping trailing assistant turns it must end with role 'user')")
+        raise _fail(
+            where,
+            "no_user_turn",
+            f"field '{field}' has no user turn to answer "
+            "(after dropping trailing assistant turns it must end with role 'user')",
+        )
     return out
 
 
@@ -137,8 +148,12 @@ def normalize_row(raw: Any, where: str, require_response: bool = False) -> Row:
         messages = [{"role": "user", "content": prompt}]
         response = _response(raw, "response", where, require_response)
     else:
-        raise _fail(where, "missing_field", "row has none of the fields 'content' (GAD format), "
-                    f"'messages' or 'prompt'; keys: {sorted(raw)[:8]}")
+        raise _fail(
+            where,
+            "missing_field",
+            "row has none of the fields 'content' (GAD format), "
+            f"'messages' or 'prompt'; keys: {sorted(raw)[:8]}",
+        )
     return Row(messages=messages, response=response)
 
 
@@ -175,8 +190,12 @@ class BadRowCounter:
         return {"skipped": self.total, "by_reason": dict(self.by_reason), "examples": list(self.examples)}
 
 
-def read_jsonl(path: str | os.PathLike, skip_bad_rows: bool = False, require_response: bool = False,
-               counter: BadRowCounter | None = None) -> Iterator[tuple[int, Row]]:
+def read_jsonl(
+    path: str | os.PathLike,
+    skip_bad_rows: bool = False,
+    require_response: bool = False,
+    counter: BadRowCounter | None = None,
+) -> Iterator[tuple[int, Row]]:
     """Yield ``(line_number, Row)`` (1-based) for every non-blank line of a JSONL file.
 
     Lines are read as bytes and decoded one by one, so an invalid UTF-8 sequence is reported on its
@@ -196,8 +215,12 @@ def read_jsonl(path: str | os.PathLike, skip_bad_rows: bool = False, require_res
                     counter.add(e)
 
 
-def read_parquet(path: str | os.PathLike, skip_bad_rows: bool = False, require_response: bool = False,
-                 counter: BadRowCounter | None = None) -> Iterator[tuple[int, Row]]:
+def read_parquet(
+    path: str | os.PathLike,
+    skip_bad_rows: bool = False,
+    require_response: bool = False,
+    counter: BadRowCounter | None = None,
+) -> Iterator[tuple[int, Row]]:
     """Yield ``(row_index, Row)`` (0-based) for every row of a parquet file (read with pyarrow)."""
     import pyarrow.parquet as pq
 
@@ -219,8 +242,12 @@ def read_parquet(path: str | os.PathLike, skip_bad_rows: bool = False, require_r
             index += 1
 
 
-def read_rows(path: str | os.PathLike, skip_bad_rows: bool = False, require_response: bool = False,
-              counter: BadRowCounter | None = None) -> Iterator[tuple[int, Row]]:
+def read_rows(
+    path: str | os.PathLike,
+    skip_bad_rows: bool = False,
+    require_response: bool = False,
+    counter: BadRowCounter | None = None,
+) -> Iterator[tuple[int, Row]]:
     """Dispatch on the file suffix: ``.parquet`` -> :func:`read_parquet`, otherwise JSONL."""
     reader = read_parquet if os.fspath(path).endswith(".parquet") else read_jsonl
     return reader(path, skip_bad_rows=skip_bad_rows, require_response=require_response, counter=counter)

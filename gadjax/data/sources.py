@@ -47,8 +47,12 @@ def _record(i: int, row) -> dict[str, Any]:
 class JsonlSource:
     """Rows of one or more JSONL files; indexes (file, byte offset, line number) of good lines once."""
 
-    def __init__(self, paths: PathLike | Sequence[PathLike], skip_bad_rows: bool = False,
-                 require_response: bool = False):
+    def __init__(
+        self,
+        paths: PathLike | Sequence[PathLike],
+        skip_bad_rows: bool = False,
+        require_response: bool = False,
+    ):
         self.paths = _as_paths(paths)
         self.require_response = require_response
         self.bad_rows = BadRowCounter()
@@ -114,8 +118,12 @@ class JsonlSource:
 class ParquetSource:
     """Rows of one or more parquet files (pyarrow); the 'line' in messages is the 0-based row index."""
 
-    def __init__(self, paths: PathLike | Sequence[PathLike], skip_bad_rows: bool = False,
-                 require_response: bool = False):
+    def __init__(
+        self,
+        paths: PathLike | Sequence[PathLike],
+        skip_bad_rows: bool = False,
+        require_response: bool = False,
+    ):
         import pyarrow.parquet as pq
 
         self.paths = _as_paths(paths)
@@ -188,8 +196,10 @@ class TfdsSource:
         i = int(i)
         ex = self._ds[i]
         msgs = ex["messages"]
-        messages = [{"role": _decode(r), "content": _decode(c)} for r, c in zip(msgs["role"], msgs["content"],
-                                                                                   strict=True)]
+        messages = [
+            {"role": _decode(r), "content": _decode(c)}
+            for r, c in zip(msgs["role"], msgs["content"], strict=True)
+        ]
         response = _decode(ex["response"]) if bool(ex["has_response"]) else None
         return {"example_id": i, "messages": messages, "response": response}
 
@@ -197,8 +207,13 @@ class TfdsSource:
         return f"TfdsSource({self.data_dir}, split={self.split}, rows={len(self)})"
 
 
-def open_source(paths: PathLike | Sequence[PathLike], kind: str = "auto", skip_bad_rows: bool = False,
-                require_response: bool = False, split: str = "train"):
+def open_source(
+    paths: PathLike | Sequence[PathLike],
+    kind: str = "auto",
+    skip_bad_rows: bool = False,
+    require_response: bool = False,
+    split: str = "train",
+):
     """Open a row source. ``kind``: auto (by suffix / directory) | jsonl | parquet | tfds.
 
     A directory (or kind='tfds') is read as a prepared tfds ``GadRows`` dataset (see

@@ -26,8 +26,13 @@ def needs_teacher(element: dict[str, Any]) -> bool:
 class TeacherJoin:
     """Iterator of elements with ``response`` filled from the teacher; see module docstring."""
 
-    def __init__(self, make_parent: Callable[[dict | None], Any], client: Any, max_ahead: int = 64,
-                 state: dict | None = None):
+    def __init__(
+        self,
+        make_parent: Callable[[dict | None], Any],
+        client: Any,
+        max_ahead: int = 64,
+        state: dict | None = None,
+    ):
         self._parent = make_parent(state)
         self._state = self._parent.get_state()
         self._pending: collections.deque = collections.deque()  # (element, grain state after it)
@@ -64,8 +69,10 @@ class TeacherJoin:
                     return self._join(element, self._ready.popleft())
             if self._done:
                 if self._pending:  # a prompt the client never answered
-                    raise RuntimeError(f"teacher client ended without answering prompt id "
-                                       f"{self._pending[0][0]['example_id']}")
+                    raise RuntimeError(
+                        f"teacher client ended without answering prompt id "
+                        f"{self._pending[0][0]['example_id']}"
+                    )
                 raise StopIteration
             try:
                 self._ready.append(next(self._it))
@@ -76,8 +83,10 @@ class TeacherJoin:
     def _join(element: dict[str, Any], result: tuple) -> dict[str, Any]:
         prompt_id, _, responses = result
         if str(prompt_id) != str(element["example_id"]):
-            raise RuntimeError(f"teacher client returned prompt id {prompt_id} where "
-                               f"{element['example_id']} was expected (prefetch must keep input order)")
+            raise RuntimeError(
+                f"teacher client returned prompt id {prompt_id} where "
+                f"{element['example_id']} was expected (prefetch must keep input order)"
+            )
         out = dict(element)
         first = responses[0] if responses else None
         text = getattr(first, "text", None)

@@ -38,8 +38,9 @@ class GadRows(tfds.core.GeneratorBasedBuilder):
     def code_path(cls):
         return epath.Path(__file__)
 
-    def __init__(self, *, split_paths: Mapping[str, Sequence[str]] | None = None,
-                 skip_bad_rows: bool = False, **kwargs):
+    def __init__(
+        self, *, split_paths: Mapping[str, Sequence[str]] | None = None, skip_bad_rows: bool = False, **kwargs
+    ):
         self._split_paths = dict(split_paths or {})
         self._skip_bad_rows = skip_bad_rows
         self.bad_rows: dict[str, BadRowCounter] = {}
@@ -49,13 +50,16 @@ class GadRows(tfds.core.GeneratorBasedBuilder):
         return tfds.core.DatasetInfo(
             builder=self,
             description=__doc__,
-            features=tfds.features.FeaturesDict({
-                "messages": tfds.features.Sequence({"role": tfds.features.Text(),
-                                                    "content": tfds.features.Text()}),
-                "response": tfds.features.Text(),  # "" when has_response is False
-                "has_response": tfds.features.Scalar(dtype=np.bool_),
-                "where": tfds.features.Text(),  # original file:line, for messages
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    "messages": tfds.features.Sequence(
+                        {"role": tfds.features.Text(), "content": tfds.features.Text()}
+                    ),
+                    "response": tfds.features.Text(),  # "" when has_response is False
+                    "has_response": tfds.features.Scalar(dtype=np.bool_),
+                    "where": tfds.features.Text(),  # original file:line, for messages
+                }
+            ),
             disable_shuffling=True,  # keep the source order: example_id == position
         )
 
@@ -70,16 +74,22 @@ class GadRows(tfds.core.GeneratorBasedBuilder):
         for path in paths:
             for line, row in read_rows(path, skip_bad_rows=self._skip_bad_rows, counter=counter):
                 where = f"{os.fspath(path)}:{line}"
-                yield where, {
-                    "messages": row.messages,
-                    "response": row.response or "",
-                    "has_response": row.response is not None,
-                    "where": where,
-                }
+                yield (
+                    where,
+                    {
+                        "messages": row.messages,
+                        "response": row.response or "",
+                        "has_response": row.response is not None,
+                        "where": where,
+                    },
+                )
 
 
-def build_tfds(split_paths: Mapping[str, Sequence[str | os.PathLike]], data_dir: str | os.PathLike,
-               skip_bad_rows: bool = False) -> dict[str, dict]:
+def build_tfds(
+    split_paths: Mapping[str, Sequence[str | os.PathLike]],
+    data_dir: str | os.PathLike,
+    skip_bad_rows: bool = False,
+) -> dict[str, dict]:
     """Convert local JSONL / parquet files into a ``gad_rows`` array_record dataset under ``data_dir``.
 
     Returns the bad-row report per split (empty counts unless ``skip_bad_rows``). A dataset already
@@ -89,7 +99,11 @@ def build_tfds(split_paths: Mapping[str, Sequence[str | os.PathLike]], data_dir:
         for p in paths:
             if not os.path.isfile(p):
                 raise FileNotFoundError(f"data file not found: {p}")
-    builder = GadRows(split_paths={k: [os.fspath(p) for p in v] for k, v in split_paths.items()},
-                      skip_bad_rows=skip_bad_rows, data_dir=os.fspath(data_dir), file_format="array_record")
+    builder = GadRows(
+        split_paths={k: [os.fspath(p) for p in v] for k, v in split_paths.items()},
+        skip_bad_rows=skip_bad_rows,
+        data_dir=os.fspath(data_dir),
+        file_format="array_record",
+    )
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(verify_ssl=False))
     return {split: c.report() for split, c in builder.bad_rows.items()}

@@ -27,8 +27,14 @@ OVERLONG = ("truncate", "drop")
 class RowEncoder:
     """Picklable callable (grain may ship it to worker processes) that tokenizes one record."""
 
-    def __init__(self, tokenizer: Any, max_prompt_tokens: int, max_response_tokens: int,
-                 overlong_prompt: str = "truncate", overlong_response: str = "truncate"):
+    def __init__(
+        self,
+        tokenizer: Any,
+        max_prompt_tokens: int,
+        max_response_tokens: int,
+        overlong_prompt: str = "truncate",
+        overlong_response: str = "truncate",
+    ):
         for name, v in (("overlong_prompt", overlong_prompt), ("overlong_response", overlong_response)):
             if v not in OVERLONG:
                 raise ValueError(f"{name} must be one of {OVERLONG}, got {v!r}")
@@ -44,15 +50,16 @@ class RowEncoder:
 
     def encode_prompt(self, element: dict[str, Any]) -> dict[str, Any]:
         """Adds prompt_ids (int32), prompt_len_raw, prompt_truncated, dropped ('prompt_too_long' | None)."""
-        text = self.tokenizer.apply_chat_template(element["messages"], add_generation_prompt=True,
-                                                  tokenize=False)
+        text = self.tokenizer.apply_chat_template(
+            element["messages"], add_generation_prompt=True, tokenize=False
+        )
         ids = self.tokenizer.encode(text, add_special_tokens=False)
         out = dict(element, prompt_len_raw=len(ids), prompt_truncated=False, dropped=None)
         if len(ids) > self.max_prompt_tokens:
             if self.overlong_prompt == "drop":
                 out["dropped"] = "prompt_too_long"
             else:
-                ids = ids[-self.max_prompt_tokens:]  # keep the end: see module docstring
+                ids = ids[-self.max_prompt_tokens :]  # keep the end: see module docstring
                 out["prompt_truncated"] = True
         out["prompt_ids"] = np.asarray(ids, np.int32)
         return out
@@ -71,7 +78,7 @@ class RowEncoder:
             if self.overlong_response == "drop":
                 out["dropped"] = "response_too_long"
             else:
-                ids = ids[:self.max_response_tokens]  # keep the start, no EOS: see module docstring
+                ids = ids[: self.max_response_tokens]  # keep the start, no EOS: see module docstring
                 out["response_truncated"] = True
         out["response_ids"] = np.asarray(ids, np.int32)
         return out

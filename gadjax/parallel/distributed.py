@@ -102,8 +102,12 @@ def _cluster_env_present() -> str | None:
                 continue
         return None
     except ImportError:
-        for var in ("TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS", "SLURM_JOB_ID",
-                    "OMPI_COMM_WORLD_SIZE"):
+        for var in (
+            "TPU_WORKER_HOSTNAMES",
+            "MEGASCALE_COORDINATOR_ADDRESS",
+            "SLURM_JOB_ID",
+            "OMPI_COMM_WORLD_SIZE",
+        ):
             if os.environ.get(var):
                 return var
         return None
@@ -193,7 +197,8 @@ def initialize_distributed(
         # coordinator port is custom on Slurm); elsewhere it is a mistake we name.
         if _cluster_env_present() is None:
             raise ValueError(
-                "incomplete multi-process layout: missing " + ", ".join(missing)
+                "incomplete multi-process layout: missing "
+                + ", ".join(missing)
                 + "; give all of coordinator, process count and process id, or none of them"
             )
     if coordinator_address is not None and ":" not in coordinator_address:
@@ -205,7 +210,9 @@ def initialize_distributed(
     _ensure_cpu_collectives()
     logger.info(
         "initialising jax.distributed: coordinator=%s num_processes=%s process_id=%s",
-        coordinator_address, num_processes, process_id,
+        coordinator_address,
+        num_processes,
+        process_id,
     )
     jax.distributed.initialize(
         coordinator_address=coordinator_address,
@@ -253,9 +260,7 @@ def process_batch_slice(global_batch_size: int) -> slice:
     """
     n, i = jax.process_count(), jax.process_index()
     if global_batch_size % n:
-        raise ValueError(
-            f"global batch size {global_batch_size} is not divisible by the process count {n}"
-        )
+        raise ValueError(f"global batch size {global_batch_size} is not divisible by the process count {n}")
     per = global_batch_size // n
     return slice(i * per, (i + 1) * per)
 
@@ -300,8 +305,14 @@ def run_local_processes(
     for pid in range(num_processes):
         child_env = {**base, ENV_PROCESS_ID: str(pid)}
         out = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a full pipe would block the child
-        procs.append((subprocess.Popen([sys.executable, *argv], env=child_env, cwd=cwd, stdout=out,
-                                       stderr=subprocess.STDOUT), out))
+        procs.append(
+            (
+                subprocess.Popen(
+                    [sys.executable, *argv], env=child_env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT
+                ),
+                out,
+            )
+        )
     results = []
     deadline = time.monotonic() + timeout_s
     try:

@@ -8,5 +8,12 @@ from gadjax.teacher.cache import ResponseCache, cache_key
 from gadjax.teacher.client import TeacherClient, TeacherError, TeacherResponse
 from gadjax.teacher.config import TeacherConfig, TeacherConfigError
 
-__all__ = ["ResponseCache", "TeacherClient", "TeacherConfig", "TeacherConfigError", "TeacherError",
-           "TeacherResponse", "cache_key"]
+__all__ = [
+    "ResponseCache",
+    "TeacherClient",
+    "TeacherConfig",
+    "TeacherConfigError",
+    "TeacherError",
+    "TeacherResponse",
+    "cache_key",
+]

@@ -35,8 +35,13 @@ CREATE TABLE IF NOT EXISTS responses (
 """
 
 
-def cache_key(base_url: str, model: str, messages: Sequence[Mapping[str, str]],
-              sampling: Mapping[str, Any], sample_index: int) -> str:
+def cache_key(
+    base_url: str,
+    model: str,
+    messages: Sequence[Mapping[str, str]],
+    sampling: Mapping[str, Any],
+    sample_index: int,
+) -> str:
     """sha256 (hex) of the canonical JSON of the request identity.
 
     ``messages`` are the messages as SENT (system prompt included). The API key is deliberately not
@@ -84,8 +89,9 @@ class ResponseCache:
         conn = getattr(self._local, "conn", None)
         if conn is not None and self._local.pid == os.getpid():
             return conn
-        conn = sqlite3.connect(self.path, timeout=self._busy_ms / 1000, isolation_level=None,
-                               check_same_thread=False)
+        conn = sqlite3.connect(
+            self.path, timeout=self._busy_ms / 1000, isolation_level=None, check_same_thread=False
+        )
         conn.execute(f"PRAGMA busy_timeout={self._busy_ms}")
         conn.execute("PRAGMA synchronous=NORMAL")
         self._local.conn, self._local.pid = conn, os.getpid()
@@ -94,15 +100,23 @@ class ResponseCache:
         return conn
 
     def get(self, key: str) -> CachedResponse | None:
-        row = self._conn().execute(
-            "SELECT text, finish_reason, usage, created FROM responses WHERE key = ?", (key,)
-        ).fetchone()
+        row = (
+            self._conn()
+            .execute("SELECT text, finish_reason, usage, created FROM responses WHERE key = ?", (key,))
+            .fetchone()
+        )
         if row is None:
             return None
         return CachedResponse(text=row[0], finish_reason=row[1], usage=json.loads(row[2]), created=row[3])
 
-    def put(self, key: str, text: str, finish_reason: str | None, usage: Mapping[str, Any] | None,
-            prompt_id: str | None = None) -> tuple[CachedResponse, bool]:
+    def put(
+        self,
+        key: str,
+        text: str,
+        finish_reason: str | None,
+        usage: Mapping[str, Any] | None,
+        prompt_id: str | None = None,
+    ) -> tuple[CachedResponse, bool]:
         """Store a response unless the key is already there; commit; return (stored row, inserted).
 
         When another writer got there first, its row is returned (and ``inserted`` is False).

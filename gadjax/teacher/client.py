@@ -71,8 +71,9 @@ class TeacherClient:
 
     def __init__(self, config: TeacherConfig, cache: ResponseCache | None = None):
         self.config = config
-        self.cache = cache if cache is not None else (
-            ResponseCache(config.cache_path) if config.cache_path else None)
+        self.cache = (
+            cache if cache is not None else (ResponseCache(config.cache_path) if config.cache_path else None)
+        )
         self._limiter = RateLimiter(config.requests_per_s, config.tokens_per_min)
         self._local = threading.local()
         self._sessions: list[requests.Session] = []
@@ -96,8 +97,9 @@ class TeacherClient:
     def key_for(self, messages: Messages, sample_index: int = 0) -> str:
         """Cache key of (config endpoint, model, sent messages, sampling params, sample index)."""
         cfg = self.config
-        return cache_key(cfg.base_url, cfg.model, self.messages_for(messages), cfg.sampling_params(),
-                         sample_index)
+        return cache_key(
+            cfg.base_url, cfg.model, self.messages_for(messages), cfg.sampling_params(), sample_index
+        )
 
     def complete(self, prompt_id: str, messages: Messages, sample_index: int = 0) -> TeacherResponse:
         """One response for one prompt: from the cache, else from the API (then cached, committed)."""
@@ -121,8 +123,9 @@ class TeacherClient:
         futs = self._submit(prompt_id, messages)
         return [f.result() for f in futs]
 
-    def prefetch(self, items: Iterable[tuple[str, Messages]], max_ahead: int
-                 ) -> Iterator[tuple[str, Messages, list[TeacherResponse]]]:
+    def prefetch(
+        self, items: Iterable[tuple[str, Messages]], max_ahead: int
+    ) -> Iterator[tuple[str, Messages, list[TeacherResponse]]]:
         """Yield ``(prompt_id, messages, responses)`` in input order while up to ``max_ahead`` later
         prompts are requested in the background (all ``n_samples`` of each).
 
@@ -134,8 +137,9 @@ class TeacherClient:
                 raise res
             yield pid, msgs, res
 
-    def iter_results(self, items: Iterable[tuple[str, Messages]], max_ahead: int
-                     ) -> Iterator[tuple[str, Messages, list[TeacherResponse] | TeacherError]]:
+    def iter_results(
+        self, items: Iterable[tuple[str, Messages]], max_ahead: int
+    ) -> Iterator[tuple[str, Messages, list[TeacherResponse] | TeacherError]]:
         """Like :meth:`prefetch` but a failed prompt is yielded as its error instead of raised."""
         if not isinstance(max_ahead, int) or max_ahead < 1:
             raise ValueError(f"prefetch: max_ahead must be an integer >= 1, got {max_ahead!r}")
@@ -182,10 +186,21 @@ class TeacherClient:
         responses (fresh), failures, prompt_tokens, completion_tokens, rate_limit_wait_s, backoff_s."""
         with self._lock:
             c = dict(self._c)
-        out = {k: c.get(k, 0) for k in ("requests", "retries", "cache_hits", "responses", "failures",
-                                         "prompt_tokens", "completion_tokens")}
-        out["retries_by_cause"] = {k[len("retries_"):]: v for k, v in sorted(c.items())
-                                   if k.startswith("retries_")}
+        out = {
+            k: c.get(k, 0)
+            for k in (
+                "requests",
+                "retries",
+                "cache_hits",
+                "responses",
+                "failures",
+                "prompt_tokens",
+                "completion_tokens",
+            )
+        }
+        out["retries_by_cause"] = {
+            k[len("retries_") :]: v for k, v in sorted(c.items()) if k.startswith("retries_")
+        }
         out["rate_limit_wait_s"] = round(c.get("rate_limit_wait_s", 0.0), 3)
         out["backoff_s"] = round(c.get("backoff_s", 0.0), 3)
         out["wait_seconds"] = round(self.wait_seconds, 3)
@@ -244,8 +259,9 @@ class TeacherClient:
         chars = sum(len(m["content"]) for m in sent)
         return chars // 4 + 4 * len(sent) + self.config.max_tokens
 
-    def _fetch(self, prompt_id: str, sent: Messages, sample_index: int
-               ) -> tuple[str, str | None, dict[str, Any]]:
+    def _fetch(
+        self, prompt_id: str, sent: Messages, sample_index: int
+    ) -> tuple[str, str | None, dict[str, Any]]:
         """POST with retries; returns (text, finish_reason, usage) or raises TeacherError."""
         cfg = self.config
         try:
@@ -274,8 +290,15 @@ class TeacherClient:
                 if r.retry_after is not None:
                     delay = max(delay, min(r.retry_after, cfg.retry_after_max_s))
                 self._count(retries=1, backoff_s=delay, **{f"retries_{r.cause}": 1})
-                log.info("prompt %s sample %d: %s; retry %d/%d in %.2fs", prompt_id, sample_index,
-                         self._redact(str(r), key), attempt + 1, cfg.max_retries, delay)
+                log.info(
+                    "prompt %s sample %d: %s; retry %d/%d in %.2fs",
+                    prompt_id,
+                    sample_index,
+                    self._redact(str(r), key),
+                    attempt + 1,
+                    cfg.max_retries,
+                    delay,
+                )
                 time.sleep(delay)
                 continue
             except TeacherError:
@@ -287,22 +310,29 @@ class TeacherClient:
                 p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
                 total = p + c if isinstance(p, int) and isinstance(c, int) else None
             self._limiter.settle(est, total)
-            self._count(prompt_tokens=_int(usage.get("prompt_tokens")),
-                        completion_tokens=_int(usage.get("completion_tokens")))
+            self._count(
+                prompt_tokens=_int(usage.get("prompt_tokens")),
+                completion_tokens=_int(usage.get("completion_tokens")),
+            )
             return text, finish, usage
         self._count(failures=1)
         assert last is not None
-        err = TeacherError(prompt_id, f"gave up after {attempts} attempts; last failure: "
-                           f"{self._redact(str(last), key)}", retryable=True)
+        err = TeacherError(
+            prompt_id,
+            f"gave up after {attempts} attempts; last failure: {self._redact(str(last), key)}",
+            retryable=True,
+        )
         log.warning("%s", err)
         raise err
 
-    def _post_once(self, prompt_id: str, body: dict[str, Any], headers: dict[str, str], key: str | None
-                   ) -> tuple[str, str | None, dict[str, Any]]:
+    def _post_once(
+        self, prompt_id: str, body: dict[str, Any], headers: dict[str, str], key: str | None
+    ) -> tuple[str, str | None, dict[str, Any]]:
         cfg = self.config
         try:
-            resp = self._session().post(cfg.chat_url, json=body, headers=headers,
-                                        timeout=(cfg.timeout_s, cfg.timeout_s))
+            resp = self._session().post(
+                cfg.chat_url, json=body, headers=headers, timeout=(cfg.timeout_s, cfg.timeout_s)
+            )
             raw = resp.content  # read the whole body inside the try: truncation raises here
         except requests.Timeout as e:
             raise _Retry("timeout", type(e).__name__) from None
@@ -327,8 +357,9 @@ class TeacherClient:
         finish = choice.get("finish_reason") if isinstance(choice, dict) else None
         if not isinstance(text, str) or not text:
             # A refusal / content filter: asking again costs money and returns the same. Not retried.
-            raise TeacherError(prompt_id, f"response has no text content (finish_reason={finish!r})",
-                               status=status)
+            raise TeacherError(
+                prompt_id, f"response has no text content (finish_reason={finish!r})", status=status
+            )
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
         return text, finish if isinstance(finish, str) else None, usage
 

@@ -41,10 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m gadjax.teacher.collect", description=__doc__.split("\n")[0])
     ap.add_argument("--prompts", required=True, help="JSONL or .parquet prompt file")
     ap.add_argument("--out", required=True, help="corpus JSONL to write")
-    ap.add_argument("--base-url", required=True, help="OpenAI-compatible API root, e.g. http://127.0.0.1:8000/v1")
+    ap.add_argument(
+        "--base-url", required=True, help="OpenAI-compatible API root, e.g. http://127.0.0.1:8000/v1"
+    )
     ap.add_argument("--model", required=True)
-    ap.add_argument("--api-key-env", default=None,
-                    help="NAME of the environment variable holding the API key (omit for no auth)")
+    ap.add_argument(
+        "--api-key-env",
+        default=None,
+        help="NAME of the environment variable holding the API key (omit for no auth)",
+    )
     ap.add_argument("--system-prompt", default=None, help="hidden system prompt sent to the teacher")
     ap.add_argument("--cache", default=None, help="SQLite cache (default: <out>.cache.sqlite)")
     ap.add_argument("--concurrency", type=int, default=8)
@@ -60,8 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--backoff-max", type=float, default=30.0)
     ap.add_argument("--max-ahead", type=int, default=0, help="prompts in flight (default 4 x concurrency)")
     ap.add_argument("--skip-bad-rows", action="store_true", help="count bad prompt rows instead of stopping")
-    ap.add_argument("--allow-failures", action="store_true",
-                    help="write the corpus without the prompts that failed (they are listed)")
+    ap.add_argument(
+        "--allow-failures",
+        action="store_true",
+        help="write the corpus without the prompts that failed (they are listed)",
+    )
     ap.add_argument("--log-file", default=None, help="also write the detailed log (retries) here")
     ap.add_argument("--no-progress", action="store_true")
     return ap
@@ -97,18 +105,30 @@ def collect(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
     bad = BadRowCounter()
     name = os.path.basename(args.prompts)
     try:
-        rows = [(f"{name}:{i}", row.messages)
-                for i, row in read_rows(args.prompts, skip_bad_rows=args.skip_bad_rows, counter=bad)]
+        rows = [
+            (f"{name}:{i}", row.messages)
+            for i, row in read_rows(args.prompts, skip_bad_rows=args.skip_bad_rows, counter=bad)
+        ]
     except (DataError, OSError) as e:
         print(f"collect: bad prompts: {e}", file=sys.stderr)
         return 2, {"error": str(e)}
     try:
         cfg = TeacherConfig(
-            base_url=args.base_url, model=args.model, api_key_env=args.api_key_env,
-            system_prompt=args.system_prompt, temperature=args.temperature, top_p=args.top_p,
-            max_tokens=args.max_tokens, n_samples=args.n_samples, concurrency=args.concurrency,
-            requests_per_s=args.requests_per_s, tokens_per_min=args.tokens_per_min, timeout_s=args.timeout,
-            max_retries=args.max_retries, backoff_base_s=args.backoff_base, backoff_max_s=args.backoff_max,
+            base_url=args.base_url,
+            model=args.model,
+            api_key_env=args.api_key_env,
+            system_prompt=args.system_prompt,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            max_tokens=args.max_tokens,
+            n_samples=args.n_samples,
+            concurrency=args.concurrency,
+            requests_per_s=args.requests_per_s,
+            tokens_per_min=args.tokens_per_min,
+            timeout_s=args.timeout,
+            max_retries=args.max_retries,
+            backoff_base_s=args.backoff_base,
+            backoff_max_s=args.backoff_max,
             cache_path=args.cache or args.out + ".cache.sqlite",
         )
         if cfg.api_key_env is not None:
@@ -122,21 +142,35 @@ def collect(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
     failed: list[TeacherError] = []
     written = 0
     max_ahead = args.max_ahead or 4 * cfg.concurrency
-    with TeacherClient(cfg) as client, open(partial, "w", encoding="utf-8") as f, \
-            tqdm(total=len(rows), unit="prompt", disable=args.no_progress, file=sys.stderr) as bar:
+    with (
+        TeacherClient(cfg) as client,
+        open(partial, "w", encoding="utf-8") as f,
+        tqdm(total=len(rows), unit="prompt", disable=args.no_progress, file=sys.stderr) as bar,
+    ):
         for pid, messages, result in client.iter_results(rows, max_ahead=max_ahead):
             if isinstance(result, TeacherError):
                 failed.append(result)
             else:
                 for s, r in enumerate(result):
-                    f.write(json.dumps({"messages": list(messages), "response": r.text, "prompt_id": pid,
-                                        "sample_index": s, "finish_reason": r.finish_reason},
-                                       ensure_ascii=False) + "\n")
+                    f.write(
+                        json.dumps(
+                            {
+                                "messages": list(messages),
+                                "response": r.text,
+                                "prompt_id": pid,
+                                "sample_index": s,
+                                "finish_reason": r.finish_reason,
+                            },
+                            ensure_ascii=False,
+                        )
+                        + "\n"
+                    )
                     written += 1
             bar.update(1)
             c = client.counters
-            bar.set_postfix(cached=c["cache_hits"], req=c["requests"], retry=c["retries"], fail=len(failed),
-                            refresh=False)
+            bar.set_postfix(
+                cached=c["cache_hits"], req=c["requests"], retry=c["retries"], fail=len(failed), refresh=False
+            )
         f.flush()
         os.fsync(f.fileno())
         counters = client.counters
@@ -149,12 +183,18 @@ def collect(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
         os.replace(partial, args.out)  # atomic: readers see the old corpus or the whole new one
         _fsync_dir(args.out)
     summary = {
-        "prompts": len(rows), "samples_written": written if status == 0 else 0,
-        "cache_hits": counters["cache_hits"], "requests": counters["requests"],
-        "retries": counters["retries"], "retries_by_cause": counters["retries_by_cause"],
-        "failures": len(failed), "failed": [str(e) for e in failed[:5]],
-        "prompt_tokens": counters["prompt_tokens"], "completion_tokens": counters["completion_tokens"],
-        "bad_rows": bad.report(), "seconds": round(time.perf_counter() - t0, 3),
+        "prompts": len(rows),
+        "samples_written": written if status == 0 else 0,
+        "cache_hits": counters["cache_hits"],
+        "requests": counters["requests"],
+        "retries": counters["retries"],
+        "retries_by_cause": counters["retries_by_cause"],
+        "failures": len(failed),
+        "failed": [str(e) for e in failed[:5]],
+        "prompt_tokens": counters["prompt_tokens"],
+        "completion_tokens": counters["completion_tokens"],
+        "bad_rows": bad.report(),
+        "seconds": round(time.perf_counter() - t0, 3),
         "out": args.out if status == 0 else None,
     }
     return status, summary
@@ -165,15 +205,19 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.log_file)
     status, summary = collect(args)
     if "prompts" in summary:
-        lines = [f"collect: {summary['prompts']} prompts, {summary['cache_hits']} cache hits, "
-                 f"{summary['requests']} requests, {summary['retries']} retries "
-                 f"{summary['retries_by_cause']}, {summary['failures']} failures, "
-                 f"{summary['prompt_tokens']} prompt + {summary['completion_tokens']} completion tokens, "
-                 f"{summary['bad_rows']['skipped']} bad rows skipped, {summary['seconds']} s"]
+        lines = [
+            f"collect: {summary['prompts']} prompts, {summary['cache_hits']} cache hits, "
+            f"{summary['requests']} requests, {summary['retries']} retries "
+            f"{summary['retries_by_cause']}, {summary['failures']} failures, "
+            f"{summary['prompt_tokens']} prompt + {summary['completion_tokens']} completion tokens, "
+            f"{summary['bad_rows']['skipped']} bad rows skipped, {summary['seconds']} s"
+        ]
         lines += [f"  failed: {m}" for m in summary["failed"]]
         if status == 1:
-            lines.append(f"collect: {summary['failures']} prompts failed; no corpus written (rerun to retry: "
-                         "cached responses are not requested again, or pass --allow-failures)")
+            lines.append(
+                f"collect: {summary['failures']} prompts failed; no corpus written (rerun to retry: "
+                "cached responses are not requested again, or pass --allow-failures)"
+            )
         for line in lines:
             print(line, file=sys.stderr)
             log.info("%s", line)

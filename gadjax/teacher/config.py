@@ -97,8 +97,9 @@ class TeacherConfig:
         _number(self, "retry_after_max_s", lo=0.0)
         if self.backoff_max_s < self.backoff_base_s:
             raise bad("backoff_max_s", f"must be >= backoff_base_s ({self.backoff_base_s})")
-        if self.cache_path is not None and (not isinstance(self.cache_path, str | os.PathLike)
-                                            or not os.fspath(self.cache_path)):
+        if self.cache_path is not None and (
+            not isinstance(self.cache_path, str | os.PathLike) or not os.fspath(self.cache_path)
+        ):
             raise bad("cache_path", "must be a path or None")
 
     @property
@@ -122,8 +123,9 @@ class TeacherConfig:
         return {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens}
 
 
-def _number(cfg: TeacherConfig, field: str, lo: float | None = None, hi: float | None = None,
-            lo_open: bool = False) -> None:
+def _number(
+    cfg: TeacherConfig, field: str, lo: float | None = None, hi: float | None = None, lo_open: bool = False
+) -> None:
     v = getattr(cfg, field)
     if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
         raise TeacherConfigError(f"TeacherConfig.{field}: must be a finite number (got {v!r})")

@@ -16,8 +16,13 @@ from collections.abc import Callable
 class TokenBucket:
     """A thread-safe token bucket; ``rate`` units per second, burst ``capacity`` (starts full)."""
 
-    def __init__(self, rate: float, capacity: float, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        rate: float,
+        capacity: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         if rate <= 0 or capacity <= 0:
             raise ValueError(f"TokenBucket needs rate > 0 and capacity > 0, got {rate}, {capacity}")
         self.rate, self.capacity = float(rate), float(capacity)
@@ -52,14 +57,23 @@ class TokenBucket:
 class RateLimiter:
     """requests/s and tokens/min limits together; a zero rate disables that limit."""
 
-    def __init__(self, requests_per_s: float = 0.0, tokens_per_min: float = 0.0,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        requests_per_s: float = 0.0,
+        tokens_per_min: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         # Request burst of one second's worth (at least one request); token burst of one minute's worth,
         # which is how providers state token limits.
-        self.requests = (TokenBucket(requests_per_s, max(1.0, requests_per_s), clock, sleep)
-                         if requests_per_s > 0 else None)
-        self.tokens = (TokenBucket(tokens_per_min / 60.0, tokens_per_min, clock, sleep)
-                       if tokens_per_min > 0 else None)
+        self.requests = (
+            TokenBucket(requests_per_s, max(1.0, requests_per_s), clock, sleep)
+            if requests_per_s > 0
+            else None
+        )
+        self.tokens = (
+            TokenBucket(tokens_per_min / 60.0, tokens_per_min, clock, sleep) if tokens_per_min > 0 else None
+        )
 
     def acquire(self, estimated_tokens: int) -> float:
         """Wait for one request slot and ``estimated_tokens`` tokens; returns the seconds waited."""
