@@ -111,7 +111,8 @@ class Engine:
             raise ValueError(f"max_batch={max_batch}: must be >= 1")
         if max_new_tokens < 1 or max_prompt_tokens < 1:
             raise ValueError(
-                f"max_new_tokens={max_new_tokens}, max_prompt_tokens={max_prompt_tokens}: must be >= 1")
+                f"max_new_tokens={max_new_tokens}, max_prompt_tokens={max_prompt_tokens}: must be >= 1"
+            )
         if batch_wait_ms < 0:
             raise ValueError(f"batch_wait_ms={batch_wait_ms}: must be >= 0")
         self.model = model
@@ -165,7 +166,8 @@ class Engine:
             raise ValueError("prompt_ids must be a non-empty 1-D sequence of token ids")
         if prompt.size > self.max_prompt_tokens:
             raise ValueError(
-                f"prompt of {prompt.size} tokens exceeds max_prompt_tokens={self.max_prompt_tokens}")
+                f"prompt of {prompt.size} tokens exceeds max_prompt_tokens={self.max_prompt_tokens}"
+            )
         if not 1 <= params.max_tokens <= self.max_new_tokens:
             raise ValueError(f"max_tokens={params.max_tokens}: must be in [1, {self.max_new_tokens}]")
         if n < 1:
@@ -183,6 +185,17 @@ class Engine:
     def generate(self, prompt_ids: Sequence[int], params: GenParams, n: int = 1) -> list[Generation]:
         """Blocking :meth:`submit`."""
         return self.submit(prompt_ids, params, n).result()
+
+    def batch_sizes(self) -> list[int]:
+        """Every padded batch size the engine can run: 1, 2, 4, ... and max_batch."""
+        return sorted({self.batch_size_for(r) for r in range(1, self.max_batch + 1)})
+
+    def warmup(self, params: GenParams, prompt_tokens: int = 1) -> int:
+        """Compile the programs for ``params`` at every batch size (prompt bucket of ``prompt_tokens``)
+        by running dummy requests through the worker. Returns the number of sampler calls made."""
+        for b in self.batch_sizes():
+            self.generate([self.pad_id] * prompt_tokens, params, n=b)
+        return len(self.batch_sizes())
 
     def stats(self) -> dict[str, int]:
         """Counters: requests, rows (choices), batches (sampler calls), padded_rows, errors,
@@ -231,7 +244,13 @@ class Engine:
                     break
                 pending.append(item)
                 rows += item.n
-            self._run(pending)
+            try:
+                self._run(pending)
+            except Exception as e:  # a bug outside one group: fail these requests, keep the worker alive
+                log.exception("batch of %d request(s) failed", len(pending))
+                for r in pending:
+                    if not r.future.done():
+                        r.future.set_exception(e)
             if stop:
                 return
 
@@ -285,15 +304,22 @@ class Engine:
                     key = jax.random.fold_in(self._base_key, self._stats["batches"])
             t0 = time.perf_counter()
             out = sampler.generate(ids, mask, key)
-            log.info("batch: %d row(s) padded to %d, prompt width %d, %d decode steps, %.3fs",
-                     len(chunk), b, width, out.decode_steps, time.perf_counter() - t0)
+            log.info(
+                "batch: %d row(s) padded to %d, prompt width %d, %d decode steps, %.3fs",
+                len(chunk),
+                b,
+                width,
+                out.decode_steps,
+                time.perf_counter() - t0,
+            )
             with self._lock:
                 self._stats["batches"] += 1
                 self._stats["rows"] += len(chunk)
                 self._stats["padded_rows"] += b - len(chunk)
             for i, r in enumerate(chunk):
-                results[r.seq].append(self._generation(out.response_ids[i], int(out.response_lengths[i]),
-                                                       r.params.max_tokens))
+                results[r.seq].append(
+                    self._generation(out.response_ids[i], int(out.response_lengths[i]), r.params.max_tokens)
+                )
         for r in reqs:
             if not r.future.done():
                 r.future.set_result(results[r.seq])

@@ -43,8 +43,15 @@ class ChatService:
     ``system_prompt`` is the hidden system prompt (see protocol.with_hidden_system_prompt).
     """
 
-    def __init__(self, engine: Engine, tokenizer: Any, model_name: str, *, system_prompt: str | None = None,
-                 api_key: str | None = None):
+    def __init__(
+        self,
+        engine: Engine,
+        tokenizer: Any,
+        model_name: str,
+        *,
+        system_prompt: str | None = None,
+        api_key: str | None = None,
+    ):
         self.engine = engine
         self.tokenizer = tokenizer
         self.model_name = model_name
@@ -60,8 +67,12 @@ class ChatService:
             return
         scheme, _, token = (header or "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self._api_key):
-            raise ApiError(401, "missing or invalid API key (send 'Authorization: Bearer <key>')",
-                           "authentication_error", "invalid_api_key")
+            raise ApiError(
+                401,
+                "missing or invalid API key (send 'Authorization: Bearer <key>')",
+                "authentication_error",
+                "invalid_api_key",
+            )
 
     def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
         """Token ids of the rendered conversation (hidden system prompt applied, generation prompt on)."""
@@ -84,14 +95,18 @@ class ChatService:
         eng = self.engine
         max_tokens = eng.max_new_tokens if req.max_tokens is None else req.max_tokens
         if max_tokens > eng.max_new_tokens:
-            raise bad_request(f"max_tokens={max_tokens} exceeds this server's limit {eng.max_new_tokens}",
-                              "max_tokens")
+            raise bad_request(
+                f"max_tokens={max_tokens} exceeds this server's limit {eng.max_new_tokens}", "max_tokens"
+            )
         if req.n > MAX_N:
             raise bad_request(f"n={req.n} exceeds the limit {MAX_N}", "n")
         ids = self.prompt_ids(req.messages)
         if len(ids) > eng.max_prompt_tokens:
-            raise bad_request(f"the prompt is {len(ids)} tokens, more than this server's limit of "
-                              f"{eng.max_prompt_tokens}", "messages", "context_length_exceeded")
+            raise bad_request(
+                f"the prompt is {len(ids)} tokens, more than this server's limit of {eng.max_prompt_tokens}",
+                "messages",
+                "context_length_exceeded",
+            )
         params = GenParams(req.temperature, req.top_p, max_tokens, req.seed)
         gens = eng.submit(ids, params, req.n).result()
         choices = []
@@ -117,6 +132,7 @@ def make_server(service: ChatService, host: str = "127.0.0.1", port: int = 0) ->
 def _handler_class(service: ChatService) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive: the openai client reuses connections
+        disable_nagle_algorithm = True  # headers and body are separate writes: no 40 ms Nagle/ACK stall
         server_version = "gadjax.serve"
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib signature)
@@ -147,8 +163,9 @@ def _handler_class(service: ChatService) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
             except Exception as e:
                 log.exception("internal error on %s %s", self.command, self.path.split("?")[0])
-                err = ApiError(500, f"internal server error: {type(e).__name__}: {e}", "server_error",
-                               "internal_error")
+                err = ApiError(
+                    500, f"internal server error: {type(e).__name__}: {e}", "server_error", "internal_error"
+                )
                 try:
                     self._json(500, err.body())
                 except OSError:
@@ -187,7 +204,7 @@ def _handler_class(service: ChatService) -> type[BaseHTTPRequestHandler]:
             if path == "/v1/models":
                 return self._json(200, service.models())
             if path.startswith("/v1/models/"):
-                wanted = path[len("/v1/models/"):]
+                wanted = path[len("/v1/models/") :]
                 if wanted != service.model_name:
                     raise ApiError(404, f"model {wanted!r} not found", code="model_not_found")
                 return self._json(200, service.model_card())
