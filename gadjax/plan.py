@@ -480,6 +480,9 @@ def _shardings(tree: Any) -> Any:
 # --- compile and report ----------------------------------------------------------------------------
 
 _OOM_USED = re.compile(r"Used\s+([\d.]+)([KMGT]?)i?B?\s+of\s+([\d.]+)([KMGT]?)i?B?\s+hbm", re.I)
+_OOM_REQUIRED = re.compile(
+    r"required for ([\w ]+?) \(([\d.]+)([KMGT]?)\) exceeds available HBM \(([\d.]+)([KMGT]?)\)", re.I
+)
 _OOM_EXCEEDED = re.compile(r"Exceeded hbm capacity by\s+([\d.]+)([KMGT]?)", re.I)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -487,6 +490,12 @@ _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 def parse_oom(message: str) -> dict[str, float]:
     """Bytes used / capacity / excess from XLA's RESOURCE_EXHAUSTED text (whatever of them it names)."""
     out: dict[str, float] = {}
+    m = _OOM_REQUIRED.search(message)  # jax 0.10 / libtpu 0.0.42: "... required for HLO temporaries (2.08T)"
+    if m:
+        out[m.group(1).strip().replace(" ", "_").lower() + "_bytes"] = (
+            float(m.group(2)) * _UNITS[m.group(3).upper()]
+        )
+        out["capacity_bytes"] = float(m.group(4)) * _UNITS[m.group(5).upper()]
     m = _OOM_USED.search(message)
     if m:
         out["used_bytes"] = float(m.group(1)) * _UNITS[m.group(2).upper()]
