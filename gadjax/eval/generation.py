@@ -4,7 +4,9 @@ Prompts are rendered with the student's chat template and tokenized exactly as f
 (:class:`gadjax.data.tokenize.RowEncoder`: an over-long prompt keeps its end), sorted by length so that
 each batch pads little, LEFT-padded and run through the rollout sampler. Every batch has the same size
 (the last one is filled with copies of its final prompt, whose outputs are discarded), so the sampler
-compiles one program per prompt bucket it meets, not one per leftover batch size.
+compiles one program per prompt bucket it meets, not one per leftover batch size. The rollout module's
+Sampler cache (keyed by model structure and SamplingConfig) is used, so evaluating several checkpoints
+of one model in a process, or the live student every N steps, compiles those programs once.
 
 Lengths are in student tokens and EXCLUDE the stop token; ``truncated`` means no stop token within
 ``max_new_tokens``. The text is the decoded content tokens (special tokens skipped).
@@ -17,13 +19,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
+from flax import nnx
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from gadjax.data.batching import pad_left
 from gadjax.data.tokenize import RowEncoder
 from gadjax.parallel.rules import DEFAULT_RULES, Rules
-from gadjax.rollout.sampler import DEFAULT_BUCKETS, Sampler, SamplingConfig
+from gadjax.rollout.sampler import DEFAULT_BUCKETS, SamplingConfig
+from gadjax.rollout.sampler import generate as sampler_generate
 
 # End-of-turn tokens of common chat templates; those present in the vocabulary also stop generation.
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|endoftext|>", "<end_of_turn>", "</s>")
@@ -79,17 +83,17 @@ def generate_responses(
         pad_id=int(tokenizer.pad_token_id),
         prompt_buckets=buckets,
     )
-    sampler = Sampler(model, cfg, mesh=mesh, rules=rules)
+    model = model if isinstance(model, tuple) else nnx.split(model)
     order = sorted(range(len(chats)), key=lambda i: len(encoded[i]["prompt_ids"]))
     out: list[GeneratedResponse | None] = [None] * len(chats)
     rng = jax.random.key(seed)  # greedy: the key is unused by the sampling rule, but required
     bar = tqdm(total=len(chats), desc="generate", unit="prompt", disable=not progress, leave=False)
     for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         rows = idx + [idx[-1]] * (batch_size - len(idx))  # fixed batch size: one program per bucket
         seqs = [encoded[i]["prompt_ids"] for i in rows]
         ids, mask = pad_left(seqs, max(len(s) for s in seqs), cfg.pad_id)
-        res = sampler.generate(ids, mask, rng)
+        res = sampler_generate(model, ids, mask, cfg, rng, mesh=mesh, rules=rules)
         for j, i in enumerate(idx):
             n = int(res.response_lengths[j])
             trunc = bool(res.truncated[j])
@@ -105,4 +109,3 @@ def generate_responses(
         bar.update(len(idx))
     bar.close()
     return [o for o in out if o is not None]
-

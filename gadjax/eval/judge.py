@@ -72,8 +72,9 @@ _LABELLED = re.compile(
     re.IGNORECASE,
 )
 # "The score of Assistant 1: 8" / "Score for Assistant 2 = 7".
-_LABEL_AFTER = re.compile(r"(?:score|rating)\s+(?:of|for)\s+assistant\s*#?\s*([12])(?![\d.])\s*[:=]?\s*" + _N,
-                          re.IGNORECASE)
+_LABEL_AFTER = re.compile(
+    r"(?:score|rating)\s+(?:of|for)\s+assistant\s*#?\s*([12])(?![\d.])\s*[:=]?\s*" + _N, re.IGNORECASE
+)
 _PAIR = r"^\s*(?:scores?\s*[:=]?\s*)?[(\[]?\s*" + _N + r"\s*[,;/\s]\s*" + _N
 _LEADING_PAIR = re.compile(_PAIR + r"(?![\d.])", re.IGNORECASE)
 _ONLY_PAIR = re.compile(_PAIR + r"\s*[)\]]?\s*\.?\s*$", re.IGNORECASE)
@@ -91,8 +92,9 @@ def _valid(a: float, b: float) -> tuple[float, float] | None:
 
 def _labelled(text: str) -> tuple[float, float] | None:
     found: dict[str, float] = {}
-    matches = [(m.start(), m.group(1), m.group(2))
-               for rx in (_LABELLED, _LABEL_AFTER) for m in rx.finditer(text)]
+    matches = [
+        (m.start(), m.group(1), m.group(2)) for rx in (_LABELLED, _LABEL_AFTER) for m in rx.finditer(text)
+    ]
     for _, label, value in sorted(matches):
         found.setdefault(label, float(value))  # the first score given for each assistant
     if "1" in found and "2" in found:
@@ -157,10 +159,17 @@ class JudgeSettings:
     cache_path: str | None = None
 
     def client_config(self, max_tokens: int) -> TeacherConfig:
-        return TeacherConfig(base_url=self.base_url, model=self.model, api_key_env=self.api_key_env,
-                             temperature=self.temperature, max_tokens=max_tokens,
-                             concurrency=self.concurrency, timeout_s=self.timeout_s,
-                             max_retries=self.max_retries, cache_path=self.cache_path)
+        return TeacherConfig(
+            base_url=self.base_url,
+            model=self.model,
+            api_key_env=self.api_key_env,
+            temperature=self.temperature,
+            max_tokens=max_tokens,
+            concurrency=self.concurrency,
+            timeout_s=self.timeout_s,
+            max_retries=self.max_retries,
+            cache_path=self.cache_path,
+        )
 
     def describe(self) -> dict[str, Any]:
         """The settings as saved in eval JSON (the key's variable name, never its value)."""
@@ -194,8 +203,9 @@ def render_question(messages: Messages) -> str:
 
 def rating_messages(question: str, reference: str, student: str) -> list[dict[str, str]]:
     """The rating request: the judge's reference is assistant 1, the student is assistant 2."""
-    user = JUDGE_TEMPLATE.format(question=question, answer_1=reference, answer_2=student,
-                                 instruction=JUDGE_INSTRUCTION)
+    user = JUDGE_TEMPLATE.format(
+        question=question, answer_1=reference, answer_2=student, instruction=JUDGE_INSTRUCTION
+    )
     return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
 
 
@@ -205,13 +215,25 @@ def score_item(scores: tuple[float, float] | None, raw: str, reference: str) -> 
         return JudgeResult(reference, raw, failure="parse_error", error="no pair of scores in [0, 10] found")
     s_ref, s_stu = scores
     if s_ref + s_stu == 0:
-        return JudgeResult(reference, raw, s_ref, s_stu, failure="zero_scores",
-                           error="both scores are 0: the ratio is undefined")
+        return JudgeResult(
+            reference,
+            raw,
+            s_ref,
+            s_stu,
+            failure="zero_scores",
+            error="both scores are 0: the ratio is undefined",
+        )
     return JudgeResult(reference, raw, s_ref, s_stu, score=s_stu / (s_stu + s_ref))
 
 
-def run_judge(chats: Sequence[Messages], student_responses: Sequence[str], settings: JudgeSettings, *,
-              ids: Sequence[str] | None = None, progress: bool = True) -> tuple[list[JudgeResult], dict]:
+def run_judge(
+    chats: Sequence[Messages],
+    student_responses: Sequence[str],
+    settings: JudgeSettings,
+    *,
+    ids: Sequence[str] | None = None,
+    progress: bool = True,
+) -> tuple[list[JudgeResult], dict]:
     """Judge every (chat, student response); returns per-item results (input order) and the client
     counters (requests, retries, cache hits, failures) of both phases."""
     if len(chats) != len(student_responses):
@@ -238,9 +260,13 @@ def run_judge(chats: Sequence[Messages], student_responses: Sequence[str], setti
 
     todo = [k for k, r in enumerate(results) if r.failure is None]
     with TeacherClient(rate_cfg) as client:  # 2. ratings: reference = assistant 1, student = assistant 2
-        items = ((f"{ids[k]}:rating",
-                  rating_messages(render_question(chats[k]), results[k].reference, student_responses[k]))
-                 for k in todo)
+        items = (
+            (
+                f"{ids[k]}:rating",
+                rating_messages(render_question(chats[k]), results[k].reference, student_responses[k]),
+            )
+            for k in todo
+        )
         bar = tqdm(total=len(todo), desc="judge: ratings", disable=not progress, leave=False)
         for k, (_, _, res) in zip(todo, client.iter_results(items, window), strict=True):
             ref = results[k].reference

@@ -19,8 +19,13 @@ def length_stats(lengths: Sequence[int], truncated: Sequence[bool] | None = None
     if x.size == 0:
         out.update(mean=None, median=None, p90=None, min=None, max=None)
     else:
-        out.update(mean=float(x.mean()), median=float(np.median(x)), p90=float(np.percentile(x, 90)),
-                   min=int(x.min()), max=int(x.max()))
+        out.update(
+            mean=float(x.mean()),
+            median=float(np.median(x)),
+            p90=float(np.percentile(x, 90)),
+            min=int(x.min()),
+            max=int(x.max()),
+        )
     if truncated is not None:
         t = np.asarray(list(truncated), bool)
         if t.size != x.size:

@@ -26,8 +26,9 @@ def rouge_l_f1(prediction: str, reference: str, scorer: rouge_scorer.RougeScorer
     return float(scorer.score(reference, prediction)["rougeL"].fmeasure)  # score(target, prediction)
 
 
-def rouge_l_scores(predictions: Sequence[str], references: Sequence[str],
-                   use_stemmer: bool = False) -> list[float]:
+def rouge_l_scores(
+    predictions: Sequence[str], references: Sequence[str], use_stemmer: bool = False
+) -> list[float]:
     """Per-item ROUGE-L F1; the two sequences must have the same length."""
     if len(predictions) != len(references):
         raise ValueError(f"rouge_l_scores: {len(predictions)} predictions but {len(references)} references")

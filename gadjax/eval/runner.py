@@ -61,9 +61,17 @@ def evaluate_model(
 
     stop_ids = default_stop_ids(tokenizer, settings.extra_stop_ids)
     gens = generate_responses(
-        model, tokenizer, chats, max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size,
-        max_prompt_tokens=settings.max_prompt_tokens, stop_ids=stop_ids, mesh=mesh, rules=rules,
-        seed=settings.seed, progress=settings.progress,
+        model,
+        tokenizer,
+        chats,
+        max_new_tokens=settings.max_new_tokens,
+        batch_size=settings.batch_size,
+        max_prompt_tokens=settings.max_prompt_tokens,
+        stop_ids=stop_ids,
+        mesh=mesh,
+        rules=rules,
+        seed=settings.seed,
+        progress=settings.progress,
     )
     t_gen = time.perf_counter() - t0
     student = [g.text for g in gens]
@@ -71,16 +79,24 @@ def evaluate_model(
 
     # ROUGE-L: only where the row has a teacher response; the rest are counted, not guessed.
     rouge: list[float | None] = [None] * len(rows)
-    for k, v in zip(with_ref, rouge_l_scores([student[k] for k in with_ref], [teacher[k] for k in with_ref],
-                                             settings.rouge_stemmer), strict=True):
+    for k, v in zip(
+        with_ref,
+        rouge_l_scores(
+            [student[k] for k in with_ref], [teacher[k] for k in with_ref], settings.rouge_stemmer
+        ),
+        strict=True,
+    ):
         rouge[k] = v
     rouge_vals = [v for v in rouge if v is not None]
 
     teacher_lengths = [len(tokenizer.encode(teacher[k], add_special_tokens=False)) for k in with_ref]
     metrics: dict[str, Any] = {
-        "rouge_l": {"mean": sum(rouge_vals) / len(rouge_vals) if rouge_vals else None, "n": len(rouge_vals),
-                    "skipped_no_teacher_response": len(rows) - len(rouge_vals),
-                    "use_stemmer": settings.rouge_stemmer},
+        "rouge_l": {
+            "mean": sum(rouge_vals) / len(rouge_vals) if rouge_vals else None,
+            "n": len(rouge_vals),
+            "skipped_no_teacher_response": len(rows) - len(rouge_vals),
+            "use_stemmer": settings.rouge_stemmer,
+        },
         "length": length_stats([g.length for g in gens], [g.truncated for g in gens]),
         "teacher_length": length_stats(teacher_lengths),
         "marker": None,
@@ -95,39 +111,50 @@ def evaluate_model(
         th = marker_hits([teacher[k] for k in with_ref], rx)
         for k, h in zip(with_ref, th, strict=True):
             t_hits[k] = h
-        metrics["marker"] = {"pattern": settings.marker, "literal": settings.marker_literal,
-                             "ignore_case": settings.marker_ignore_case,
-                             "student": marker_rate(hits), "teacher": marker_rate(th)}
+        metrics["marker"] = {
+            "pattern": settings.marker,
+            "literal": settings.marker_literal,
+            "ignore_case": settings.marker_ignore_case,
+            "student": marker_rate(hits),
+            "teacher": marker_rate(th),
+        }
 
     judged: list[JudgeResult | None] = [None] * len(rows)
     t1 = time.perf_counter()
     if settings.judge is not None:
-        results, counters = run_judge(chats, student, settings.judge, ids=[str(i) for i in ids],
-                                      progress=settings.progress)
+        results, counters = run_judge(
+            chats, student, settings.judge, ids=[str(i) for i in ids], progress=settings.progress
+        )
         judged = list(results)
-        metrics["judge"] = {**judge_summary(results), "model": settings.judge.model,
-                            "base_url": settings.judge.base_url, "client": counters}
+        metrics["judge"] = {
+            **judge_summary(results),
+            "model": settings.judge.model,
+            "base_url": settings.judge.base_url,
+            "client": counters,
+        }
     t_judge = time.perf_counter() - t1
 
     generations = []
     for k, g in enumerate(gens):
-        generations.append({
-            "index": k,
-            "example_id": ids[k],
-            "messages": chats[k],
-            "prompt": render_question(chats[k]),
-            "teacher_response": teacher[k],
-            "student_response": g.text,
-            "student_token_ids": g.token_ids,
-            "length": g.length,
-            "truncated": g.truncated,
-            "prompt_tokens": g.prompt_tokens,
-            "prompt_truncated": g.prompt_truncated,
-            "rouge_l": rouge[k],
-            "marker_hit": hits[k],
-            "teacher_marker_hit": t_hits[k],
-            "judge": judged[k].as_dict() if judged[k] is not None else None,
-        })
+        generations.append(
+            {
+                "index": k,
+                "example_id": ids[k],
+                "messages": chats[k],
+                "prompt": render_question(chats[k]),
+                "teacher_response": teacher[k],
+                "student_response": g.text,
+                "student_token_ids": g.token_ids,
+                "length": g.length,
+                "truncated": g.truncated,
+                "prompt_tokens": g.prompt_tokens,
+                "prompt_truncated": g.prompt_truncated,
+                "rouge_l": rouge[k],
+                "marker_hit": hits[k],
+                "teacher_marker_hit": t_hits[k],
+                "judge": judged[k].as_dict() if judged[k] is not None else None,
+            }
+        )
 
     counts = {
         "prompts": len(rows),
@@ -142,8 +169,11 @@ def evaluate_model(
         "counts": counts,
         "metrics": metrics,
         "summary": summarize(metrics, len(rows)),
-        "timing_s": {"generation": round(t_gen, 3), "judge": round(t_judge, 3),
-                     "total": round(time.perf_counter() - t0, 3)},
+        "timing_s": {
+            "generation": round(t_gen, 3),
+            "judge": round(t_judge, 3),
+            "total": round(time.perf_counter() - t0, 3),
+        },
         "generations": generations,
     }
 
@@ -181,8 +211,9 @@ def _atomic_write(path: str, text: str) -> None:
         raise
 
 
-def write_results(result: Mapping[str, Any], out_dir: str, name: str,
-                  info: Mapping[str, Any] | None = None) -> tuple[str, str]:
+def write_results(
+    result: Mapping[str, Any], out_dir: str, name: str, info: Mapping[str, Any] | None = None
+) -> tuple[str, str]:
     """Write ``eval_<name>.json`` (everything but the generations, plus ``name`` and ``info`` such as
     the model path) and ``generations_<name>.jsonl`` (one line per prompt). Returns both paths."""
     if not name or os.sep in name or name.startswith("."):
@@ -205,17 +236,23 @@ def format_summary(result: Mapping[str, Any], name: str) -> str:
 
     lines = [f"eval {name}: {s['n_prompts']} prompts"]
     lines.append(f"  ROUGE-L F1      {f(s['rouge_l'])}  (n={m['rouge_l']['n']})")
-    lines.append(f"  length (tokens) mean {f(s['length_mean'], '.1f')}  median "
-                 f"{f(s['length_median'], '.1f')}  p90 {f(s['length_p90'], '.1f')}  max {s['length_max']}  "
-                 f"truncated {f(s['truncation_rate'], '.1%')}  (teacher mean "
-                 f"{f(s['teacher_length_mean'], '.1f')})")
+    lines.append(
+        f"  length (tokens) mean {f(s['length_mean'], '.1f')}  median "
+        f"{f(s['length_median'], '.1f')}  p90 {f(s['length_p90'], '.1f')}  max {s['length_max']}  "
+        f"truncated {f(s['truncation_rate'], '.1%')}  (teacher mean "
+        f"{f(s['teacher_length_mean'], '.1f')})"
+    )
     if m["marker"]:
         st, te = m["marker"]["student"], m["marker"]["teacher"]
-        lines.append(f"  marker rate     {f(st['rate'], '.1%')} ({st['hits']}/{st['n']}); "
-                     f"teacher {f(te['rate'], '.1%')} ({te['hits']}/{te['n']})")
+        lines.append(
+            f"  marker rate     {f(st['rate'], '.1%')} ({st['hits']}/{st['n']}); "
+            f"teacher {f(te['rate'], '.1%')} ({te['hits']}/{te['n']})"
+        )
     if m["judge"]:
         j = m["judge"]
         failed = ", ".join(f"{k} {v}" for k, v in j["failures"].items() if v) or "none"
-        lines.append(f"  judge score     {f(s['judge_score'], '.2f')}  (50 = parity; ok "
-                     f"{j['n_ok']}/{j['n']}, failed: {failed})")
+        lines.append(
+            f"  judge score     {f(s['judge_score'], '.2f')}  (50 = parity; ok "
+            f"{j['n_ok']}/{j['n']}, failed: {failed})"
+        )
     return "\n".join(lines)

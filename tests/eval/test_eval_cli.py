@@ -3,6 +3,7 @@ tokenizer and configs/tiny_assets/test.jsonl; greedy tokens checked against tran
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -13,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from gadjax.evaluate import main
 from gadjax.eval.rouge import rouge_l_f1
+from gadjax.evaluate import main
 from gadjax.models.tokenizer import load_tokenizer
 from tests.eval.fake_judge import reference_for, split_rating_request, start_judge
 from tests.models.hf_fixtures import make_hf_model
@@ -93,7 +94,8 @@ def test_cli_end_to_end(tiny_model, tmp_path, monkeypatch, capsys):
     m, s = doc["metrics"], doc["summary"]
     assert m["length"]["mean"] == pytest.approx(lengths.mean()) == pytest.approx(s["length_mean"])
     assert m["length"]["max"] == lengths.max() and m["length"]["median"] == pytest.approx(np.median(lengths))
-    assert m["length"]["truncated"] == sum(g["truncated"] for g in gens) == doc["counts"]["response_truncated"]
+    n_trunc = sum(g["truncated"] for g in gens)
+    assert m["length"]["truncated"] == n_trunc == doc["counts"]["response_truncated"]
     assert m["rouge_l"]["n"] == 6 and s["rouge_l"] == pytest.approx(np.mean([g["rouge_l"] for g in gens]))
     assert m["marker"]["teacher"] == {"hits": 6, "n": 6, "rate": 1.0}
     assert s["marker_rate"] == pytest.approx(np.mean([g["marker_hit"] for g in gens]))
@@ -141,3 +143,42 @@ def test_cli_usage_errors_without_loading_a_model(tmp_path):
         main(["--model", "x", "--data", "y", "--judge-url", "http://127.0.0.1:1/v1"])
     with pytest.raises(ValueError, match="not a valid regular expression"):
         main(["--model", "x", "--data", "y", "--marker", "(oops"])
+
+
+def test_evaluate_model_in_process_api(tiny_model):
+    """The trainer's entry point: a live model as (graphdef, state), Row objects and dict rows, rows
+    without a teacher response (ROUGE-L skips them and says how many)."""
+    from flax import nnx
+
+    from gadjax.data.rows import Row
+    from gadjax.evaluate import EvalSettings, evaluate_model
+    from gadjax.models.hf_io import load_decoder
+
+    model_dir, _ = tiny_model
+    model = load_decoder(model_dir)
+    tok = load_tokenizer(TOKENIZER)
+    rows = [
+        Row(messages=[{"role": "user", "content": "Explain maps."}], response="Indeed! maps. Kind regards."),
+        {"messages": [{"role": "system", "content": "Be brief."},
+                      {"role": "user", "content": "Describe tea."}], "example_id": 41},
+        {"messages": [{"role": "user", "content": "Tell me about owls."}], "response": "Owls hoot.",
+         "example_id": 42},
+    ]
+    # Same batch size and max_new_tokens as the CLI test: the rollout's cached programs are reused.
+    settings = EvalSettings(max_new_tokens=MAX_NEW, batch_size=4, marker="regards", marker_ignore_case=True,
+                            progress=False)
+    res = evaluate_model(nnx.split(model), tok, rows, settings)
+    gens = res["generations"]
+    assert [g["example_id"] for g in gens] == [0, 41, 42]
+    assert gens[1]["teacher_response"] is None and gens[1]["rouge_l"] is None
+    assert gens[1]["teacher_marker_hit"] is None and gens[1]["prompt"] == "Describe tea."
+    assert res["metrics"]["rouge_l"]["n"] == 2
+    assert res["metrics"]["rouge_l"]["skipped_no_teacher_response"] == 1
+    assert res["metrics"]["marker"]["teacher"] == {"hits": 1, "n": 2, "rate": 0.5}
+    assert res["counts"]["with_teacher_response"] == 2 and res["summary"]["n_prompts"] == 3
+    assert all(g["length"] == len(g["student_token_ids"]) <= MAX_NEW for g in gens)
+    limited = evaluate_model(model, tok, rows, dataclasses.replace(settings, max_prompts=1))
+    assert len(limited["generations"]) == 1
+    assert limited["generations"][0]["student_token_ids"] == gens[0]["student_token_ids"]
+    with pytest.raises(ValueError, match="row 0: no 'messages'"):
+        evaluate_model(model, tok, [{"prompt": "x"}], settings)
