@@ -1,0 +1,202 @@
+"""Policy-step throughput: gadjax's GRPO policy step vs transformers + PyTorch eager, same shape, same run.
+
+Shape: SmolLM2-135M (llama, 30 layers, hidden 576, 9 heads / 3 KV heads, MLP 1536, vocab 49152, tied
+embeddings), random init, float32, B=4 sequences x 256 tokens (prompt P + response R), CPU.
+
+- gadjax: `gadjax.algo.steps.make_policy_step` (chunked log-probs, PPO clip + k3 KL, global-norm clip,
+  AdamW), jitted with the state donated, on one CPU device.
+- torch_eager: the peer doing the same work: `LlamaForCausalLM` backbone forward, LM head on the R
+  response positions, log-softmax gather, the same PPO-clip + KL loss, backward, clip_grad_norm_, AdamW.
+- matmul_peak: this machine's f32 matmul throughput (jax and torch, 2048^2 GEMM; the larger counts).
+
+FLOPs are the model's (6 x params x tokens for the matmuls a token goes through, + attention), the same
+count for both, so achieved FLOP/s and the fraction of the matmul peak compare directly. Prints one JSON
+line. Usage: .venv/bin/python bench/train_step.py [--steps 3] [--prompt 32] [--response 224]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+SMOLLM2 = dict(
+    model_type="llama",
+    vocab_size=49152,
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    max_position_embeddings=2048,
+    rope_theta=100000.0,
+    rms_norm_eps=1e-5,
+    tie_word_embeddings=True,
+)
+
+
+def model_flops(b: int, p: int, r: int) -> float:
+    """fwd+bwd FLOPs of one policy step: 6 x (layer matmul params) x tokens + LM head on R positions
+    + attention (QK^T and PV, full T x T as both implementations compute it)."""
+    h, m, layers, v = SMOLLM2["hidden_size"], SMOLLM2["intermediate_size"], 30, SMOLLM2["vocab_size"]
+    d = h // SMOLLM2["num_attention_heads"]
+    q_o = 2 * h * h
+    kv = 2 * h * SMOLLM2["num_key_value_heads"] * d
+    per_layer = q_o + kv + 3 * h * m
+    t = p + r
+    dense = 6 * layers * per_layer * b * t
+    head = 6 * h * v * b * r
+    attn = 3 * layers * b * 2 * 2 * t * t * h
+    return float(dense + head + attn)
+
+
+def batch_numpy(b: int, p: int, r: int, seed: int = 0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    v = SMOLLM2["vocab_size"]
+    return {
+        "prompt_ids": rng.integers(0, v, (b, p), dtype=np.int32),
+        "prompt_mask": np.ones((b, p), np.int32),
+        "response_ids": rng.integers(0, v, (b, r), dtype=np.int32),
+        "response_mask": np.ones((b, r), np.int32),
+        "advantages": rng.standard_normal(b).astype(np.float32),
+        "ref_logprobs": (-11.0 + 0.1 * rng.standard_normal((b, r))).astype(np.float32),
+    }
+
+
+def time_steps(step, steps: int) -> float:
+    step()  # compile / warm up
+    step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - t0) / steps
+
+
+def bench_gadjax(batch, steps: int, remat: str, chunk: int) -> float:
+    import jax
+    from flax import nnx
+
+    from gadjax.algo.optim import make_optimizer
+    from gadjax.algo.steps import PolicyLossConfig, TrainState, make_policy_step
+    from gadjax.models.config import ModelConfig
+    from gadjax.models.decoder import Decoder
+
+    mc = ModelConfig.from_hf_dict(SMOLLM2)
+    graphdef, params = nnx.split(Decoder(mc, rngs=nnx.Rngs(0), remat=remat), nnx.Param)
+    opt = make_optimizer(1e-6)
+    state = TrainState.create(params, opt)
+    fn = jax.jit(make_policy_step(graphdef, opt, PolicyLossConfig(), chunk_size=chunk), donate_argnums=(0,))
+    dev = {k: jax.numpy.asarray(v) for k, v in batch.items()}
+    key = jax.random.key(0)
+    box = [state]
+
+    def one():
+        box[0], metrics = fn(box[0], dev, key)
+        float(metrics["loss"])  # block
+
+    return time_steps(one, steps)
+
+
+def bench_torch(batch, steps: int, p: int) -> float:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(**{k: v for k, v in SMOLLM2.items() if k != "model_type"})
+    cfg._attn_implementation = "eager"
+    model = LlamaForCausalLM(cfg).float().train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6, betas=(0.9, 0.999), weight_decay=0.01)
+    t = {k: torch.from_numpy(v) for k, v in batch.items()}
+    ids = torch.cat([t["prompt_ids"], t["response_ids"]], 1).long()
+    mask = torch.cat([t["prompt_mask"], t["response_mask"]], 1).long()
+    resp = t["response_ids"].long()
+    r = resp.shape[1]
+    rmask = t["response_mask"].float()
+
+    def one():
+        hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        logits = model.lm_head(hidden[:, p - 1 : p - 1 + r]).float()
+        logp = torch.log_softmax(logits, -1).gather(-1, resp[..., None])[..., 0]
+        ratio = torch.exp(logp - logp.detach())
+        adv = t["advantages"][:, None]
+        pg = torch.maximum(-adv * ratio, -adv * torch.clamp(ratio, 0.8, 1.2))
+        kl_log = t["ref_logprobs"] - logp
+        k3 = torch.exp(kl_log) - kl_log - 1
+        loss = ((pg + 0.001 * k3) * rmask).sum() / rmask.sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.2)
+        opt.step()
+        float(loss)
+
+    return time_steps(one, steps)
+
+
+def matmul_peak_gflops(n: int = 2048, reps: int = 5) -> dict[str, float]:
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        f(a).block_until_ready()
+    jax_g = 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
+    x = torch.ones(n, n)
+    torch.mm(x, x)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        torch.mm(x, x)
+    torch_g = 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
+    return {"jax": jax_g, "torch": torch_g}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--prompt", type=int, default=32)
+    ap.add_argument("--response", type=int, default=224)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--remat", default="none")
+    ap.add_argument("--chunk", type=int, default=256)
+    ap.add_argument("--skip-torch", action="store_true")
+    args = ap.parse_args()
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    b, p, r = args.batch, args.prompt, args.response
+    batch = batch_numpy(b, p, r)
+    flops = model_flops(b, p, r)
+    peak = matmul_peak_gflops()
+    peak_g = max(peak.values())
+    tokens = b * (p + r)
+    out = {
+        "bench": "train_step",
+        "shape": dict(model="SmolLM2-135M (random init)", batch=b, prompt=p, response=r, dtype="float32"),
+        "model_gflop_per_step": flops / 1e9,
+        "matmul_peak_gflops": peak,
+    }
+    runs = {"gadjax": lambda: bench_gadjax(batch, args.steps, args.remat, args.chunk)}
+    if not args.skip_torch:
+        runs["torch_eager"] = lambda: bench_torch(batch, args.steps, p)
+    for name, fn in runs.items():
+        s = fn()
+        out[name] = {
+            "s_per_step": s,
+            "tokens_per_s": tokens / s,
+            "gflops": flops / s / 1e9,
+            "fraction_of_matmul_peak": flops / s / 1e9 / peak_g,
+        }
+    if "torch_eager" in out:
+        out["gadjax_vs_torch_eager_speedup"] = out["torch_eager"]["s_per_step"] / out["gadjax"]["s_per_step"]
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
