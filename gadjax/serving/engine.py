@@ -15,8 +15,10 @@ waiting), and runs them through as few sampler calls as it can:
 - each group is cut into chunks of ``max_batch`` rows and each chunk padded to a batch size in
   {1, 2, 4, ..., max_batch} with dummy rows (copies of its first prompt) whose outputs are dropped.
 
-Compiled programs are therefore bounded: one Sampler per sampling setting (cached in ``_samplers``),
-each with at most (number of prompt buckets) x (number of batch sizes) programs.
+Compiled programs are therefore bounded: one Sampler per sampling setting, each with at most
+(number of prompt buckets) x (number of batch sizes) programs. Temperature and top_p are compile-time
+constants of the sampler, so clients that vary them freely create new settings: the ``max_samplers``
+most recently used Samplers are kept (LRU) and older ones dropped with their programs.
 """
 
 from __future__ import annotations
@@ -105,6 +107,7 @@ class Engine:
         max_new_tokens: int = 256,
         max_prompt_tokens: int = 2048,
         min_prompt_bucket: int = MIN_PROMPT_BUCKET,
+        max_samplers: int = 16,
         seed: int | None = None,
     ):
         if max_batch < 1:
@@ -126,7 +129,8 @@ class Engine:
         self.max_prompt_tokens = int(max_prompt_tokens)
         self.prompt_buckets = prompt_buckets(self.max_prompt_tokens, min_prompt_bucket)
         self._base_key = jax.random.key(seed if seed is not None else int.from_bytes(os.urandom(4), "little"))
-        self._samplers: dict[SamplingConfig, Sampler] = {}
+        self.max_samplers = max(1, int(max_samplers))
+        self._samplers: collections.OrderedDict[SamplingConfig, Sampler] = collections.OrderedDict()
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._lock = threading.Lock()
         self._stats: collections.Counter[str] = collections.Counter()
@@ -199,9 +203,10 @@ class Engine:
 
     def stats(self) -> dict[str, int]:
         """Counters: requests, rows (choices), batches (sampler calls), padded_rows, errors,
-        samplers (sampling settings seen), compiled_programs, queued."""
+        samplers_evicted, samplers (cached now), compiled_programs (of cached samplers), queued."""
         with self._lock:
-            out = {k: self._stats.get(k, 0) for k in ("requests", "rows", "batches", "padded_rows", "errors")}
+            out = {k: self._stats.get(k, 0)
+                   for k in ("requests", "rows", "batches", "padded_rows", "errors", "samplers_evicted")}
             samplers = list(self._samplers.values())
         out["samplers"] = len(samplers)
         out["compiled_programs"] = sum(s.num_compiled for s in samplers)
@@ -277,10 +282,13 @@ class Engine:
     def _sampler(self, cfg: SamplingConfig) -> Sampler:
         with self._lock:
             s = self._samplers.get(cfg)
-        if s is None:
-            s = Sampler(self.model, cfg)
-            with self._lock:
-                self._samplers[cfg] = s
+            if s is None:
+                s = self._samplers[cfg] = Sampler(self.model, cfg)
+                while len(self._samplers) > self.max_samplers:
+                    old, _ = self._samplers.popitem(last=False)
+                    self._stats["samplers_evicted"] += 1
+                    log.info("dropping the compiled programs of %s (max_samplers=%d)", old, self.max_samplers)
+            self._samplers.move_to_end(cfg)
         return s
 
     def _run_group(self, cfg: SamplingConfig, seed: int | None, reqs: list[_Request]) -> None:

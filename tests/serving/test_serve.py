@@ -168,6 +168,9 @@ def test_concurrent_requests_are_batched(stack, client):
     batches = after["batches"] - before["batches"]
     assert requests_made == 8
     assert batches < requests_made, (before, after)
+    # Bounded programs: per sampling setting at most one per (prompt bucket, padded batch size).
+    assert engine.batch_sizes() == [1, 2, 4, 8]
+    assert after["compiled_programs"] <= after["samplers"] * len(engine.prompt_buckets) * 4
     # The stats route reports the same counters over HTTP.
     stats = requests.get(stack[3] + "/stats", headers={"Authorization": f"Bearer {KEY}"}, timeout=10).json()
     assert stats["batches"] >= after["batches"] and stats["requests"] >= after["requests"]
@@ -196,7 +199,7 @@ def test_hidden_system_prompt_is_prepended(stack, client):
 def test_teacher_client_collects(stack, client, monkeypatch, tmp_path):
     monkeypatch.setenv("GADJAX_SERVE_TEST_KEY", KEY)
     cfg = TeacherConfig(base_url=stack[3], model=NAME, api_key_env="GADJAX_SERVE_TEST_KEY", temperature=0.0,
-                        max_tokens=16, concurrency=4, max_retries=0, cache_path=str(tmp_path / "c.sqlite"))
+                        max_tokens=16, concurrency=1, max_retries=0, cache_path=str(tmp_path / "c.sqlite"))
     items = [(f"p{i}", user(f"Teach me fact {i}")) for i in range(4)]
     with TeacherClient(cfg) as tc:
         got = {pid: res[0] for pid, _, res in tc.prefetch(items, max_ahead=4)}
