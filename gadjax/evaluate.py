@@ -66,20 +66,32 @@ def __getattr__(name: str) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m gadjax.evaluate", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m gadjax.evaluate",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--model", required=True, help="student checkpoint: HF directory or .gguf file")
     p.add_argument("--tokenizer", help="tokenizer (HF directory or .gguf); default: --model")
-    p.add_argument("--data", required=True, help="held-out rows: JSONL / parquet ({messages, response} or "
-                   "the GAD format {content, teacher_response}) or a prepared tfds directory")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="held-out rows: JSONL / parquet ({messages, response} or "
+        "the GAD format {content, teacher_response}) or a prepared tfds directory",
+    )
     p.add_argument("--split", default="test", help="split of a tfds directory")
     p.add_argument("--max-prompts", type=int, help="evaluate the first N rows (default: all)")
     p.add_argument("--max-new-tokens", type=int, default=1536)
     p.add_argument("--max-prompt-tokens", type=int, default=1024, help="longer prompts keep their end")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
-    p.add_argument("--stop-id", type=int, action="append", default=[],
-                   help="extra stop token id (EOS and known end-of-turn tokens always stop)")
+    p.add_argument(
+        "--stop-id",
+        type=int,
+        action="append",
+        default=[],
+        help="extra stop token id (EOS and known end-of-turn tokens always stop)",
+    )
     p.add_argument("--marker", help="persona marker: Python regex searched in each response")
     p.add_argument("--marker-literal", action="store_true", help="--marker is a literal phrase, not a regex")
     p.add_argument("--marker-ignore-case", action="store_true")
@@ -87,16 +99,21 @@ def build_parser() -> argparse.ArgumentParser:
     j = p.add_argument_group("judge (SPEC.md protocol; skipped without --judge-url)")
     j.add_argument("--judge-url", help="OpenAI-compatible API root, e.g. http://127.0.0.1:8000/v1")
     j.add_argument("--judge-model", help="model name sent to the judge")
-    j.add_argument("--judge-api-key-env", help="NAME of the environment variable holding the judge's key "
-                   "(default: no authentication)")
+    j.add_argument(
+        "--judge-api-key-env",
+        help="NAME of the environment variable holding the judge's key (default: no authentication)",
+    )
     j.add_argument("--judge-temperature", type=float, default=0.0)
     j.add_argument("--judge-max-tokens", type=int, default=1024, help="for the judge's reference answer")
     j.add_argument("--judge-rating-max-tokens", type=int, default=512)
     j.add_argument("--judge-concurrency", type=int, default=4)
     j.add_argument("--judge-retries", type=int, default=4)
     j.add_argument("--judge-timeout", type=float, default=120.0)
-    j.add_argument("--judge-cache", help="SQLite cache of judge requests (default: OUT/judge_cache.sqlite; "
-                   "'none' disables). Shared by evaluations in one OUT, so references are paid once")
+    j.add_argument(
+        "--judge-cache",
+        help="SQLite cache of judge requests (default: OUT/judge_cache.sqlite; "
+        "'none' disables). Shared by evaluations in one OUT, so references are paid once",
+    )
     p.add_argument("--out", default="eval_out", help="output directory")
     p.add_argument("--name", help="label in the output file names (default: the model's file / dir name)")
     p.add_argument("--seed", type=int, default=0)
@@ -116,6 +133,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("--judge-url needs --judge-model")
     if args.judge_model and not args.judge_url:
         raise SystemExit("--judge-model needs --judge-url")
+    for flag, path in (("--model", args.model), ("--tokenizer", args.tokenizer), ("--data", args.data)):
+        if path is not None and not os.path.exists(path):  # before the slow imports
+            raise SystemExit(f"{flag}: no such file or directory: {path}")
     judge = None
     if args.judge_url:
         cache = args.judge_cache or os.path.join(args.out, "judge_cache.sqlite")
@@ -123,17 +143,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             cache = None
         else:
             os.makedirs(os.path.dirname(os.path.abspath(cache)), exist_ok=True)
-        judge = JudgeSettings(base_url=args.judge_url, model=args.judge_model,
-                              api_key_env=args.judge_api_key_env, temperature=args.judge_temperature,
-                              reference_max_tokens=args.judge_max_tokens,
-                              rating_max_tokens=args.judge_rating_max_tokens,
-                              concurrency=args.judge_concurrency, timeout_s=args.judge_timeout,
-                              max_retries=args.judge_retries, cache_path=cache)
+        judge = JudgeSettings(
+            base_url=args.judge_url,
+            model=args.judge_model,
+            api_key_env=args.judge_api_key_env,
+            temperature=args.judge_temperature,
+            reference_max_tokens=args.judge_max_tokens,
+            rating_max_tokens=args.judge_rating_max_tokens,
+            concurrency=args.judge_concurrency,
+            timeout_s=args.judge_timeout,
+            max_retries=args.judge_retries,
+            cache_path=cache,
+        )
     settings = EvalSettings(
-        max_prompts=args.max_prompts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-        max_prompt_tokens=args.max_prompt_tokens, marker=args.marker, marker_literal=args.marker_literal,
-        marker_ignore_case=args.marker_ignore_case, judge=judge, rouge_stemmer=args.rouge_stemmer,
-        extra_stop_ids=tuple(args.stop_id), seed=args.seed, progress=not args.no_progress,
+        max_prompts=args.max_prompts,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        max_prompt_tokens=args.max_prompt_tokens,
+        marker=args.marker,
+        marker_literal=args.marker_literal,
+        marker_ignore_case=args.marker_ignore_case,
+        judge=judge,
+        rouge_stemmer=args.rouge_stemmer,
+        extra_stop_ids=tuple(args.stop_id),
+        seed=args.seed,
+        progress=not args.no_progress,
     )
     if settings.marker:  # fail on a bad regex before loading the model
         from gadjax.eval.markers import compile_marker
@@ -156,8 +190,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
     model = load_decoder(args.model, dtype=dtype)
     result = evaluate_model(model, tokenizer, rows, settings)
-    info = {"model": os.path.abspath(args.model), "tokenizer": os.path.abspath(args.tokenizer or args.model),
-            "data": os.path.abspath(args.data)}
+    info = {
+        "model": os.path.abspath(args.model),
+        "tokenizer": os.path.abspath(args.tokenizer or args.model),
+        "data": os.path.abspath(args.data),
+    }
     eval_path, gen_path = write_results(result, args.out, name, info)
     print(format_summary(result, name))
     print(f"wrote {eval_path}\nwrote {gen_path}")

@@ -140,9 +140,11 @@ def test_cli_usage_errors_without_loading_a_model(tmp_path):
                          cwd=ROOT, env=env, timeout=60)
     assert run.returncode == 0 and "--judge-url" in run.stdout and "--marker" in run.stdout
     with pytest.raises(SystemExit, match="--judge-url needs --judge-model"):
-        main(["--model", "x", "--data", "y", "--judge-url", "http://127.0.0.1:1/v1"])
+        main(["--model", ROOT, "--data", DATA, "--judge-url", "http://127.0.0.1:1/v1"])
     with pytest.raises(ValueError, match="not a valid regular expression"):
-        main(["--model", "x", "--data", "y", "--marker", "(oops"])
+        main(["--model", ROOT, "--data", DATA, "--marker", "(oops"])
+    with pytest.raises(SystemExit, match="--data: no such file or directory: .*nope.jsonl"):
+        main(["--model", ROOT, "--data", str(tmp_path / "nope.jsonl")])
 
 
 def test_evaluate_model_in_process_api(tiny_model):
