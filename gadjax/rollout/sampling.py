@@ -3,11 +3,14 @@
 Order of the logit processors follows Hugging Face's `generate`: temperature, then top-k, then top-p
 (the nucleus is computed on the distribution that remains after top-k). Everything is float32.
 
-Sampling uses the Gumbel-max trick: argmax(processed_logits + Gumbel noise) is an exact draw from
-softmax(processed_logits) (Gumbel 1954; Maddison et al. 2014). The noise for a step is one [rows, V]
-draw from a key folded from the step index, and jax's partitionable threefry (on by default in jax >=
-0.5) makes that draw identical whether the array is computed on one device or sharded over a mesh,
-so the same key gives the same tokens on any mesh.
+Sampling is by inversion of the CDF: one uniform u per row, token = the first index whose cumulative
+probability exceeds u * total. It is an exact draw from softmax(processed_logits) (up to float32
+rounding of the cumulative sum, ~1e-7) and needs ONE random number per row instead of the [rows, V]
+noise of the Gumbel-max trick: generating that noise with threefry cost ~3x the rest of the sampling
+step on the SmolLM2 vocabulary (49152) on CPU. The uniforms of a step come from a key folded from the
+step index, and jax's partitionable threefry (on by default in jax >= 0.5) makes the draw identical
+whether the array lives on one device or is sharded over a mesh, so the same key gives the same tokens
+on any mesh.
 """
 
 from __future__ import annotations
@@ -51,6 +54,22 @@ def process_logits(logits: jax.Array, temperature: float, top_k: int, top_p: flo
     return apply_top_p(x, top_p)
 
 
+def sample_by_inversion(probs: jax.Array, key: jax.Array) -> jax.Array:
+    """One draw per row of `probs` [rows, V] (need not be normalised), by inverting the CDF.
+
+    Tokens of probability 0 are never chosen: the first index whose CDF exceeds u * total has a
+    positive probability; rounding that puts u * total at the very top is clamped to the last token of
+    positive probability.
+    """
+    cdf = jnp.cumsum(probs, axis=-1)
+    u = jax.random.uniform(key, probs.shape[:-1], jnp.float32)
+    target = u * cdf[..., -1]
+    tokens = jnp.sum(cdf <= target[..., None], axis=-1)
+    v = probs.shape[-1]
+    last_positive = v - 1 - jnp.argmax(probs[..., ::-1] > 0, axis=-1)
+    return jnp.minimum(tokens, last_positive).astype(jnp.int32)
+
+
 def choose_tokens(
     logits: jax.Array,
     key: jax.Array,
@@ -72,8 +91,8 @@ def choose_tokens(
         sampling_lp = jnp.zeros(tokens.shape, jnp.float32)
     else:
         processed = process_logits(logits, temperature, top_k, top_p)
-        gumbel = jax.random.gumbel(key, logits.shape, jnp.float32)
-        tokens = jnp.argmax(processed + gumbel, axis=-1).astype(jnp.int32)
-        sampling_lp = jnp.take_along_axis(jax.nn.log_softmax(processed, axis=-1), tokens[:, None], -1)[:, 0]
+        sampling_logp = jax.nn.log_softmax(processed, axis=-1)
+        tokens = sample_by_inversion(jnp.exp(sampling_logp), key)
+        sampling_lp = jnp.take_along_axis(sampling_logp, tokens[:, None], -1)[:, 0]
     lp = jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
     return tokens, lp, sampling_lp
