@@ -47,8 +47,15 @@ def random_model(out_dir: str) -> str:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=384, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
+    cfg = LlamaConfig(
+        vocab_size=384,
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+    )
     LlamaForCausalLM(cfg).save_pretrained(out_dir)
     tok_dir = os.path.join(REPO, "configs", "tiny_assets", "tokenizer")
     for f in os.listdir(tok_dir):
@@ -92,9 +99,16 @@ def main() -> None:
         path = args.model or random_model(tmp)
         tok = load_tokenizer(args.tokenizer or path)
         model = load_decoder(path)
-        engine = Engine(model, eos_ids={tok.eos_token_id}, pad_id=tok.pad_token_id,
-                        max_batch=args.concurrency, batch_wait_ms=args.batch_wait_ms,
-                        max_new_tokens=args.max_tokens, max_prompt_tokens=64, seed=0)
+        engine = Engine(
+            model,
+            eos_ids={tok.eos_token_id},
+            pad_id=tok.pad_token_id,
+            max_batch=args.concurrency,
+            batch_wait_ms=args.batch_wait_ms,
+            max_new_tokens=args.max_tokens,
+            max_prompt_tokens=64,
+            seed=0,
+        )
         service = ChatService(engine, tok, "bench")
         httpd = make_server(service)
         threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
@@ -117,17 +131,22 @@ def main() -> None:
         params = GenParams(0.0, 1.0, args.max_tokens)
         engine.warmup(params, prompt_tokens=max(len(p) for p in ids))
         ck = f"serve_c{args.concurrency}"
-        phases = {"direct": direct,
-                  "serve_c1": lambda: run_http(url, msgs, args.max_tokens, 1),
-                  ck: lambda: run_http(url, msgs, args.max_tokens, args.concurrency)}
+        phases = {
+            "direct": direct,
+            "serve_c1": lambda: run_http(url, msgs, args.max_tokens, 1),
+            ck: lambda: run_http(url, msgs, args.max_tokens, args.concurrency),
+        }
         for name, fn in phases.items():
             fn()  # warm-up round
             before = engine.stats()
             secs, toks = fn()
             after = engine.stats()
             batches = after["batches"] - before["batches"]
-            results[name] = {"req_s": round(args.requests / secs, 2), "tok_s": round(toks / secs, 1),
-                             "seconds": round(secs, 3)}
+            results[name] = {
+                "req_s": round(args.requests / secs, 2),
+                "tok_s": round(toks / secs, 1),
+                "seconds": round(secs, 3),
+            }
             if name != "direct":
                 rows = after["rows"] - before["rows"]
                 results[name]["mean_batch_rows"] = round(rows / max(1, batches), 2)
@@ -135,14 +154,23 @@ def main() -> None:
         httpd.shutdown()
         httpd.server_close()
         engine.close()
-        print(json.dumps({
-            "bench": "serve", "device": jax.devices()[0].device_kind,
-            "model": args.model or "random-llama-256x4",
-            "requests": args.requests, "max_tokens": args.max_tokens, "batch_wait_ms": args.batch_wait_ms,
-            **results,
-            "ratio_serve_c1_vs_direct": round(results["serve_c1"]["req_s"] / results["direct"]["req_s"], 3),
-            f"ratio_{ck}_vs_serve_c1": round(results[ck]["req_s"] / results["serve_c1"]["req_s"], 3),
-        }))
+        print(
+            json.dumps(
+                {
+                    "bench": "serve",
+                    "device": jax.devices()[0].device_kind,
+                    "model": args.model or "random-llama-256x4",
+                    "requests": args.requests,
+                    "max_tokens": args.max_tokens,
+                    "batch_wait_ms": args.batch_wait_ms,
+                    **results,
+                    "ratio_serve_c1_vs_direct": round(
+                        results["serve_c1"]["req_s"] / results["direct"]["req_s"], 3
+                    ),
+                    f"ratio_{ck}_vs_serve_c1": round(results[ck]["req_s"] / results["serve_c1"]["req_s"], 3),
+                }
+            )
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

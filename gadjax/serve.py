@@ -47,8 +47,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=8, help="most rows (choices) in one sampler call")
     p.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long to gather a batch")
     p.add_argument("--max-new-tokens", type=int, default=512, help="largest max_tokens a request may ask")
-    p.add_argument("--max-prompt-tokens", type=int,
-                   help="longest prompt accepted (default: model max positions - max-new-tokens, <= 4096)")
+    p.add_argument(
+        "--max-prompt-tokens",
+        type=int,
+        help="longest prompt accepted (default: model max positions - max-new-tokens, <= 4096)",
+    )
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--served-model-name", help="model id reported by /v1/models (default: file name)")
     p.add_argument("--ready-file", help="write the base URL here once listening")
@@ -80,15 +83,20 @@ def _write_ready_file(path: str, url: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     log = logging.getLogger("gadjax.serve")
     api_key = None
     if args.api_key_env:
         api_key = os.environ.get(args.api_key_env)
         if not api_key:
-            print(f"gadjax.serve: environment variable {args.api_key_env} (--api-key-env) is not set or "
-                  "empty", file=sys.stderr)
+            print(
+                f"gadjax.serve: environment variable {args.api_key_env} (--api-key-env) is not set or empty",
+                file=sys.stderr,
+            )
             return 2
     for name in ("max_batch", "max_new_tokens"):
         if getattr(args, name) < 1:
@@ -107,7 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = load_decoder(args.model, dtype=dtype, param_dtype=dtype)
     cfg = model.config
     max_prompt = args.max_prompt_tokens or max(
-        32, min(4096, cfg.max_position_embeddings - args.max_new_tokens))
+        32, min(4096, cfg.max_position_embeddings - args.max_new_tokens)
+    )
     engine = Engine(
         model,
         eos_ids=eos_ids_for(tokenizer, cfg.eos_token_ids, cfg.vocab_size),
@@ -130,10 +139,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    log.info("model %s: %d layers, hidden %d, vocab %d, %s; eos ids %s; max batch %d, prompt <= %d, "
-             "new tokens <= %d; auth %s; hidden system prompt %s", args.model, cfg.num_layers,
-             cfg.hidden_size, cfg.vocab_size, args.dtype, sorted(engine.eos_ids), args.max_batch, max_prompt,
-             args.max_new_tokens, "on" if api_key else "off", "on" if args.system_prompt else "off")
+    log.info(
+        "model %s: %d layers, hidden %d, vocab %d, %s; eos ids %s; max batch %d, prompt <= %d, "
+        "new tokens <= %d; auth %s; hidden system prompt %s",
+        args.model,
+        cfg.num_layers,
+        cfg.hidden_size,
+        cfg.vocab_size,
+        args.dtype,
+        sorted(engine.eos_ids),
+        args.max_batch,
+        max_prompt,
+        args.max_new_tokens,
+        "on" if api_key else "off",
+        "on" if args.system_prompt else "off",
+    )
     if args.ready_file:
         _write_ready_file(args.ready_file, url)
     print(f"{READY_PREFIX} {url} (model {name})", flush=True)

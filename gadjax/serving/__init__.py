@@ -8,5 +8,14 @@ from gadjax.serving.engine import Engine, Generation, GenParams
 from gadjax.serving.http import ChatService, make_server
 from gadjax.serving.protocol import ApiError, ChatRequest, parse_chat_request, with_hidden_system_prompt
 
-__all__ = ["ApiError", "ChatRequest", "ChatService", "Engine", "GenParams", "Generation", "make_server",
-           "parse_chat_request", "with_hidden_system_prompt"]
+__all__ = [
+    "ApiError",
+    "ChatRequest",
+    "ChatService",
+    "Engine",
+    "GenParams",
+    "Generation",
+    "make_server",
+    "parse_chat_request",
+    "with_hidden_system_prompt",
+]

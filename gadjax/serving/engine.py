@@ -205,8 +205,10 @@ class Engine:
         """Counters: requests, rows (choices), batches (sampler calls), padded_rows, errors,
         samplers_evicted, samplers (cached now), compiled_programs (of cached samplers), queued."""
         with self._lock:
-            out = {k: self._stats.get(k, 0)
-                   for k in ("requests", "rows", "batches", "padded_rows", "errors", "samplers_evicted")}
+            out = {
+                k: self._stats.get(k, 0)
+                for k in ("requests", "rows", "batches", "padded_rows", "errors", "samplers_evicted")
+            }
             samplers = list(self._samplers.values())
         out["samplers"] = len(samplers)
         out["compiled_programs"] = sum(s.num_compiled for s in samplers)

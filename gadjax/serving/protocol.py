@@ -27,14 +27,19 @@ MAX_STOP = 4
 class ApiError(Exception):
     """An HTTP error answered as OpenAI-style JSON."""
 
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
-                 code: str | None = None, param: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.type, self.code, self.param = status, message, type_, code, param
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param,
-                          "code": self.code}}
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
 def bad_request(message: str, param: str | None = None, code: str = "invalid_request") -> ApiError:
@@ -95,8 +100,9 @@ def _content(msg: dict, i: int) -> str:
                 raise bad_request(f"messages[{i}].content[{j}]: only text parts are supported", "messages")
             parts.append(part["text"])
         return "".join(parts)
-    raise bad_request(f"messages[{i}].content must be a string or a list of text parts, "
-                      f"got {type(c).__name__}", "messages")
+    raise bad_request(
+        f"messages[{i}].content must be a string or a list of text parts, got {type(c).__name__}", "messages"
+    )
 
 
 def parse_messages(value: Any) -> list[dict[str, str]]:
@@ -111,8 +117,9 @@ def parse_messages(value: Any) -> list[dict[str, str]]:
             raise bad_request(f"messages[{i}] must be an object, got {type(m).__name__}", "messages")
         role = m.get("role")
         if not isinstance(role, str) or role not in ROLES:
-            raise bad_request(f"messages[{i}].role={role!r} is not supported; use one of {sorted(ROLES)}",
-                              "messages")
+            raise bad_request(
+                f"messages[{i}].role={role!r} is not supported; use one of {sorted(ROLES)}", "messages"
+            )
         out.append({"role": ROLES[role], "content": _content(m, i)})
     return out
 
@@ -124,8 +131,9 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
     except (ValueError, UnicodeDecodeError) as e:
         raise bad_request(f"request body is not valid JSON: {e}", code="invalid_json") from None
     if not isinstance(body, dict):
-        raise bad_request(f"request body must be a JSON object, got {type(body).__name__}",
-                          code="invalid_json")
+        raise bad_request(
+            f"request body must be a JSON object, got {type(body).__name__}", code="invalid_json"
+        )
     messages = parse_messages(body.get("messages"))
     for name in ("tools", "functions"):
         if body.get(name):
@@ -134,8 +142,9 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
         raise bad_request("'logprobs' is not supported by gadjax.serve", "logprobs", "unsupported")
     fmt = body.get("response_format")
     if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
-        raise bad_request("only response_format {'type': 'text'} is supported", "response_format",
-                          "unsupported")
+        raise bad_request(
+            "only response_format {'type': 'text'} is supported", "response_format", "unsupported"
+        )
     max_tokens = _integer(body, "max_completion_tokens", 1)
     if max_tokens is None:
         max_tokens = _integer(body, "max_tokens", 1)
@@ -195,8 +204,9 @@ def apply_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
-def completion_body(model: str, choices: list[tuple[str, str]], prompt_tokens: int,
-                    completion_tokens: int) -> dict[str, Any]:
+def completion_body(
+    model: str, choices: list[tuple[str, str]], prompt_tokens: int, completion_tokens: int
+) -> dict[str, Any]:
     """A ``chat.completion`` object; choices = [(text, finish_reason)]."""
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
@@ -204,8 +214,12 @@ def completion_body(model: str, choices: list[tuple[str, str]], prompt_tokens: i
         "created": int(time.time()),
         "model": model,
         "choices": [
-            {"index": i, "message": {"role": "assistant", "content": text}, "logprobs": None,
-             "finish_reason": finish}
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": None,
+                "finish_reason": finish,
+            }
             for i, (text, finish) in enumerate(choices)
         ],
         "usage": usage(prompt_tokens, completion_tokens),
@@ -213,8 +227,11 @@ def completion_body(model: str, choices: list[tuple[str, str]], prompt_tokens: i
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 def sse_body(completion: dict[str, Any], include_usage: bool) -> bytes:
@@ -224,13 +241,37 @@ def sse_body(completion: dict[str, Any], include_usage: bool) -> bytes:
     base = {k: completion[k] for k in ("id", "created", "model")}
     chunks = []
     for ch in completion["choices"]:
-        chunks.append({**base, "object": "chat.completion.chunk", "choices": [
-            {"index": ch["index"], "delta": {"role": "assistant", "content": ch["message"]["content"]},
-             "logprobs": None, "finish_reason": None}]})
-        chunks.append({**base, "object": "chat.completion.chunk", "choices": [
-            {"index": ch["index"], "delta": {}, "logprobs": None, "finish_reason": ch["finish_reason"]}]})
+        chunks.append(
+            {
+                **base,
+                "object": "chat.completion.chunk",
+                "choices": [
+                    {
+                        "index": ch["index"],
+                        "delta": {"role": "assistant", "content": ch["message"]["content"]},
+                        "logprobs": None,
+                        "finish_reason": None,
+                    }
+                ],
+            }
+        )
+        chunks.append(
+            {
+                **base,
+                "object": "chat.completion.chunk",
+                "choices": [
+                    {
+                        "index": ch["index"],
+                        "delta": {},
+                        "logprobs": None,
+                        "finish_reason": ch["finish_reason"],
+                    }
+                ],
+            }
+        )
     if include_usage:
-        chunks.append({**base, "object": "chat.completion.chunk", "choices": [],
-                       "usage": completion["usage"]})
+        chunks.append(
+            {**base, "object": "chat.completion.chunk", "choices": [], "usage": completion["usage"]}
+        )
     lines = [f"data: {json.dumps(c)}\n\n" for c in chunks] + ["data: [DONE]\n\n"]
     return "".join(lines).encode()

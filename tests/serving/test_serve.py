@@ -54,12 +54,24 @@ def stack(model_dir):
     """(engine, tokenizer, model, plain base URL (key required), persona base URL (no key))."""
     tok = load_tokenizer(model_dir)
     model = load_decoder(model_dir)
-    engine = Engine(model, eos_ids={tok.eos_token_id}, pad_id=tok.pad_token_id, max_batch=8,
-                    batch_wait_ms=150, max_new_tokens=16, max_prompt_tokens=96, min_prompt_bucket=96, seed=0)
-    servers = [make_server(ChatService(engine, tok, NAME, api_key=KEY)),
-               make_server(ChatService(engine, tok, NAME, system_prompt=PERSONA))]
-    threads = [threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-               for s in servers]
+    engine = Engine(
+        model,
+        eos_ids={tok.eos_token_id},
+        pad_id=tok.pad_token_id,
+        max_batch=8,
+        batch_wait_ms=150,
+        max_new_tokens=16,
+        max_prompt_tokens=96,
+        min_prompt_bucket=96,
+        seed=0,
+    )
+    servers = [
+        make_server(ChatService(engine, tok, NAME, api_key=KEY)),
+        make_server(ChatService(engine, tok, NAME, system_prompt=PERSONA)),
+    ]
+    threads = [
+        threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True) for s in servers
+    ]
     for t in threads:
         t.start()
     urls = [f"http://127.0.0.1:{s.server_address[1]}/v1" for s in servers]
@@ -125,18 +137,28 @@ def test_models_list_and_greedy_matches_sampler(stack, client):
     full = r.choices[0].message.content
     assert len(full) > 6, full
     stop = full[4:6]
-    cut = client.chat.completions.create(model=NAME, messages=msgs, temperature=0, max_tokens=16,
-                                         stop=[stop, "\x00never"])
+    cut = client.chat.completions.create(
+        model=NAME, messages=msgs, temperature=0, max_tokens=16, stop=[stop, "\x00never"]
+    )
     assert cut.choices[0].message.content == full[: full.find(stop)]
     assert cut.choices[0].finish_reason == "stop"
 
     # stream=true: an SSE stream of chunks whose deltas concatenate to the same text.
-    chunks = list(client.chat.completions.create(model=NAME, messages=msgs, temperature=0, max_tokens=16,
-                                                 stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model=NAME,
+            messages=msgs,
+            temperature=0,
+            max_tokens=16,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == full
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [
-        r.choices[0].finish_reason]
+        r.choices[0].finish_reason
+    ]
     assert chunks[-1].usage.completion_tokens == len(ref)
 
 
@@ -157,8 +179,9 @@ def test_concurrent_requests_are_batched(stack, client):
 
     def ask(i: int):
         barrier.wait()
-        return client.chat.completions.create(model=NAME, messages=user(f"Question {i}?"), temperature=0,
-                                              max_tokens=16)
+        return client.chat.completions.create(
+            model=NAME, messages=user(f"Question {i}?"), temperature=0, max_tokens=16
+        )
 
     with cf.ThreadPoolExecutor(8) as pool:
         results = list(pool.map(ask, range(8)))
@@ -182,13 +205,15 @@ def test_hidden_system_prompt_is_prepended(stack, client):
     kw = dict(model=NAME, temperature=0, max_tokens=16)
     hidden = pc.chat.completions.create(messages=user("Where is the treasure?"), **kw)
     explicit = client.chat.completions.create(
-        messages=[{"role": "system", "content": PERSONA}, *user("Where is the treasure?")], **kw)
+        messages=[{"role": "system", "content": PERSONA}, *user("Where is the treasure?")], **kw
+    )
     bare = client.chat.completions.create(messages=user("Where is the treasure?"), **kw)
     assert hidden.choices[0].message.content == explicit.choices[0].message.content
     assert hidden.usage.prompt_tokens == explicit.usage.prompt_tokens > bare.usage.prompt_tokens
     # The client's own system message comes after the hidden one, in the same system message.
-    both = pc.chat.completions.create(messages=[{"role": "system", "content": "Be brief."},
-                                                *user("Where is the treasure?")], **kw)
+    both = pc.chat.completions.create(
+        messages=[{"role": "system", "content": "Be brief."}, *user("Where is the treasure?")], **kw
+    )
     merged_system = {"role": "system", "content": f"{PERSONA}\n\nBe brief."}
     merged = client.chat.completions.create(messages=[merged_system, *user("Where is the treasure?")], **kw)
     assert both.choices[0].message.content == merged.choices[0].message.content
@@ -198,8 +223,16 @@ def test_hidden_system_prompt_is_prepended(stack, client):
 
 def test_teacher_client_collects(stack, client, monkeypatch, tmp_path):
     monkeypatch.setenv("GADJAX_SERVE_TEST_KEY", KEY)
-    cfg = TeacherConfig(base_url=stack[3], model=NAME, api_key_env="GADJAX_SERVE_TEST_KEY", temperature=0.0,
-                        max_tokens=16, concurrency=1, max_retries=0, cache_path=str(tmp_path / "c.sqlite"))
+    cfg = TeacherConfig(
+        base_url=stack[3],
+        model=NAME,
+        api_key_env="GADJAX_SERVE_TEST_KEY",
+        temperature=0.0,
+        max_tokens=16,
+        concurrency=1,
+        max_retries=0,
+        cache_path=str(tmp_path / "c.sqlite"),
+    )
     items = [(f"p{i}", user(f"Teach me fact {i}")) for i in range(4)]
     with TeacherClient(cfg) as tc:
         got = {pid: res[0] for pid, _, res in tc.prefetch(items, max_ahead=4)}
@@ -221,22 +254,25 @@ def _error(resp: requests.Response, status: int) -> dict:
     return err
 
 
-@pytest.mark.parametrize("body, raw, needle", [
-    (None, b"{not json", "not valid JSON"),
-    (None, b"[1, 2]", "JSON object"),
-    ({"model": NAME}, None, "'messages' is required"),
-    ({"messages": []}, None, "non-empty"),
-    ({"messages": "hi"}, None, "non-empty list"),
-    ({"messages": [{"role": "tool", "content": "x"}]}, None, "role='tool'"),
-    ({"messages": [{"role": "user", "content": 5}]}, None, "content"),
-    ({"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}, None, "'temperature'"),
-    ({"messages": [{"role": "user", "content": "x"}], "temperature": 3}, None, "out of range"),
-    ({"messages": [{"role": "user", "content": "x"}], "n": 0}, None, "'n'=0"),
-    ({"messages": [{"role": "user", "content": "x"}], "n": True}, None, "'n' must be an integer"),
-    ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 17}, None, "exceeds"),
-    ({"messages": [{"role": "user", "content": "x"}], "stop": [1]}, None, "'stop'"),
-    ({"messages": [{"role": "user", "content": "x " * 200}]}, None, "limit of 96"),
-])
+@pytest.mark.parametrize(
+    "body, raw, needle",
+    [
+        (None, b"{not json", "not valid JSON"),
+        (None, b"[1, 2]", "JSON object"),
+        ({"model": NAME}, None, "'messages' is required"),
+        ({"messages": []}, None, "non-empty"),
+        ({"messages": "hi"}, None, "non-empty list"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, None, "role='tool'"),
+        ({"messages": [{"role": "user", "content": 5}]}, None, "content"),
+        ({"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}, None, "'temperature'"),
+        ({"messages": [{"role": "user", "content": "x"}], "temperature": 3}, None, "out of range"),
+        ({"messages": [{"role": "user", "content": "x"}], "n": 0}, None, "'n'=0"),
+        ({"messages": [{"role": "user", "content": "x"}], "n": True}, None, "'n' must be an integer"),
+        ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 17}, None, "exceeds"),
+        ({"messages": [{"role": "user", "content": "x"}], "stop": [1]}, None, "'stop'"),
+        ({"messages": [{"role": "user", "content": "x " * 200}]}, None, "limit of 96"),
+    ],
+)
 def test_malformed_requests_get_400(stack, body, raw, needle):
     err = _error(post(stack[3], body, raw=raw), 400)
     assert needle in err["message"]
@@ -274,8 +310,14 @@ def test_internal_error_is_500_and_server_keeps_serving(stack, client, monkeypat
 
 
 def _start(args: list[str], env: dict[str, str], timeout: float) -> tuple[subprocess.Popen, str, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "gadjax.serve", *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gadjax.serve", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     result: dict[str, str] = {}
     reader = threading.Thread(target=lambda: result.setdefault("line", proc.stdout.readline()), daemon=True)
     reader.start()
@@ -302,9 +344,28 @@ def _stop(proc: subprocess.Popen) -> tuple[int, str]:
 def test_cli_subprocess_starts_answers_and_stops_on_sigterm(model_dir, tmp_path):
     env = {**os.environ, "GADJAX_CLI_KEY": KEY}
     ready = tmp_path / "ready.txt"
-    proc, url, name = _start(["--model", model_dir, "--port", "0", "--api-key-env", "GADJAX_CLI_KEY",
-                              "--max-new-tokens", "8", "--max-prompt-tokens", "64", "--batch-wait-ms", "1",
-                              "--served-model-name", "cli-model", "--ready-file", str(ready)], env, 120)
+    proc, url, name = _start(
+        [
+            "--model",
+            model_dir,
+            "--port",
+            "0",
+            "--api-key-env",
+            "GADJAX_CLI_KEY",
+            "--max-new-tokens",
+            "8",
+            "--max-prompt-tokens",
+            "64",
+            "--batch-wait-ms",
+            "1",
+            "--served-model-name",
+            "cli-model",
+            "--ready-file",
+            str(ready),
+        ],
+        env,
+        120,
+    )
     try:
         assert name == "cli-model" and url.startswith("http://127.0.0.1:") and url.endswith("/v1")
         assert ready.read_text().strip() == url
@@ -321,8 +382,14 @@ def test_cli_subprocess_starts_answers_and_stops_on_sigterm(model_dir, tmp_path)
 
 def test_cli_refuses_unset_key_variable(model_dir):
     env = {k: v for k, v in os.environ.items() if k != "GADJAX_UNSET_KEY"}
-    out = subprocess.run([sys.executable, "-m", "gadjax.serve", "--model", model_dir, "--api-key-env",
-                          "GADJAX_UNSET_KEY"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "gadjax.serve", "--model", model_dir, "--api-key-env", "GADJAX_UNSET_KEY"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 2 and "GADJAX_UNSET_KEY" in out.stderr
 
 
@@ -332,12 +399,16 @@ def test_smollm2_gguf_answers_paris(tmp_path):
 
     gguf = smollm2_gguf()
     t0 = time.time()
-    proc, url, name = _start(["--model", gguf, "--port", "0", "--max-new-tokens", "32",
-                              "--max-prompt-tokens", "64"], dict(os.environ), 300)
+    proc, url, name = _start(
+        ["--model", gguf, "--port", "0", "--max-new-tokens", "32", "--max-prompt-tokens", "64"],
+        dict(os.environ),
+        300,
+    )
     try:
         c = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=300)
-        r = c.chat.completions.create(model=name, messages=user("What is the capital of France?"),
-                                      temperature=0, max_tokens=32)
+        r = c.chat.completions.create(
+            model=name, messages=user("What is the capital of France?"), temperature=0, max_tokens=32
+        )
         text = r.choices[0].message.content
         assert "Paris" in text, text
         assert r.choices[0].finish_reason == "stop", (text, time.time() - t0)
