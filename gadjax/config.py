@@ -132,6 +132,7 @@ def base_config() -> ConfigDict:
             micro_batches_d=1,
             logprob_chunk=256,
             max_bad_steps=3,  # consecutive non-finite steps before the run stops
+            debug_kill_at_step=0,  # tests: SIGKILL this process right after this step's checkpoint
         )
     )
     c.checkpoint = ConfigDict(dict(every=50, keep=3, dir=""))  # dir default: <run_dir>/checkpoints

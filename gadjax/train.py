@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from typing import Any
@@ -403,6 +404,9 @@ class Trainer:
                     bar.set_postfix(bar_postfix(last))
                 if (step + 1) % c.checkpoint.every == 0 and step + 1 < self.total_steps:
                     self._save(step + 1)
+                if c.train.debug_kill_at_step and step + 1 == c.train.debug_kill_at_step:
+                    self.ckpt.wait()  # the kill lands after the checkpoint is committed
+                    os.kill(os.getpid(), signal.SIGKILL)
             if self.ckpt.latest_step() != done:
                 self._save(done, force=True)
             self.ckpt.wait()

@@ -8,3 +8,9 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# Programs compiled by one test (or one training subprocess) are reused by the next ones with the same
+# shapes: the 8-device CPU compiles dominate the suite's time otherwise.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", "/tmp/gadjax-test-jax-cache")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
