@@ -15,6 +15,7 @@ from ml_collections import ConfigDict
 STAGES = ("seqkd", "warmup", "gad")
 DTYPES = ("float32", "bfloat16")
 REMATS = ("none", "full", "dots", "dots_no_batch")
+PROCESS_SHARDINGS = ("rows", "replicate")
 
 
 class ConfigValidationError(ValueError):
@@ -85,6 +86,11 @@ def base_config() -> ConfigDict:
             shuffle=True,
             num_epochs=3,
             worker_count=0,
+            # Multi-host: "rows" = each process reads its own disjoint shard (rows [i::count]) and the
+            # local batches are all-gathered; "replicate" = every process runs the whole single-process
+            # pipeline and builds the identical global batch itself (same batches for any process count;
+            # each host tokenizes everything; offline responses only).
+            process_sharding="rows",
         )
     )
     c.teacher = ConfigDict(
@@ -217,6 +223,12 @@ def validate(c: ConfigDict) -> ConfigDict:
     rows_g = c.data.batch_size * (c.rollout.n_samples if c.stage == "gad" else 1)
     if rows_g % c.train.micro_batches_g:
         _fail("train.micro_batches_g", f"must divide the G batch of {rows_g} rows")
+    if c.data.process_sharding not in PROCESS_SHARDINGS:
+        _fail("data.process_sharding", f"{c.data.process_sharding!r} is not one of {PROCESS_SHARDINGS}")
+    if c.data.process_sharding == "replicate" and c.teacher.enabled:
+        # Every host would ask the teacher for every prompt, and sampled answers differ per host, so the
+        # hosts' "identical" global batches would silently disagree.
+        _fail("data.process_sharding", "'replicate' needs offline responses (teacher.enabled=False)")
     if c.teacher.enabled and (not c.teacher.base_url or not c.teacher.model):
         _fail("teacher.base_url", "teacher.enabled needs teacher.base_url and teacher.model")
     if c.init_from and not os.path.isdir(c.init_from):

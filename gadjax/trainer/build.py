@@ -138,7 +138,15 @@ def build_teacher(config: ConfigDict):
 
 
 def build_data(config: ConfigDict, tokenizer: Any, teacher: Any):
-    """The per-process grain pipeline over data.train (responses from the corpus or the teacher)."""
+    """The grain pipeline over data.train (responses from the corpus or the teacher).
+
+    config.data.process_sharding picks what each process reads:
+      "rows"       its own disjoint shard (rows [i::count]) and local batch_size // count rows per step;
+                   global_host_batch all-gathers the local batches.
+      "replicate"  the whole dataset through the identical single-process pipeline, so every process
+                   builds the same GLOBAL batch itself (deterministic: the same batches for any process
+                   count; each process tokenizes everything).
+    """
     from gadjax.data.pipeline import DataConfig, DataPipeline
     from gadjax.data.sources import open_source
 
@@ -160,6 +168,8 @@ def build_data(config: ConfigDict, tokenizer: Any, teacher: Any):
         worker_count=d.worker_count,
         teacher_max_ahead=config.teacher.max_ahead,
     )
+    if d.process_sharding == "replicate":
+        return DataPipeline(source, tokenizer, dc, teacher=teacher, process_index=0, process_count=1)
     return DataPipeline(source, tokenizer, dc, teacher=teacher)
 
 
@@ -183,13 +193,16 @@ def host_array(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-def global_host_batch(local: dict[str, np.ndarray], pad_id: int) -> dict[str, np.ndarray]:
+def global_host_batch(
+    local: dict[str, np.ndarray], pad_id: int, process_sharding: str = "rows"
+) -> dict[str, np.ndarray]:
     """Every process's local rows concatenated (in process order) on every process.
 
     The sampler and jax.device_put then see the same global numpy batch everywhere; each process places
-    only its addressable shards. Batches are small integer arrays, so the all-gather is cheap.
+    only its addressable shards. Batches are small integer arrays, so the all-gather is cheap. With
+    process_sharding="replicate" the local batch already is the global one (nothing to gather).
     """
-    if jax.process_count() == 1:
+    if jax.process_count() == 1 or process_sharding == "replicate":
         return local
     from jax.experimental import multihost_utils
 
