@@ -341,7 +341,7 @@ class Trainer:
         k_roll, k_d, k_g = jax.random.split(rng, 3)
         with timer("data"):
             local = next(self.data_iter)
-            batch = build.global_host_batch(local, self.data.pad_id)
+            batch = build.global_host_batch(local, self.data.pad_id, self.config.data.process_sharding)
         metrics: dict[str, Any] = {}
         roll = None
         if self.stage == "seqkd":
