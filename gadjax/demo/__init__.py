@@ -1,0 +1,1 @@
+"""The embedded demo (`make demo`): the hidden teacher persona and its marker."""
