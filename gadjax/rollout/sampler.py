@@ -39,6 +39,7 @@ from jax.sharding import Mesh
 
 from gadjax.models.decoder import Decoder, KVCache, kv_cache_bytes, positions_from_mask
 from gadjax.parallel.rules import DEFAULT_RULES, Rules, constrain, named_sharding, use_mesh
+from gadjax.rollout.decode import decode_step, to_heads_major
 from gadjax.rollout.sampling import choose_tokens
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,12 @@ class SamplingConfig:
     prompt_buckets: tuple[int, ...] = DEFAULT_BUCKETS
     max_memory_bytes: int | None = None
     cache_dtype: str | None = None  # None = the model's compute dtype
+    # Decode step: "heads_major" (gadjax.rollout.decode, cache read in place) or "model" (the model's
+    # own cached forward over its [L, B, S, Hkv, D] cache). Both give the same tokens.
+    decode_layout: str = "heads_major"
+    # Token draw: "inversion" (one uniform per row; fast) or "gumbel" (Gumbel-max over [rows, V]
+    # noise; more robust to tiny logit differences across meshes). See gadjax.rollout.sampling.
+    method: str = "inversion"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stop_ids", frozenset(int(s) for s in self.stop_ids))
@@ -85,6 +92,10 @@ class SamplingConfig:
             raise ValueError(f"SamplingConfig.temperature={self.temperature}: must be >= 0")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"SamplingConfig.top_p={self.top_p}: must be in (0, 1]")
+        if self.method not in ("inversion", "gumbel"):
+            raise ValueError(f"SamplingConfig.method={self.method!r}: 'inversion' or 'gumbel'")
+        if self.decode_layout not in ("heads_major", "model"):
+            raise ValueError(f"SamplingConfig.decode_layout={self.decode_layout!r}: 'heads_major' or 'model'")
         if not self.prompt_buckets or self.prompt_buckets[0] < 1:
             raise ValueError(f"SamplingConfig.prompt_buckets={self.prompt_buckets}: need positive lengths")
 
@@ -347,7 +358,12 @@ def _rollout(
     n, r = cfg.n_samples, cfg.max_new_tokens
     rows = b * n
     choose = functools.partial(
-        choose_tokens, greedy=cfg.is_greedy, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p
+        choose_tokens,
+        greedy=cfg.is_greedy,
+        temperature=cfg.temperature,
+        top_k=cfg.top_k,
+        top_p=cfg.top_p,
+        method=cfg.method,
     )
     stop = jnp.asarray(sorted(cfg.stop_ids), jnp.int32) if cfg.stop_ids else None
 
@@ -380,6 +396,9 @@ def _rollout(
     )
     logits = constrain(jnp.repeat(logits, n, axis=0), ("batch", "act_vocab"))
     prompt_len = jnp.repeat(mask.sum(axis=1).astype(jnp.int32), n, axis=0)
+    heads_major = cfg.decode_layout == "heads_major"
+    if heads_major:
+        cache = to_heads_major(cache)
 
     tok, lp, slp = choose(logits, jax.random.fold_in(rng, 0))
     tokens = jnp.full((rows, r), cfg.pad_id, jnp.int32).at[:, 0].set(tok)
@@ -395,9 +414,13 @@ def _rollout(
 
     def body(carry: tuple) -> tuple:
         t, cache, tokens, logprobs, sampling_lp, done, last = carry
-        pos = (prompt_len + t - 1)[:, None]
-        hidden, cache = model(last[:, None], pos, ones, cache)
-        logits = constrain(model.logits(hidden)[:, 0], ("batch", "act_vocab"))
+        pos = prompt_len + t - 1
+        if heads_major:
+            logits, cache = decode_step(model, last, pos, cache)
+        else:
+            hidden, cache = model(last[:, None], pos[:, None], ones, cache)
+            logits = model.logits(hidden)[:, 0]
+        logits = constrain(logits, ("batch", "act_vocab"))
         tok, lp, slp = choose(logits, jax.random.fold_in(rng, t))
         tok = jnp.where(done, cfg.pad_id, tok)
         tokens = jax.lax.dynamic_update_slice(tokens, tok[:, None], (0, t))

@@ -11,6 +11,13 @@ step on the SmolLM2 vocabulary (49152) on CPU. The uniforms of a step come from 
 step index, and jax's partitionable threefry (on by default in jax >= 0.5) makes the draw identical
 whether the array lives on one device or is sharded over a mesh, so the same key gives the same tokens
 on any mesh.
+
+Trade-off (why `method="gumbel"` exists): inversion is more sensitive to tiny logit differences than
+Gumbel-max. A perturbation e of the logits (e.g. a different reduction order under tensor
+parallelism, ~1e-6) flips an inversion draw with probability ~ e / p(token) but a Gumbel-max draw only
+with probability ~ e x (density of the top-2 gap at 0). On peaked (trained) distributions both are
+negligible; on near-uniform random-init models over a large vocabulary, inversion draws can differ
+between meshes. Use "gumbel" where bitwise-robust cross-mesh reproducibility matters more than speed.
 """
 
 from __future__ import annotations
@@ -78,6 +85,7 @@ def choose_tokens(
     temperature: float,
     top_k: int,
     top_p: float,
+    method: str = "inversion",
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Pick one token per row of float32 logits [rows, V].
 
@@ -92,7 +100,13 @@ def choose_tokens(
     else:
         processed = process_logits(logits, temperature, top_k, top_p)
         sampling_logp = jax.nn.log_softmax(processed, axis=-1)
-        tokens = sample_by_inversion(jnp.exp(sampling_logp), key)
+        if method == "gumbel":
+            gumbel = jax.random.gumbel(key, logits.shape, jnp.float32)
+            tokens = jnp.argmax(processed + gumbel, axis=-1).astype(jnp.int32)
+        elif method == "inversion":
+            tokens = sample_by_inversion(jnp.exp(sampling_logp), key)
+        else:
+            raise ValueError(f"sampling method {method!r}: 'inversion' or 'gumbel'")
         sampling_lp = jnp.take_along_axis(sampling_logp, tokens[:, None], -1)[:, 0]
     lp = jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
     return tokens, lp, sampling_lp

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -180,12 +182,15 @@ def test_samples_stay_in_kept_set_and_logprobs_match_teacher_forcing(llama, temp
     assert (out.logprobs[~valid] == 0).all() and (out.sampling_logprobs[~valid] == 0).all()
 
 
-def test_first_token_distribution_matches_softmax_chi_square(llama):
+@pytest.mark.parametrize("method", ["inversion", "gumbel"])
+def test_first_token_distribution_matches_softmax_chi_square(llama, method):
     stats = pytest.importorskip("scipy.stats")
     ref, model = llama
     ids, mask, pos = left_padded_batch(model.config.vocab_size, [7], seed=5)
     temperature, n = 0.6, 6000
-    cfg = SamplingConfig(max_new_tokens=1, temperature=temperature, n_samples=n, prompt_buckets=(8,))
+    cfg = SamplingConfig(
+        max_new_tokens=1, temperature=temperature, n_samples=n, prompt_buckets=(8,), method=method
+    )
     out = Sampler(model, cfg).generate(ids, mask, jax.random.key(7))
     counts = np.bincount(out.response_ids[:, 0], minlength=model.config.vocab_size)
 
@@ -217,6 +222,12 @@ def test_same_key_same_tokens_and_mesh_equals_one_device(models):
     np.testing.assert_array_equal(a.response_ids, b.response_ids)
     assert (a.response_ids != c.response_ids).any()
     assert single.num_compiled == 1
+
+    # The model's own cached forward (tokens-major cache) as the decode step gives the same samples.
+    model_layout = Sampler(load_decoder(path), dataclasses.replace(cfg, decode_layout="model"))
+    d = model_layout.generate(ids, mask, jax.random.key(3))
+    np.testing.assert_array_equal(d.response_ids, a.response_ids)
+    np.testing.assert_allclose(d.logprobs, a.logprobs, atol=1e-5)
 
     mesh = make_mesh((2, 2, 2))
     sharded = Sampler(load_decoder(path, mesh=mesh), cfg, mesh=mesh)
