@@ -77,7 +77,9 @@ def decode_step(
         new = jnp.einsum("bkgd,bkd->bkg", q, k, preferred_element_type=jnp.float32)[..., None] * scale
         probs = jax.nn.softmax(jnp.concatenate([old, new], axis=-1), axis=-1).astype(v.dtype)
         attn = jnp.einsum("bkgs,bksd->bkgd", probs[..., :-1], vc) + probs[..., -1:] * v[:, :, None, :]
-        x = x + jnp.einsum("bnh,nhd->bd", attn.reshape(b, nkv * g, d), p["o"])[:, None]
+        # As a plain [B, H*D] x [H*D, h] matmul: the 3-index einsum made XLA copy-transpose `o` per step.
+        o = p["o"].reshape(nkv * g * d, -1)
+        x = x + (attn.reshape(b, nkv * g * d) @ o)[:, None]
         h = L.rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
         x = x + L.swiglu(h, p["gate"], p["up"], p["down"])
         return x, (k, v)
