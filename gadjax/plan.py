@@ -773,6 +773,11 @@ def format_report(rep: dict[str, Any]) -> str:
             f"{_g(p['total_bytes'])} {_g(p['headroom_bytes'])} {p['compile_seconds']:10.1f} "
             f"{(xf or 0) / 1e12:15.2f} {mf / 1e12:17.2f}"
         )
+    lines += [
+        "  (program = XLA's argument + output - alias + temp + code; +others = long-lived state the program",
+        "  does not take; XLA TFLOP/chip = cost_analysis of the per-chip program: it counts each loop body",
+        "  (layer scan, micro-batch scan, decode loop) ONCE; model TFLOP/chip = analytic step FLOPs / chips)",
+    ]
     lines += ["", "our breakdown, GiB per chip:"]
     for k, v in rep["breakdown_bytes_per_chip"].items():
         lines.append(f"  {k:<22}{_g(v)}")
