@@ -43,6 +43,7 @@ from gadjax.algo.steps import (
 from gadjax.checkpoint import RunCheckpointer
 from gadjax.metrics import MetricsWriter, bar_postfix
 from gadjax.models.sharding import state_shardings
+from gadjax.parallel.distributed import allgather_json
 from gadjax.parallel.mesh import make_mesh
 from gadjax.parallel.programs import jit_forward, jit_step, shard_batch, train_state_shardings
 from gadjax.parallel.rules import use_mesh
@@ -181,7 +182,13 @@ class Trainer:
             d_step = jnp.asarray(meta["d_step"], jnp.int32)
             self.d_state = TrainState(step=d_step, params=trees["d_params"], opt_state=trees["d_opt"])
         self.start_step = int(meta["step"])
-        self.data_state = meta["data_state"]
+        states = meta["data_states"]
+        if len(states) != jax.process_count():
+            raise ValueError(
+                f"config.resume: the checkpoint holds data states of {len(states)} processes, this run has "
+                f"{jax.process_count()}; resume with the same number of processes"
+            )
+        self.data_state = states[jax.process_index()]
         log.info("resumed from step %d", self.start_step)
 
     def _save(self, step: int, *, force: bool = False) -> None:
@@ -195,7 +202,8 @@ class Trainer:
             "has_d": self.d_state is not None,
             "g_step": int(self.g_state.step),
             "d_step": int(self.d_state.step) if self.d_state is not None else 0,
-            "data_state": self.data_iter.get_state(),
+            # Each host's own iterator position (hosts read different shards; process 0 writes meta).
+            "data_states": allgather_json(self.data_iter.get_state()),
             "reference_source": self.reference_source,
         }
         self.ckpt.save(step, trees, meta, force=force)

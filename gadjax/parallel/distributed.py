@@ -252,6 +252,28 @@ def sync_global_devices(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
+def allgather_json(obj: object) -> list:
+    """Every process's JSON-serialisable `obj`, in process order, on every process.
+
+    Used for per-host state that must reach a checkpoint written by process 0 (e.g. each host's data
+    iterator position). One process: `[obj]`.
+    """
+    import json
+
+    import numpy as np
+
+    if jax.process_count() == 1:
+        return [obj]
+    from jax.experimental import multihost_utils
+
+    raw = np.frombuffer(json.dumps(obj).encode("utf-8"), np.uint8)
+    sizes = np.asarray(multihost_utils.process_allgather(np.asarray([raw.size], np.int64))).reshape(-1)
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[: raw.size] = raw
+    rows = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(sizes), -1)
+    return [json.loads(bytes(row[:n]).decode("utf-8")) for row, n in zip(rows, sizes, strict=True)]
+
+
 def process_batch_slice(global_batch_size: int) -> slice:
     """Rows [start, stop) of a global batch that this process loads and feeds.
 

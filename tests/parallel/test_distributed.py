@@ -89,6 +89,9 @@ def _worker(out_pattern: str) -> None:
     results = _run_programs(distributed.process_batch_slice(ROWS))
     distributed.sync_global_devices("test_distributed_done")
     payload = {k: v.tolist() for k, v in results.items()}
+    # Per-host JSON of different sizes (as data iterator states are) reaches every process in order.
+    mine = {"pid": info.process_id, "text": "é" * (3 + 5 * info.process_id)}
+    payload["gathered"] = distributed.allgather_json(mine)
     payload["info"] = {
         "process_id": info.process_id, "num_processes": info.num_processes,
         "local_device_count": info.local_device_count, "global_device_count": info.global_device_count,
@@ -116,6 +119,8 @@ def test_two_processes_match_one_process(tmp_path):
     outs = [tmp_path / f"proc{i}.json" for i in range(2)]
 
     results = [json.loads(o.read_text()) for o in outs]
+    expected_gather = [{"pid": 0, "text": "é" * 3}, {"pid": 1, "text": "é" * 8}]
+    assert [r["gathered"] for r in results] == [expected_gather, expected_gather]
     for i, r in enumerate(results):
         assert r["info"] == {
             "process_id": i, "num_processes": 2, "local_device_count": 4, "global_device_count": 8,
