@@ -100,6 +100,47 @@ def bench_gadjax(batch, steps: int, remat: str, chunk: int) -> float:
     return time_steps(one, steps)
 
 
+def gadjax_breakdown(batch, steps: int, remat: str, chunk: int) -> dict[str, float]:
+    """Seconds of the policy step's parts: backbone forward, + chunked log-probs, + backward, + AdamW."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from gadjax.algo.steps import concat_sequence, sequence_logprobs
+    from gadjax.models.config import ModelConfig
+    from gadjax.models.decoder import Decoder
+
+    mc = ModelConfig.from_hf_dict(SMOLLM2)
+    graphdef, params = nnx.split(Decoder(mc, rngs=nnx.Rngs(0), remat=remat), nnx.Param)
+    b = {k: jnp.asarray(v) for k, v in batch.items()}
+    args = (b["prompt_ids"], b["prompt_mask"], b["response_ids"], b["response_mask"])
+
+    def backbone(p):
+        ids, mask, pos = concat_sequence(*args)
+        return jnp.sum(nnx.merge(graphdef, p)(ids, pos, mask)[0])
+
+    def logp(p):
+        return jnp.sum(sequence_logprobs(nnx.merge(graphdef, p), *args, chunk_size=chunk)[0])
+
+    def full_logits(p):  # unchunked reference: [B, R, V] logits at once
+        m = nnx.merge(graphdef, p)
+        ids, mask, pos = concat_sequence(*args)
+        h = m(ids, pos, mask)[0][:, args[0].shape[1] - 1 : -1]
+        lg = m.logits(h)
+        return jnp.sum(jnp.take_along_axis(jax.nn.log_softmax(lg), args[2][..., None], -1))
+
+    out = {}
+    for name, fn in (
+        ("forward_backbone", jax.jit(backbone)),
+        ("forward_logprobs", jax.jit(logp)),
+        ("fwd_bwd_backbone", jax.jit(jax.grad(backbone))),
+        ("fwd_bwd_logprobs", jax.jit(jax.grad(logp))),
+        ("fwd_bwd_full_logits", jax.jit(jax.grad(full_logits))),
+    ):
+        out[name] = time_steps(lambda fn=fn: jax.block_until_ready(fn(params)), steps)
+    return out
+
+
 def bench_torch(batch, steps: int, p: int) -> float:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -165,6 +206,7 @@ def main() -> None:
     ap.add_argument("--remat", default="none")
     ap.add_argument("--chunk", type=int, default=256)
     ap.add_argument("--skip-torch", action="store_true")
+    ap.add_argument("--breakdown", action="store_true", help="also time the gadjax step's parts")
     args = ap.parse_args()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import torch
@@ -193,6 +235,8 @@ def main() -> None:
             "gflops": flops / s / 1e9,
             "fraction_of_matmul_peak": flops / s / 1e9 / peak_g,
         }
+    if args.breakdown:
+        out["gadjax_breakdown_s"] = gadjax_breakdown(batch, args.steps, args.remat, args.chunk)
     if "torch_eager" in out:
         out["gadjax_vs_torch_eager_speedup"] = out["torch_eager"]["s_per_step"] / out["gadjax"]["s_per_step"]
     print(json.dumps(out))

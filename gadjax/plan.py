@@ -510,12 +510,23 @@ def parse_oom(message: str) -> dict[str, float]:
     return out
 
 
-ADVICE = (
-    "to fit: use a larger slice (more chips), raise train.micro_batches_g / train.micro_batches_d "
-    "(fewer rows live at once), set model.remat='full', lower rollout.n_samples / data.batch_size / "
-    "rollout.max_new_tokens / data.max_prompt_tokens, or shard weights wider (a larger fsdp entry in "
-    "mesh.shape)"
-)
+def advice(config: ConfigDict, program: str, num_chips: int) -> str:
+    """What to change, with the config's current values, most effective first for `program`."""
+    t, r = config.train, config.rollout
+    tips = [f"use a larger slice (more chips than {num_chips})"]
+    if program == "g_step" or program == "ref_logp":
+        tips.append(f"raise train.micro_batches_g (now {t.micro_batches_g}; fewer rows live at once)")
+    if program == "d_step":
+        tips.append(f"raise train.micro_batches_d (now {t.micro_batches_d})")
+    if program != "rollout" and config.model.remat != "full":
+        tips.append(f"set model.remat='full' (now {config.model.remat!r})")
+    tips.append(
+        f"lower rollout.n_samples ({r.n_samples}), data.batch_size ({config.data.batch_size}), "
+        f"rollout.max_new_tokens ({r.max_new_tokens}) or data.max_prompt_tokens "
+        f"({config.data.max_prompt_tokens})"
+    )
+    tips.append(f"shard weights wider (a larger fsdp entry in mesh.shape, now {tuple(config.mesh.shape)})")
+    return "To fit: " + "; ".join(tips)
 
 
 def _memory(compiled) -> dict[str, int]:
@@ -708,7 +719,7 @@ def run_plan(
                     f"{spec.name} does not fit on {topo.name} ({len(devices)} chips x {hbm / GiB:.0f} GiB "
                     f"HBM, mesh {dict(mesh.shape)}): XLA says RESOURCE_EXHAUSTED ({nice or first.strip()}). "
                     f"Program: {spec.what}. Long-lived state needs {resident_total / GiB:.2f} GiB per chip "
-                    f"on top. {ADVICE}."
+                    f"on top. {advice(config, spec.name, len(devices))}."
                 ) from e
             seconds = time.perf_counter() - t0
             mem = _memory(compiled)
@@ -735,7 +746,8 @@ def run_plan(
                     f"aliased {mem['alias'] / GiB:.2f}, temporaries {mem['temp'] / GiB:.2f}) and the "
                     f"long-lived state it does not take (the other models and optimizer states) "
                     f"{other / GiB:.2f} GiB: "
-                    f"{total / GiB:.2f} GiB > {hbm / GiB:.2f} GiB. Program: {spec.what}. {ADVICE}."
+                    f"{total / GiB:.2f} GiB > {hbm / GiB:.2f} GiB. Program: {spec.what}. "
+                    f"{advice(config, spec.name, len(devices))}."
                 )
     peak = max((p["total_bytes"] for p in report["programs"].values()), default=resident_total)
     report["peak_bytes_per_chip"] = peak

@@ -74,7 +74,7 @@ def test_program_plus_resident_state_over_hbm_fails_clearly():
         plan.run_plan(tiny.get_config(), "v5p-8", ("g_step",), hbm_bytes=1 << 20, log=None)
     msg = str(e.value)
     assert "g_step does not fit on v5p-8" in msg and "GiB" in msg
-    assert "micro_batches_g" in msg and "remat" in msg and "more chips" in msg
+    assert "micro_batches_g (now 1" in msg and "remat='full'" in msg and "more chips than 4" in msg
 
 
 def test_oversized_config_resource_exhausted_from_xla():
@@ -88,7 +88,7 @@ def test_oversized_config_resource_exhausted_from_xla():
     msg = str(e.value)
     assert "RESOURCE_EXHAUSTED" in msg and "g_step does not fit on v5p-8" in msg
     assert "hlo_temporaries" in msg and "capacity 95.74 GiB" in msg  # numbers parsed from XLA's text
-    assert "GiB" in msg and "micro_batches_g" in msg and "fsdp" in msg
+    assert "GiB" in msg and "micro_batches_g (now 1" in msg and "fsdp" in msg
 
 
 def test_parse_oom_message():
