@@ -229,12 +229,18 @@ def main() -> None:
         runs["torch_eager"] = lambda: bench_torch(batch, args.steps, p)
     for name, fn in runs.items():
         s = fn()
+        # Re-measure the peak after each run: on a shared host the load changes; keep the best seen.
+        again = matmul_peak_gflops()
+        peak = {k: max(v, again[k]) for k, v in peak.items()}
+        peak_g = max(peak.values())
+        out["matmul_peak_gflops"] = peak
         out[name] = {
             "s_per_step": s,
             "tokens_per_s": tokens / s,
             "gflops": flops / s / 1e9,
-            "fraction_of_matmul_peak": flops / s / 1e9 / peak_g,
         }
+    for name in runs:
+        out[name]["fraction_of_matmul_peak"] = out[name]["gflops"] / peak_g
     if args.breakdown:
         out["gadjax_breakdown_s"] = gadjax_breakdown(batch, args.steps, args.remat, args.chunk)
     if "torch_eager" in out:
