@@ -7,9 +7,10 @@ logical axis names in its `out_sharding` metadata; gadjax.parallel.rules maps th
 Inputs are token ids with an explicit attention mask and positions, so LEFT-padded batches (prompts)
 and RIGHT-padded ones (responses) both work: positions = max(cumsum(mask) - 1, 0).
 
-KV cache: `init_cache` allocates [layers, batch, max_len, kv_heads, head_dim] keys and values plus a
-slot-validity mask and a write index; calling the model with `cache=` writes the new tokens at the
-index (prefill: the whole prompt; decode: one token) and attends over everything cached so far.
+KV cache: `init_cache` allocates heads-major [layers, batch, kv_heads, max_len, head_dim] keys and
+values (read in place by attention, see layers.attention) plus a slot-validity mask and a write
+index; calling the model with `cache=` writes the new tokens at the index (prefill: the whole prompt;
+decode: one token) and attends over everything cached so far.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def param(value: jax.Array, names: tuple[str, ...]) -> nnx.Param:
 
 @flax.struct.dataclass
 class KVCache:
-    """Keys/values [L, B, S, Hkv, D], slot mask [B, S] (1 = holds a real token), next write index."""
+    """Keys/values [L, B, Hkv, S, D], slot mask [B, S] (1 = holds a real token), next write index."""
 
     k: jax.Array
     v: jax.Array
@@ -49,7 +50,7 @@ class KVCache:
 
     @property
     def max_length(self) -> int:
-        return self.k.shape[2]
+        return self.k.shape[3]
 
     def nbytes(self) -> int:
         return int(self.k.nbytes + self.v.nbytes + self.mask.nbytes)
@@ -119,7 +120,9 @@ def _layer(
     q = constrain(L.apply_rope(q, cos, sin), ("batch", "length", "act_heads", "head_dim"))
     k = L.apply_rope(k, cos, sin)
     attn = L.attention(q, k, v, mask, cached)
-    x = x + jnp.einsum("btnh,nhd->btd", attn, p["o"])
+    # As one [B*T, H*D] x [H*D, hidden] matmul: the 3-index einsum made XLA copy-transpose `o` per call.
+    b, t = x.shape[:2]
+    x = x + (attn.reshape(b, t, -1) @ p["o"].reshape(-1, p["o"].shape[-1]))
     x = constrain(x, ("batch", "length", "act_embed"))
     h = L.rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
     x = x + L.swiglu(h, p["gate"], p["up"], p["down"])
@@ -160,7 +163,7 @@ class Decoder(nnx.Module):
 
     def init_cache(self, batch: int, max_length: int, dtype: Any | None = None) -> KVCache:
         cfg = self.config
-        shape = (cfg.num_layers, batch, max_length, cfg.num_kv_heads, cfg.head_dim)
+        shape = (cfg.num_layers, batch, cfg.num_kv_heads, max_length, cfg.head_dim)
         dt = dtype or self.dtype
         return KVCache(
             k=jnp.zeros(shape, dt),
@@ -215,9 +218,11 @@ class Decoder(nnx.Module):
         if cache is None:
             return x, None
         idx = cache.index
+        # [L, B, T, Hkv, D] -> heads-major [L, B, Hkv, T, D], written in place at the index.
+        k_new, v_new = jnp.swapaxes(k_new, 2, 3), jnp.swapaxes(v_new, 2, 3)
         cache = KVCache(
-            k=jax.lax.dynamic_update_slice(cache.k, k_new.astype(cache.k.dtype), (0, 0, idx, 0, 0)),
-            v=jax.lax.dynamic_update_slice(cache.v, v_new.astype(cache.v.dtype), (0, 0, idx, 0, 0)),
+            k=jax.lax.dynamic_update_slice(cache.k, k_new.astype(cache.k.dtype), (0, 0, 0, idx, 0)),
+            v=jax.lax.dynamic_update_slice(cache.v, v_new.astype(cache.v.dtype), (0, 0, 0, idx, 0)),
             mask=jax.lax.dynamic_update_slice(cache.mask, attention_mask.astype(jnp.int32), (0, idx)),
             index=idx + t,
         )

@@ -64,11 +64,14 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return out.astype(x.dtype)
 
 
-def _scores(q: jax.Array, k: jax.Array, num_kv: int) -> jax.Array:
-    """q [B,T,H,D] . k [B,S,Hkv,D] -> scaled scores [B,Hkv,G,T,S] in float32 (GQA without repeating k)."""
+def _scores(q: jax.Array, k: jax.Array, num_kv: int, heads_major: bool = False) -> jax.Array:
+    """q [B,T,H,D] . k [B,S,Hkv,D] (or heads-major [B,Hkv,S,D]) -> scaled scores [B,Hkv,G,T,S], float32.
+
+    GQA without repeating k: the H query heads are grouped as [Hkv, G]."""
     b, t, h, d = q.shape
     qg = q.reshape(b, t, num_kv, h // num_kv, d)
-    s = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
+    eq = "btkgd,bksd->bkgts" if heads_major else "btkgd,bskd->bkgts"
+    s = jnp.einsum(eq, qg, k, preferred_element_type=jnp.float32)
     return s * (1.0 / math.sqrt(d))
 
 
@@ -82,8 +85,11 @@ def attention(
     """Grouped-query attention.
 
     q [B,T,H,D]; k, v [B,T,Hkv,D] are the new tokens, `mask` [B,T,T] says which new keys each query
-    sees. `cached` = (k_cache [B,S,Hkv,D], v_cache, cache_mask [B,T,S]) adds keys already in a KV
-    cache; their scores are concatenated with the new ones so the cache is read, never copied.
+    sees. `cached` = (k_cache [B,Hkv,S,D], v_cache, cache_mask [B,T,S]) adds keys already in a KV
+    cache; their scores are concatenated with the new ones so the cache is read, never copied. The
+    cache is heads-major so both contractions (over D for keys, over S for values) are plain batched
+    matmuls over (B, Hkv) that read it in place: a tokens-major cache made XLA copy-transpose every
+    layer's slice on every decode step.
     Returns [B,T,H,D] in q's dtype.
     """
     b, t, h, d = q.shape
@@ -91,12 +97,12 @@ def attention(
     scores = jnp.where(mask[:, None, None], _scores(q, k, num_kv), MASK_VALUE)
     if cached is not None:
         k_cache, v_cache, cache_mask = cached
-        old = jnp.where(cache_mask[:, None, None], _scores(q, k_cache, num_kv), MASK_VALUE)
+        old = jnp.where(cache_mask[:, None, None], _scores(q, k_cache, num_kv, heads_major=True), MASK_VALUE)
         scores = jnp.concatenate([old, scores], axis=-1)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     if cached is not None:
-        s = cached[0].shape[1]
-        out = jnp.einsum("bkgts,bskd->btkgd", probs[..., :s], cached[1]) + jnp.einsum(
+        s = cached[0].shape[2]
+        out = jnp.einsum("bkgts,bksd->btkgd", probs[..., :s], cached[1]) + jnp.einsum(
             "bkgts,bskd->btkgd", probs[..., s:], v
         )
     else:

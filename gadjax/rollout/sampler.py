@@ -39,12 +39,11 @@ from jax.sharding import Mesh
 
 from gadjax.models.decoder import Decoder, KVCache, kv_cache_bytes, positions_from_mask
 from gadjax.parallel.rules import DEFAULT_RULES, Rules, constrain, named_sharding, use_mesh
-from gadjax.rollout.decode import decode_step, to_heads_major
 from gadjax.rollout.sampling import choose_tokens
 
 log = logging.getLogger(__name__)
 
-CACHE_AXES = ("layers", "batch", "cache_length", "kv_heads", "head_dim")
+CACHE_AXES = ("layers", "batch", "kv_heads", "cache_length", "head_dim")  # the model's heads-major cache
 DEFAULT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 
@@ -74,9 +73,6 @@ class SamplingConfig:
     prompt_buckets: tuple[int, ...] = DEFAULT_BUCKETS
     max_memory_bytes: int | None = None
     cache_dtype: str | None = None  # None = the model's compute dtype
-    # Decode step: "heads_major" (gadjax.rollout.decode, cache read in place) or "model" (the model's
-    # own cached forward over its [L, B, S, Hkv, D] cache). Both give the same tokens.
-    decode_layout: str = "heads_major"
     # Token draw: "inversion" (one uniform per row; fast) or "gumbel" (Gumbel-max over [rows, V]
     # noise; more robust to tiny logit differences across meshes). See gadjax.rollout.sampling.
     method: str = "inversion"
@@ -94,8 +90,6 @@ class SamplingConfig:
             raise ValueError(f"SamplingConfig.top_p={self.top_p}: must be in (0, 1]")
         if self.method not in ("inversion", "gumbel"):
             raise ValueError(f"SamplingConfig.method={self.method!r}: 'inversion' or 'gumbel'")
-        if self.decode_layout not in ("heads_major", "model"):
-            raise ValueError(f"SamplingConfig.decode_layout={self.decode_layout!r}: 'heads_major' or 'model'")
         if not self.prompt_buckets or self.prompt_buckets[0] < 1:
             raise ValueError(f"SamplingConfig.prompt_buckets={self.prompt_buckets}: need positive lengths")
 
@@ -238,13 +232,13 @@ class Sampler:
         cfg, mc = self.config, self.model_config
         rows = batch * cfg.n_samples
         length = prompt_bucket + cfg.max_new_tokens
-        cache_shape = (mc.num_layers, rows, length, mc.num_kv_heads, mc.head_dim)
+        cache_shape = (mc.num_layers, rows, mc.num_kv_heads, length, mc.head_dim)
         item = self.cache_dtype.itemsize
         total_cache = kv_cache_bytes(mc, rows, length, self.cache_dtype)
         per_dev_cache = 2 * _shard_bytes(cache_shape, item, CACHE_AXES, self.mesh, self.rules)
         # The prefill holds the un-repeated cache too.
         per_dev_cache += 2 * _shard_bytes(
-            (mc.num_layers, batch, length, mc.num_kv_heads, mc.head_dim),
+            (mc.num_layers, batch, mc.num_kv_heads, length, mc.head_dim),
             item,
             CACHE_AXES,
             self.mesh,
@@ -396,9 +390,6 @@ def _rollout(
     )
     logits = constrain(jnp.repeat(logits, n, axis=0), ("batch", "act_vocab"))
     prompt_len = jnp.repeat(mask.sum(axis=1).astype(jnp.int32), n, axis=0)
-    heads_major = cfg.decode_layout == "heads_major"
-    if heads_major:
-        cache = to_heads_major(cache)
 
     tok, lp, slp = choose(logits, jax.random.fold_in(rng, 0))
     tokens = jnp.full((rows, r), cfg.pad_id, jnp.int32).at[:, 0].set(tok)
@@ -415,11 +406,8 @@ def _rollout(
     def body(carry: tuple) -> tuple:
         t, cache, tokens, logprobs, sampling_lp, done, last = carry
         pos = prompt_len + t - 1
-        if heads_major:
-            logits, cache = decode_step(model, last, pos, cache)
-        else:
-            hidden, cache = model(last[:, None], pos[:, None], ones, cache)
-            logits = model.logits(hidden)[:, 0]
+        hidden, cache = model(last[:, None], pos[:, None], ones, cache)
+        logits = model.logits(hidden)[:, 0]
         logits = constrain(logits, ("batch", "act_vocab"))
         tok, lp, slp = choose(logits, jax.random.fold_in(rng, t))
         tok = jnp.where(done, cfg.pad_id, tok)
