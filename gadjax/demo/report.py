@@ -184,8 +184,8 @@ def findings(summaries: Mapping[str, Mapping[str, Any]], teacher: Mapping[str, A
             )
     if teacher.get("marker_rate") is not None and "gad" in summaries:
         lines.append(
-            f"- The teacher's own marker rate on these prompts is {teacher['marker_rate']:.3f}; "
-            f"GAD reaches {summaries['gad'].get('marker_rate', 0):.3f} of it in absolute terms."
+            f"- The teacher's own marker rate on these prompts is {teacher['marker_rate']:.3f} (the "
+            f"ceiling); the GAD student's is {summaries['gad'].get('marker_rate', 0):.3f}."
         )
     cmp("gad", "before", "rouge_l", "ROUGE-L")
     cmp("gad", "seqkd", "rouge_l", "ROUGE-L, GAD vs seqkd")
@@ -299,6 +299,9 @@ def write_report(
         "|---|---|---|",
         *[f"| {k} | {plan.get(k, '')} | {v:.1f} |" for k, v in (state.get("timings_s") or {}).items()],
         f"| total (this process) | {sum(plan.values())} | {state.get('total_s', 0):.1f} |",
+        "",
+        f"Load average (1 / 5 / 15 min) at the start: {state.get('loadavg_start')}, before the report: "
+        f"{state.get('loadavg_end')} (2 cores; other work on the machine slows every phase).",
         "",
         "## Servers",
         "",

@@ -156,11 +156,14 @@ class LocalServer:
         system_prompt: str | None = None,
         max_new_tokens: int = 64,
         max_batch: int = 16,
+        batch_wait_ms: float = 300.0,
         seed: int = 0,
     ):
         self.name, self.model, self.log_path = name, model, log_path
         self.system_prompt = system_prompt
         self.max_new_tokens, self.max_batch, self.seed = max_new_tokens, max_batch, seed
+        # Throughput over latency: wait for a full batch (each new padded batch size is a compile).
+        self.batch_wait_ms = batch_wait_ms
         self.ready_file = log_path + ".ready"
         self.proc: subprocess.Popen | None = None
         self.url: str | None = None
@@ -175,6 +178,7 @@ class LocalServer:
             sys.executable, "-c", _SERVER_BOOT, str(os.getpid()), "--model", self.model, "--port", "0",
             "--ready-file", self.ready_file, "--served-model-name", self.name,
             "--max-new-tokens", str(self.max_new_tokens), "--max-batch", str(self.max_batch),
+            "--batch-wait-ms", str(self.batch_wait_ms),
             "--seed", str(self.seed), "--log-level", "warning",
         ]  # fmt: skip
         if self.system_prompt:
@@ -643,6 +647,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "config": c.to_dict(),
         "plan_s": plan,
         "servers": {},
+        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
     }
     try:
         prompts = {
@@ -749,6 +754,7 @@ def _run_training_and_eval(
         path = c.model.path if name == "before" else os.path.join(runs[name], "export", "student")
         write_results(res, out, name, {**info, "model": path})
     with timer("report"):
+        state["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
         state["timings_s"] = {k: round(v, 2) for k, v in timer.phases.items()}
         state["total_s"] = round(timer.total(), 2)
         paths = report.write_report(out, state, {k: v["summary"] for k, v in evals.items()}, runs)
