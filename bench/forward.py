@@ -23,21 +23,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.shapes import SMOLLM2, llama_kwargs  # noqa: E402
 from gadjax.models.decoder import positions_from_mask  # noqa: E402
 from gadjax.models.hf_io import load_decoder  # noqa: E402
-
-SMOLLM2 = dict(
-    vocab_size=49152,
-    hidden_size=576,
-    intermediate_size=1536,
-    num_hidden_layers=30,
-    num_attention_heads=9,
-    num_key_value_heads=3,
-    rope_theta=100000.0,
-    rms_norm_eps=1e-5,
-    tie_word_embeddings=True,
-    max_position_embeddings=8192,
-)
 
 
 def best_of(fn, repeats: int) -> float:
@@ -56,7 +44,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     torch.manual_seed(0)
-    ref = LlamaForCausalLM(LlamaConfig(**SMOLLM2)).eval()
+    ref = LlamaForCausalLM(LlamaConfig(**llama_kwargs(SMOLLM2))).eval()
     ids = np.random.RandomState(0).randint(0, SMOLLM2["vocab_size"], (args.batch, args.seq))
     mask = np.ones_like(ids)
     with tempfile.TemporaryDirectory() as d:

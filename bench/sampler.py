@@ -28,34 +28,11 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.shapes import SMOLLM2, TINY, llama_kwargs  # noqa: E402
 from gadjax.models.hf_io import load_decoder  # noqa: E402
 from gadjax.rollout import Sampler, SamplingConfig  # noqa: E402
 
-SHAPES = {
-    # SmolLM2-135M(-Instruct): DESIGN.md facts.
-    "smollm2": dict(
-        vocab_size=49152,
-        hidden_size=576,
-        intermediate_size=1536,
-        num_hidden_layers=30,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        rope_theta=100000.0,
-        rms_norm_eps=1e-5,
-        tie_word_embeddings=True,
-        max_position_embeddings=8192,
-    ),
-    "tiny": dict(
-        vocab_size=512,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-        max_position_embeddings=1024,
-    ),
-}
+SHAPES = {"smollm2": llama_kwargs(SMOLLM2), "tiny": llama_kwargs(TINY)}
 
 
 def _median_time(fn, repeats: int) -> float:
