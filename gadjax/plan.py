@@ -269,10 +269,6 @@ def build_abstract(config: ConfigDict, mesh: Mesh) -> AbstractRun:
         abs_state = jax.eval_shape(lambda p, opt=opt: TrainState.create(p, opt), params)
         psh = state_shardings(params, mesh)
         sh = train_state_shardings(abs_state, psh, mesh)
-        fixed = opt_state_like_params(abs_state.opt_state, psh, mesh)
-        if _specs(fixed) != _specs(sh.opt_state):
-            notes.add(OPT_SHARDING_NOTE)
-            sh = TrainState(step=sh.step, params=sh.params, opt_state=fixed)
         out[tag] = (graphdef, with_shardings(abs_state, sh), with_shardings(params, psh))
     return AbstractRun(
         mesh=mesh,
@@ -284,39 +280,6 @@ def build_abstract(config: ConfigDict, mesh: Mesh) -> AbstractRun:
         model_config=mc,
         notes=sorted(notes),
     )
-
-
-OPT_SHARDING_NOTE = (
-    "gadjax.parallel.programs.train_state_shardings replicates the Adam moments: optimizer-state paths "
-    "end in '.../<param path>/value' (nnx Variables) and never match the parameter paths; the plan "
-    "shards them like their parameters instead (what a fixed like_params_shardings does)"
-)
-
-
-def _specs(tree: Any) -> list:
-    return [s.spec for s in jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, NamedSharding))]
-
-
-def opt_state_like_params(opt_state: Any, param_shardings: Any, mesh: Mesh) -> Any:
-    """Shardings of an optimizer state: a leaf whose path (without nnx's trailing `value` keys) ends with
-    a parameter's path and whose shape matches takes that parameter's sharding; the rest is replicated."""
-    by_path = {}
-    for path, sh in jax.tree_util.tree_flatten_with_path(
-        param_shardings, is_leaf=lambda x: isinstance(x, NamedSharding)
-    )[0]:
-        by_path[tuple(k for k in _path_name(path).split("/") if k)] = sh
-    longest = max((len(p) for p in by_path), default=0)
-    replicated = NamedSharding(mesh, PartitionSpec())
-
-    def one(path: tuple, leaf: Any) -> NamedSharding:
-        keys = tuple(k for k in _path_name(path).split("/") if k)
-        for start in range(max(0, len(keys) - longest), len(keys)):
-            sh = by_path.get(keys[start:])
-            if sh is not None and len(sh.spec) <= len(getattr(leaf, "shape", ())):
-                return sh
-        return replicated
-
-    return jax.tree_util.tree_map_with_path(one, opt_state)
 
 
 # --- programs --------------------------------------------------------------------------------------
@@ -353,7 +316,6 @@ def program_specs(config: ConfigDict, run: AbstractRun) -> list[ProgramSpec]:
         make_discriminator_step,
         make_logprob_fn,
         make_policy_step,
-        split_micro,
     )
     from gadjax.parallel.programs import jit_step
     from gadjax.rollout.sampler import SamplingConfig, _rollout
@@ -396,12 +358,7 @@ def program_specs(config: ConfigDict, run: AbstractRun) -> list[ProgramSpec]:
     )
 
     # reference log-probs, in G-step-sized micro-batches (a lax.map: one micro-batch's activations live).
-    logp = make_logprob_fn(run.g_graphdef, chunk_size=chunk)
-
-    def ref_logprobs(ref_params, batch):
-        micro = split_micro(batch, m_g)
-        out = jax.lax.map(lambda mb: logp(ref_params, mb), micro)  # [M, rows/M, R]
-        return jnp.swapaxes(out, 0, 1).reshape(rows, -1)
+    ref_logprobs = make_logprob_fn(run.g_graphdef, chunk_size=chunk, micro_batches=m_g)
 
     g_batch = {
         "prompt_ids": _rows((rows, p), i32, mesh),

@@ -483,7 +483,11 @@ def main(argv: list[str] | None = None) -> int:
         if flags.FLAGS.compile_only:
             from gadjax import plan
 
-            plan.main(cfg, flags.FLAGS.topology)
+            try:
+                plan.main(cfg, flags.FLAGS.topology or None)
+            except plan.PlanError as e:
+                print(f"gadjax plan: {e}", file=sys.stderr)
+                sys.exit(1)
             return
         run(cfg)
 

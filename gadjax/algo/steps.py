@@ -388,10 +388,15 @@ def make_policy_step(
 # --- forward-only helpers --------------------------------------------------------------------------
 
 
-def make_logprob_fn(graphdef: nnx.GraphDef, *, chunk_size: int = 256) -> Callable[[Any, Batch], jax.Array]:
-    """(params, batch) -> response log-probs [B, R]: the frozen reference's log-probs for the KL term."""
+def make_logprob_fn(
+    graphdef: nnx.GraphDef, *, chunk_size: int = 256, micro_batches: int = 1
+) -> Callable[[Any, Batch], jax.Array]:
+    """(params, batch) -> response log-probs [B, R]: the frozen reference's log-probs for the KL term.
 
-    def fn(params: Any, batch: Batch) -> jax.Array:
+    With micro_batches > 1 the rows run in interleaved slices (lax.map), so activations are those of one
+    slice, as in the policy step."""
+
+    def one(params: Any, batch: Batch) -> jax.Array:
         model = nnx.merge(graphdef, params)
         logp, _ = sequence_logprobs(
             model,
@@ -402,6 +407,12 @@ def make_logprob_fn(graphdef: nnx.GraphDef, *, chunk_size: int = 256) -> Callabl
             chunk_size=chunk_size,
         )
         return logp
+
+    def fn(params: Any, batch: Batch) -> jax.Array:
+        if micro_batches == 1:
+            return one(params, batch)
+        rows = jax.lax.map(lambda mb: one(params, mb), split_micro(batch, micro_batches))  # [M, B/M, R]
+        return jnp.swapaxes(rows, 0, 1).reshape(-1, rows.shape[-1])  # undo the interleaved split
 
     return fn
 

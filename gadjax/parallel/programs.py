@@ -22,17 +22,23 @@ def _key(k: Any) -> str:
     return str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
 
 
+def _names(path: tuple) -> tuple[str, ...]:
+    """A tree path as names, without nnx's `value` attribute keys (a Variable's array is at `.value`,
+    so an optimizer moment of parameter blocks/q has the path .../mu/blocks/q/value)."""
+    return tuple(n for n in (_key(k) for k in path) if n != "value")
+
+
 def like_params_shardings(tree: Any, param_shardings: Any, mesh: Mesh) -> Any:
     """Shardings for `tree` (e.g. an optimizer state): a leaf whose path ENDS with a parameter's path
     and has its shape gets that parameter's sharding; any other leaf is replicated."""
     by_path: dict[tuple[str, ...], NamedSharding] = {}
     for path, sh in jax.tree_util.tree_flatten_with_path(param_shardings)[0]:
-        by_path[tuple(_key(k) for k in path)] = sh
+        by_path[_names(path)] = sh
     longest = max((len(p) for p in by_path), default=0)
     replicated = NamedSharding(mesh, PartitionSpec())
 
     def one(path: tuple, leaf: Any) -> NamedSharding:
-        keys = tuple(_key(k) for k in path)
+        keys = _names(path)
         for start in range(max(0, len(keys) - longest), len(keys)):
             sh = by_path.get(keys[start:])
             if sh is not None and len(sh.spec) <= len(getattr(leaf, "shape", ())):

@@ -201,3 +201,11 @@ def test_eight_device_mesh_matches_one_device(kind):
         _, got = jax.jit(make(graphdef, opt))(sharded, sbatch, jax.random.key(0))
     np.testing.assert_allclose(float(got["loss"]), float(ref["loss"]), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(float(got["grad_norm"]), float(ref["grad_norm"]), rtol=1e-5)
+
+
+def test_micro_batched_reference_logprobs_equal_one_pass():
+    graphdef, _, state = _state(Decoder(CFG, rngs=nnx.Rngs(0)))
+    batch = _policy_batch(_batch(), jnp.zeros((B * N,)))
+    one = jax.jit(make_logprob_fn(graphdef))(state.params, batch)
+    four = jax.jit(make_logprob_fn(graphdef, micro_batches=4))(state.params, batch)
+    np.testing.assert_allclose(np.asarray(four), np.asarray(one), rtol=1e-6, atol=1e-6)

@@ -93,3 +93,37 @@ def test_init_sharded_creates_params_in_place_and_replicates_indivisible_dims():
     assert _norm_spec(model.blocks.gate[...].sharding.spec, 3) == (None, "fsdp", "tensor")
     eager = Decoder(cfg, rngs=nnx.Rngs(0))
     np.testing.assert_allclose(np.asarray(q), np.asarray(eager.blocks.q[...]), rtol=1e-6, atol=1e-9)
+
+
+def test_adam_moments_are_sharded_like_their_parameters():
+    """The optimizer state must not be replicated: Adam's mu / nu take their parameter's sharding."""
+    from gadjax.algo.optim import make_optimizer
+    from gadjax.algo.steps import TrainState
+    from gadjax.models.sharding import state_shardings
+    from gadjax.parallel.programs import train_state_shardings
+
+    cfg = ModelConfig(
+        model_type="llama",
+        vocab_size=96,
+        hidden_size=32,
+        intermediate_size=48,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=8,
+        rms_norm_eps=1e-6,
+        rope_theta=1e4,
+    )
+    mesh = make_mesh((1, 4, 2))
+    _, params = nnx.split(nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0))), nnx.Param)
+    opt = make_optimizer(1e-3)
+    abstract = jax.eval_shape(lambda p: TrainState.create(p, opt), params)
+    shardings = train_state_shardings(abstract, state_shardings(params, mesh), mesh)
+    moments = {}
+    for path, sh in jax.tree_util.tree_flatten_with_path(shardings.opt_state)[0]:
+        names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+        if "mu" in names or "nu" in names:
+            moments["/".join(names[names.index("mu" if "mu" in names else "nu") :])] = sh.spec
+    assert _norm_spec(moments["mu/blocks/gate/value"], 3) == (None, "fsdp", "tensor")
+    assert _norm_spec(moments["nu/embed/value"], 2) == ("tensor", "fsdp")
+    assert _norm_spec(shardings.opt_state.hyperparams["learning_rate"].spec, 0) == ()
