@@ -78,11 +78,11 @@ def get_config(budget: str = "full"):
             teacher_max_batch=8 if ci else 32,
             train_prompts=8 if ci else 0,  # 0 = all of data/demo/train.jsonl
             heldout_prompts=4 if ci else 0,  # 0 = all of data/demo/heldout.jsonl
-            judge_prompts=2 if ci else 12,  # first K held-out prompts go through the judge protocol
+            judge_prompts=2 if ci else 8,  # first K held-out prompts go through the judge protocol
             judge_reference_max_tokens=max_tokens,
             judge_rating_max_tokens=16,
-            warmup_steps=2 if ci else 16,
-            gad_steps=2 if ci else 16,
+            warmup_steps=2 if ci else 12,
+            gad_steps=2 if ci else 12,
             gad_lr=2e-5,
             seqkd_lr=2e-5,
             eval_batch_size=4 if ci else 16,
