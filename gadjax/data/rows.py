@@ -53,6 +53,9 @@ class Row:
 
     messages: list[dict[str, str]]
     response: str | None
+    # Why the teacher stopped, when the corpus records it (gadjax.teacher.collect writes the API's
+    # finish_reason). "length" = cut by the teacher's max_tokens: the text did not end, so it gets no EOS.
+    finish_reason: str | None = None
 
 
 def _fail(where: str, reason: str, what: str) -> DataError:
@@ -154,7 +157,10 @@ def normalize_row(raw: Any, where: str, require_response: bool = False) -> Row:
             "row has none of the fields 'content' (GAD format), "
             f"'messages' or 'prompt'; keys: {sorted(raw)[:8]}",
         )
-    return Row(messages=messages, response=response)
+    finish = raw.get("finish_reason")
+    if finish is not None and not isinstance(finish, str):
+        raise _fail(where, "bad_type", f"field 'finish_reason' must be a string, got {type(finish).__name__}")
+    return Row(messages=messages, response=response, finish_reason=finish)
 
 
 def decode_jsonl_line(line: bytes, where: str) -> Any:

@@ -41,7 +41,12 @@ def _as_paths(paths: PathLike | Sequence[PathLike]) -> list[str]:
 
 
 def _record(i: int, row) -> dict[str, Any]:
-    return {"example_id": i, "messages": row.messages, "response": row.response}
+    return {
+        "example_id": i,
+        "messages": row.messages,
+        "response": row.response,
+        "finish_reason": row.finish_reason,
+    }
 
 
 class JsonlSource:
@@ -201,7 +206,7 @@ class TfdsSource:
             for r, c in zip(msgs["role"], msgs["content"], strict=True)
         ]
         response = _decode(ex["response"]) if bool(ex["has_response"]) else None
-        return {"example_id": i, "messages": messages, "response": response}
+        return {"example_id": i, "messages": messages, "response": response, "finish_reason": None}
 
     def __repr__(self) -> str:
         return f"TfdsSource({self.data_dir}, split={self.split}, rows={len(self)})"

@@ -12,6 +12,10 @@ Length limits (``overlong_*`` = "truncate" | "drop"):
 - Responses longer than ``max_response_tokens`` (counted WITH the EOS) keep their START, and get no EOS:
   the text did not end there, so the SFT loss must not teach the student to stop mid-sentence, and the
   discriminator scores the last valid token (SPEC.md "Players") of what was kept.
+- A response the TEACHER cut (finish_reason "length": its max_tokens ran out) gets no EOS either and
+  counts as truncated. Otherwise every teacher response would end in EOS while the student's samples
+  cut at max_new_tokens do not, and the discriminator could tell them apart by the EOS alone (a reward
+  for stopping early, not for sounding like the teacher).
 Every truncation or drop is flagged on the element and counted by the batcher (``DataStats``).
 """
 
@@ -72,7 +76,11 @@ class RowEncoder:
             out["response_len_raw"] = 0
             return out
         ids = self.tokenizer.encode(element["response"], add_special_tokens=False)
-        ids.append(self.tokenizer.eos_token_id)
+        finish = element.get("teacher_finish_reason") or element.get("finish_reason")
+        if finish == "length":
+            out["response_truncated"] = True  # the teacher's own max_tokens cut it: no EOS
+        else:
+            ids.append(self.tokenizer.eos_token_id)
         out["response_len_raw"] = len(ids)
         if len(ids) > self.max_response_tokens:
             if self.overlong_response == "drop":

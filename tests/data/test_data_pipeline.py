@@ -195,3 +195,21 @@ def test_remainder_dropped_for_training_kept_for_eval(src20, tokenizer):
     assert it.stats.as_dict()["remainder_dropped"] == 4
     it = pipeline(src20, tokenizer, batch_size=8, num_epochs=1, drop_remainder=False).iterator()
     assert [len(b["example_id"]) for b in it] == [8, 8, 4]
+
+
+def test_response_the_teacher_cut_at_max_tokens_gets_no_eos(tmp_path, tokenizer):
+    """finish_reason 'length' (the teacher's max_tokens ran out): no EOS, counted as truncated; a
+    response that ended ('stop', or no reason recorded) gets its EOS."""
+    rows = [{"prompt": "hello", "response": "one two", "finish_reason": "length"},
+            {"prompt": "hello", "response": "one two", "finish_reason": "stop"},
+            {"prompt": "hello", "response": "one two"}]
+    src = JsonlSource(write_jsonl(tmp_path / "f.jsonl", rows))
+    it = pipeline(src, tokenizer, batch_size=1, shuffle=False, num_epochs=1).iterator()
+    cut, ended, unknown = (b["response_ids"][0][b["response_mask"][0] == 1].tolist() for b in it)
+    words = tokenizer.encode("one two", add_special_tokens=False)
+    assert cut == words
+    assert ended == unknown == words + [tokenizer.eos_token_id]
+    assert it.stats.as_dict()["response_truncated"] == 1
+    bad = [{"prompt": "a", "response": "b", "finish_reason": 3}]
+    with pytest.raises(DataError, match=r"f2\.jsonl:1: field 'finish_reason'"):
+        JsonlSource(write_jsonl(tmp_path / "f2.jsonl", bad))

@@ -30,7 +30,7 @@ def test_jsonl_and_parquet_sources_agree(tmp_path):
     for i in range(5):
         assert jl[i] == pa_src[i]
     only = [{"role": "user", "content": "only a prompt"}]
-    assert jl[6] == {"example_id": 6, "messages": only, "response": None}
+    assert jl[6] == {"example_id": 6, "messages": only, "response": None, "finish_reason": None}
     assert jl[7]["messages"] == [{"role": "user", "content": "q"}]
     assert jl.where(6) == f"{tmp_path / 'a.jsonl'}:7"
 
