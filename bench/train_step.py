@@ -19,21 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
-SMOLLM2 = dict(
-    model_type="llama",
-    vocab_size=49152,
-    hidden_size=576,
-    intermediate_size=1536,
-    num_hidden_layers=30,
-    num_attention_heads=9,
-    num_key_value_heads=3,
-    max_position_embeddings=2048,
-    rope_theta=100000.0,
-    rms_norm_eps=1e-5,
-    tie_word_embeddings=True,
-)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.shapes import SMOLLM2  # noqa: E402
 
 
 def model_flops(b: int, p: int, r: int) -> float:

@@ -28,7 +28,7 @@ from gadjax.demo.persona import PERSONA_SYSTEM_PROMPT, marker_hit  # noqa: E402
 from gadjax.models.hf_io import load_decoder  # noqa: E402
 from gadjax.models.tokenizer import load_tokenizer  # noqa: E402
 from gadjax.rollout.sampler import Sampler, SamplingConfig  # noqa: E402
-from tests.models.smollm2 import find_smollm2_gguf  # noqa: E402
+from gadjax.demo.embedded import find_gguf as find_smollm2_gguf  # noqa: E402
 
 # name -> (system prompt, marker): "PIRATE", "FRENCH" (see hit) or a regex searched in the response
 CANDIDATES: dict[str, tuple[str, str]] = {
