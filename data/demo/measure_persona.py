@@ -22,13 +22,13 @@ import jax
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))  # repo root, for tests.models.smollm2
+sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))  # repo root
 
+from gadjax.demo.embedded import find_gguf as find_smollm2_gguf  # noqa: E402
 from gadjax.demo.persona import PERSONA_SYSTEM_PROMPT, marker_hit  # noqa: E402
 from gadjax.models.hf_io import load_decoder  # noqa: E402
 from gadjax.models.tokenizer import load_tokenizer  # noqa: E402
 from gadjax.rollout.sampler import Sampler, SamplingConfig  # noqa: E402
-from gadjax.demo.embedded import find_gguf as find_smollm2_gguf  # noqa: E402
 
 # name -> (system prompt, marker): "PIRATE", "FRENCH" (see hit) or a regex searched in the response
 CANDIDATES: dict[str, tuple[str, str]] = {
