@@ -122,7 +122,14 @@ class Trainer:
         self.ckpt = RunCheckpointer(ckpt_dir, keep=c.checkpoint.keep)
         self.start_step = 0
         self.data_state = None
-        if c.resume and self.ckpt.latest_step() is not None:
+        latest = self.ckpt.latest_step()
+        if latest is not None and not c.resume:
+            # Never mix two runs' checkpoints and metrics in one directory.
+            raise ValueError(
+                f"config.run_dir: {c.run_dir} already holds checkpoints (latest step {latest}); pass "
+                "--config.resume=true to continue that run, or choose a new run_dir"
+            )
+        if c.resume and latest is not None:
             self._resume()
         self.data_iter = self.data.iterator(self.data_state)
         self.metrics = MetricsWriter(

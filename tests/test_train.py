@@ -233,3 +233,13 @@ def test_warmup_learns_to_discriminate_and_policy_step_raises_d_score(tmp_path):
     after = np.mean([fresh_mean_score(100 + i)[0] for i in range(3)])
     assert after > before, (before, after)
     t.ckpt.close()
+
+
+@pytest.mark.slow
+def test_a_fresh_run_refuses_a_run_dir_with_checkpoints(tmp_path):
+    from gadjax.train import run
+
+    c = tiny_config(tmp_path, stage="seqkd", **{"train.steps": 1})
+    run(c)
+    with pytest.raises(ValueError, match=r"config\.run_dir: .* already holds checkpoints .*resume"):
+        run(tiny_config(tmp_path, stage="seqkd", **{"train.steps": 1}))
