@@ -68,6 +68,11 @@ class _Timer:
         self.times[f"time_{name}_s"] = self.times.get(f"time_{name}_s", 0.0) + time.perf_counter() - t0
 
 
+def _prefixed(metrics: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """Name a step's generic update metrics by model (g_loss, d_grad_norm, ...); others keep their name."""
+    return {(prefix + k if k in ("loss", "grad_norm", "skipped", "lr") else k): v for k, v in metrics.items()}
+
+
 def _block(metrics: dict[str, Any]) -> dict[str, Any]:
     """Fetch a step's metrics: blocks on the step (DESIGN.md: on CPU, never queue collective programs)."""
     return {k: np.asarray(v) for k, v in metrics.items()}
@@ -296,14 +301,14 @@ class Trainer:
         with timer("d_step"):
             self.d_state, m = self._run("disc", self.d_state, d_batch, rng)
             m = _block(m)
-        return {("d_" + k if k in ("loss", "grad_norm", "skipped", "lr") else k): v for k, v in m.items()}
+        return _prefixed(m, "d_")
 
     def _sft_step(self, batch: dict[str, np.ndarray], rng: jax.Array, timer: _Timer) -> dict:
         sft_batch = {k: batch[k] for k in ("prompt_ids", "prompt_mask", "response_ids", "response_mask")}
         with timer("g_step"):
             self.g_state, m = self._run("sft", self.g_state, sft_batch, rng)
             m = _block(m)
-        return {("g_" + k if k in ("loss", "grad_norm", "skipped", "lr") else k): v for k, v in m.items()}
+        return _prefixed(m, "g_")
 
     def _policy_step(self, roll: Any, scores: np.ndarray, rng: jax.Array, timer: _Timer) -> dict:
         adv, adv_m = group_advantages(jnp.asarray(scores), self.n)
@@ -320,7 +325,7 @@ class Trainer:
         with timer("g_step"):
             self.g_state, m = self._run("policy", self.g_state, pol, rng)
             m = _block(m)
-        out = {("g_" + k if k in ("loss", "grad_norm", "skipped", "lr") else k): v for k, v in m.items()}
+        out = _prefixed(m, "g_")
         out.update({k: float(v) for k, v in adv_m.items()})
         return out
 

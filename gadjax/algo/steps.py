@@ -120,9 +120,14 @@ def split_micro(tree: Any, m: int) -> Any:
 
 
 def _accumulate(
-    loss_fn: Callable[[Any, Batch], tuple[jax.Array, Metrics]], params: Any, batch: Batch, micro_batches: int
+    loss_fn: Callable[[Any, Batch], tuple[jax.Array, Metrics]],
+    params: Any,
+    batch: Batch,
+    micro_batches: int,
+    row_keys: tuple[str, ...] = (),
 ) -> tuple[jax.Array, Any, Metrics]:
-    """Sum of loss and grads over micro-batches (loss_fn normalises by global counts); metrics summed."""
+    """Sum of loss and grads over micro-batches (loss_fn normalises by global counts); metrics summed,
+    except the per-row outputs named in `row_keys`, which are re-assembled in batch order."""
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     if micro_batches == 1:
         (loss, metrics), grads = grad_fn(params, batch)
@@ -130,18 +135,28 @@ def _accumulate(
 
     def body(carry, micro):
         (loss, metrics), grads = grad_fn(params, micro)
+        rows = {k: metrics.pop(k) for k in row_keys}
         acc_loss, acc_grads, acc_metrics = carry
         return (
             acc_loss + loss,
             jax.tree.map(jnp.add, acc_grads, grads),
             jax.tree.map(jnp.add, acc_metrics, metrics),
-        ), None
+        ), rows
 
     micro = split_micro(batch, micro_batches)
     first = jax.tree.map(lambda x: x[0], micro)
-    zeros_metrics = jax.tree.map(jnp.zeros_like, jax.eval_shape(lambda: loss_fn(params, first)[1]))
-    zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params), zeros_metrics)
-    (loss, grads, metrics), _ = jax.lax.scan(body, zeros, micro)
+    metrics_shape = jax.eval_shape(lambda: loss_fn(params, first)[1])
+    for k in row_keys:
+        metrics_shape.pop(k)
+    zeros = (
+        jnp.zeros((), jnp.float32),
+        jax.tree.map(jnp.zeros_like, params),
+        jax.tree.map(jnp.zeros_like, metrics_shape),
+    )
+    (loss, grads, metrics), rows = jax.lax.scan(body, zeros, micro)
+    # rows [M, B/M, ...] -> undo the interleaved split of split_micro -> [B, ...]
+    for k, r in rows.items():
+        metrics[k] = jnp.swapaxes(r, 0, 1).reshape(-1, *r.shape[2:])
     return loss, grads, metrics
 
 
@@ -261,12 +276,10 @@ def make_discriminator_step(
                 "student_scores": s.reshape(bp, n),
             }
 
-        if micro_batches == 1:
-            (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, grouped)
-            scores = aux["student_scores"]
-        else:
-            loss, grads, aux = _accumulate_with_rows(loss_fn, state.params, grouped, micro_batches)
-            scores = aux["student_scores"]
+        loss, grads, aux = _accumulate(
+            loss_fn, state.params, grouped, micro_batches, row_keys=("student_scores",)
+        )
+        scores = aux["student_scores"]
         state, metrics = _apply_update(state, loss, grads, optimizer)
         metrics.update(
             d_loss=loss,
@@ -278,32 +291,6 @@ def make_discriminator_step(
         return state, metrics
 
     return step
-
-
-def _accumulate_with_rows(loss_fn, params, batch, micro_batches):
-    """Like _accumulate, but per-row aux outputs (`student_scores`) are re-assembled, not summed."""
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    micro = split_micro(batch, micro_batches)
-
-    def body(carry, mb):
-        (loss, aux), grads = grad_fn(params, mb)
-        rows = aux.pop("student_scores")
-        acc_loss, acc_grads, acc_aux = carry
-        new = (acc_loss + loss, jax.tree.map(jnp.add, acc_grads, grads), jax.tree.map(jnp.add, acc_aux, aux))
-        return new, rows
-
-    first = jax.tree.map(lambda x: x[0], micro)
-    aux_shape = jax.eval_shape(lambda: loss_fn(params, first)[1])
-    aux_shape.pop("student_scores")
-    zeros = (
-        jnp.zeros((), jnp.float32),
-        jax.tree.map(jnp.zeros_like, params),
-        jax.tree.map(jnp.zeros_like, aux_shape),
-    )
-    (loss, grads, aux), rows = jax.lax.scan(body, zeros, micro)
-    # rows [M, B/M, N] -> undo the interleaved split -> [B, N]
-    aux["student_scores"] = jnp.swapaxes(rows, 0, 1).reshape(-1, rows.shape[-1])
-    return loss, grads, aux
 
 
 # --- policy (GRPO with the discriminator's reward) -------------------------------------------------
