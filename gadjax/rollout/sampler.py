@@ -39,12 +39,14 @@ from jax.sharding import Mesh
 
 from gadjax.models.decoder import Decoder, KVCache, kv_cache_bytes, positions_from_mask
 from gadjax.parallel.rules import DEFAULT_RULES, Rules, constrain, named_sharding, use_mesh
+from gadjax.rollout import unrolled
 from gadjax.rollout.sampling import choose_tokens
 
 log = logging.getLogger(__name__)
 
 CACHE_AXES = ("layers", "batch", "kv_heads", "cache_length", "head_dim")  # the model's heads-major cache
 DEFAULT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+LAYER_LOOPS = ("auto", "scan", "unrolled")
 
 
 class RolloutMemoryError(ValueError):
@@ -76,6 +78,10 @@ class SamplingConfig:
     # Token draw: "inversion" (one uniform per row; fast) or "gumbel" (Gumbel-max over [rows, V]
     # noise; more robust to tiny logit differences across meshes). See gadjax.rollout.sampling.
     method: str = "inversion"
+    # How the decode loop runs the layers: "scan" (the model's scanned forward), "unrolled" (per-layer
+    # fused weights, gadjax.rollout.unrolled; fastest on CPU, holds a second copy of the weights
+    # during the rollout) or "auto" = "unrolled" on a single CPU device, "scan" otherwise.
+    layer_loop: str = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stop_ids", frozenset(int(s) for s in self.stop_ids))
@@ -90,6 +96,8 @@ class SamplingConfig:
             raise ValueError(f"SamplingConfig.top_p={self.top_p}: must be in (0, 1]")
         if self.method not in ("inversion", "gumbel"):
             raise ValueError(f"SamplingConfig.method={self.method!r}: 'inversion' or 'gumbel'")
+        if self.layer_loop not in LAYER_LOOPS:
+            raise ValueError(f"SamplingConfig.layer_loop={self.layer_loop!r}: one of {LAYER_LOOPS}")
         if not self.prompt_buckets or self.prompt_buckets[0] < 1:
             raise ValueError(f"SamplingConfig.prompt_buckets={self.prompt_buckets}: need positive lengths")
 
@@ -145,10 +153,16 @@ class MemoryEstimate:
     param_bytes_per_device: int
     work_bytes_per_device: int  # logits / noise buffers [B*N, V] and prefill attention scores
     limit_bytes: int | None
+    layout_copy_bytes_per_device: int = 0  # layer_loop="unrolled": per-layer weights + cache copies
 
     @property
     def total_per_device(self) -> int:
-        return self.kv_cache_bytes_per_device + self.param_bytes_per_device + self.work_bytes_per_device
+        return (
+            self.kv_cache_bytes_per_device
+            + self.param_bytes_per_device
+            + self.work_bytes_per_device
+            + self.layout_copy_bytes_per_device
+        )
 
 
 def _shard_bytes(
@@ -217,6 +231,7 @@ class Sampler:
         self.config = config
         self.mesh = mesh
         self.rules = tuple(rules)
+        self.layer_loop = resolve_layer_loop(config.layer_loop, mesh)
         self._programs: dict[tuple[int, int], Any] = {}
 
     # ---- bookkeeping -------------------------------------------------------------------------------
@@ -248,6 +263,10 @@ class Sampler:
         for leaf in jax.tree.leaves(state if state is not None else self.state):
             shard = leaf.sharding.shard_shape(leaf.shape) if hasattr(leaf, "sharding") else leaf.shape
             params += int(np.prod(shard)) * leaf.dtype.itemsize
+        layout_copy = 0
+        if self.layer_loop == "unrolled":
+            # The per-layer weight and cache copies live beside the stacked originals.
+            layout_copy = params + 2 * _shard_bytes(cache_shape, item, CACHE_AXES, self.mesh, self.rules)
         # ~4 float32 [rows, V] buffers per step (logits, log-softmax, processed logits, noise) and the
         # prefill's float32 attention scores of one layer [B, heads, P, P + R].
         work = 4 * _shard_bytes((rows, mc.vocab_size), 4, ("batch", "act_vocab"), self.mesh, self.rules)
@@ -259,7 +278,7 @@ class Sampler:
             self.rules,
         )
         limit = cfg.max_memory_bytes if cfg.max_memory_bytes is not None else _device_limit()
-        return MemoryEstimate(total_cache, per_dev_cache, params, work, limit)
+        return MemoryEstimate(total_cache, per_dev_cache, params, work, limit, layout_copy)
 
     def check_memory(self, batch: int, prompt_bucket: int, state: nnx.State | None = None) -> MemoryEstimate:
         """The estimate; raises RolloutMemoryError naming what to lower when it exceeds the limit."""
@@ -272,8 +291,10 @@ class Sampler:
                 f"{est.limit_bytes / gib:.2f} GiB: KV cache {est.kv_cache_bytes_per_device / gib:.2f} GiB "
                 f"(batch {batch} x n_samples {cfg.n_samples} rows, length prompt bucket {prompt_bucket} + "
                 f"max_new_tokens {cfg.max_new_tokens}), params {est.param_bytes_per_device / gib:.2f} GiB, "
-                f"sampling buffers {est.work_bytes_per_device / gib:.2f} GiB. Lower the rollout batch size, "
-                f"n_samples, max_new_tokens or the prompt length, or shard the batch over more devices."
+                f"sampling buffers {est.work_bytes_per_device / gib:.2f} GiB, per-layer decode copies "
+                f"{est.layout_copy_bytes_per_device / gib:.2f} GiB. Lower the rollout batch size, n_samples, "
+                f"max_new_tokens or the prompt length, shard the batch over more devices, or set "
+                f"layer_loop='scan' (no per-layer copies)."
             )
         return est
 
@@ -281,7 +302,7 @@ class Sampler:
     def _program(self, bucket: int, batch: int):
         key = (bucket, batch)
         if key not in self._programs:
-            fn = functools.partial(_rollout, self.graphdef, self.config, self.cache_dtype)
+            fn = functools.partial(_rollout, self.graphdef, self.config, self.cache_dtype, self.layer_loop)
             self._programs[key] = jax.jit(fn)
             log.info("rollout: compiling program for prompt bucket %d, batch %d", bucket, batch)
         return self._programs[key]
@@ -337,10 +358,19 @@ class Sampler:
         return RolloutOutput(prompt_ids=rep_ids, prompt_mask=rep_mask, decode_steps=steps, **arrays)
 
 
+def resolve_layer_loop(layer_loop: str, mesh: Mesh | None) -> str:
+    """Resolve "auto": "unrolled" on one CPU device (where it was measured faster), else "scan"."""
+    if layer_loop != "auto":
+        return layer_loop
+    single = mesh is None or mesh.devices.size == 1
+    return "unrolled" if single and jax.default_backend() == "cpu" else "scan"
+
+
 def _rollout(
     graphdef: Any,
     cfg: SamplingConfig,
     cache_dtype: Any,
+    layer_loop: str,
     state: nnx.State,
     ids: jax.Array,
     mask: jax.Array,
@@ -398,6 +428,19 @@ def _rollout(
     done = is_stop(tok)
     ones = jnp.ones((rows, 1), jnp.int32)
 
+    if layer_loop == "unrolled":
+        # Per-layer weights and caches, made once here, outside the loop (see gadjax.rollout.unrolled).
+        weights = unrolled.decode_weights(model)
+        cache = unrolled.unstack_cache(cache)
+
+        def forward(last: jax.Array, pos: jax.Array, cache: Any) -> tuple[jax.Array, Any]:
+            return unrolled.decode_step(weights, model.config, cache, last, pos)
+    else:
+
+        def forward(last: jax.Array, pos: jax.Array, cache: Any) -> tuple[jax.Array, Any]:
+            hidden, cache = model(last[:, None], pos[:, None], ones, cache)
+            return model.logits(hidden)[:, 0], cache
+
     # 3. decode: step t feeds token t-1 (at position prompt_len + t - 1) and samples token t.
     def cond(carry: tuple) -> jax.Array:
         t, _, _, _, _, done, _ = carry
@@ -405,9 +448,7 @@ def _rollout(
 
     def body(carry: tuple) -> tuple:
         t, cache, tokens, logprobs, sampling_lp, done, last = carry
-        pos = prompt_len + t - 1
-        hidden, cache = model(last[:, None], pos[:, None], ones, cache)
-        logits = model.logits(hidden)[:, 0]
+        logits, cache = forward(last, prompt_len + t - 1, cache)
         logits = constrain(logits, ("batch", "act_vocab"))
         tok, lp, slp = choose(logits, jax.random.fold_in(rng, t))
         tok = jnp.where(done, cfg.pad_id, tok)

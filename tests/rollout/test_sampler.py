@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -237,6 +239,11 @@ def test_memory_report_and_errors(llama):
     est = sampler.memory_estimate(batch=4, prompt_bucket=16)
     assert est.kv_cache_bytes == 2 * mc.num_layers * 16 * 24 * mc.num_kv_heads * mc.head_dim * 4
     assert est.param_bytes_per_device == 4 * mc.param_count()
+    cache_bytes = est.kv_cache_bytes  # float32 cache of the 16 rows
+    assert est.layout_copy_bytes_per_device == 4 * mc.param_count() + cache_bytes  # unrolled on CPU
+    scanned = Sampler(model, dataclasses.replace(cfg, layer_loop="scan")).memory_estimate(4, 16)
+    assert scanned.layout_copy_bytes_per_device == 0
+    assert scanned.total_per_device == est.total_per_device - est.layout_copy_bytes_per_device
 
     tight = Sampler(
         model, SamplingConfig(max_new_tokens=8, n_samples=4, max_memory_bytes=est.total_per_device - 1)
