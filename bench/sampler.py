@@ -172,6 +172,8 @@ def main() -> None:
         "prompt_len": args.prompt,
         "new_tokens": args.new,
         "temperature": 0.8,
+        # Host allocator setting both peers ran under (README: huge pages make fresh buffers cheaper).
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
     }
     with tempfile.TemporaryDirectory() as workdir:
         for name in args.shapes.split(","):

@@ -318,7 +318,7 @@ def program_specs(config: ConfigDict, run: AbstractRun) -> list[ProgramSpec]:
         make_policy_step,
     )
     from gadjax.parallel.programs import jit_step
-    from gadjax.rollout.sampler import SamplingConfig, _rollout
+    from gadjax.rollout.sampler import SamplingConfig, _rollout, resolve_layer_loop
 
     mesh, mc = run.mesh, run.model_config
     b, n = config.data.batch_size, config.rollout.n_samples
@@ -346,7 +346,8 @@ def program_specs(config: ConfigDict, run: AbstractRun) -> list[ProgramSpec]:
     cache_dtype = jnp.dtype(config.model.dtype)
     params = run.g_state.params
     ids = _sds((b, p), i32, mesh, ("batch", "length"))
-    rollout = jax.jit(functools.partial(_rollout, run.g_graphdef, scfg, cache_dtype))
+    layer_loop = resolve_layer_loop(scfg.layer_loop, mesh)  # the target's devices decide, as in Sampler
+    rollout = jax.jit(functools.partial(_rollout, run.g_graphdef, scfg, cache_dtype, layer_loop))
     specs.append(
         ProgramSpec(
             "rollout",

@@ -8,7 +8,9 @@ One call of `Sampler.generate` runs ONE jitted program:
    so each prompt is prefilled once, not N times;
 3. decode: a `jax.lax.while_loop` feeds the last token, writes its keys/values at `cache.index` (one
    `dynamic_update_slice` on the loop carry, done in place) and samples the next one, until every row
-   has emitted a stop id or R tokens exist.
+   has emitted a stop id or R tokens exist. `SamplingConfig.layer_loop` picks how a step runs the
+   layers: the model's scanned forward, or (default on one CPU device) gadjax.rollout.unrolled's
+   per-layer fused weights, made once per rollout before the loop (1.5x faster per step there).
 
 Compiled programs: prompts are left-padded to the smallest of `SamplingConfig.prompt_buckets` that holds
 the longest prompt of the batch, so a Sampler compiles one program per (prompt bucket, batch size) it
@@ -362,8 +364,9 @@ def resolve_layer_loop(layer_loop: str, mesh: Mesh | None) -> str:
     """Resolve "auto": "unrolled" on one CPU device (where it was measured faster), else "scan"."""
     if layer_loop != "auto":
         return layer_loop
-    single = mesh is None or mesh.devices.size == 1
-    return "unrolled" if single and jax.default_backend() == "cpu" else "scan"
+    if mesh is None:
+        return "unrolled" if jax.default_backend() == "cpu" else "scan"
+    return "unrolled" if mesh.devices.size == 1 and mesh.devices.flat[0].platform == "cpu" else "scan"
 
 
 def _rollout(
@@ -406,7 +409,7 @@ def _rollout(
 
     # 1. prefill the B prompts once.
     cache = shard_cache(model.init_cache(b, p + r, cache_dtype))
-    hidden, cache = model(ids, positions_from_mask(mask), mask, cache)
+    hidden, cache = model(ids, positions_from_mask(mask), mask, cache, cache_is_empty=True)
     logits = model.logits(hidden[:, -1:])[:, 0]  # [B, V]: left padding puts every last token at p-1
 
     # 2. broadcast to B*N rows (row i*N + j = sample j of prompt i).

@@ -224,11 +224,14 @@ def test_same_key_same_tokens_and_mesh_equals_one_device(models):
     assert single.num_compiled == 1
 
     mesh = make_mesh((2, 2, 2))
-    sharded = Sampler(load_decoder(path, mesh=mesh), cfg, mesh=mesh)
-    m = sharded.generate(ids, mask, jax.random.key(3))
-    np.testing.assert_array_equal(m.response_ids, a.response_ids)
-    np.testing.assert_array_equal(m.response_mask, a.response_mask)
-    np.testing.assert_allclose(m.logprobs, a.logprobs, atol=1e-5)
+    sharded_model = load_decoder(path, mesh=mesh)
+    assert single.layer_loop == "unrolled" and Sampler(sharded_model, cfg, mesh=mesh).layer_loop == "scan"
+    for loop in ("auto", "unrolled"):  # the mesh's default (scan) and the CPU layout, sharded
+        sharded = Sampler(sharded_model, dataclasses.replace(cfg, layer_loop=loop), mesh=mesh)
+        m = sharded.generate(ids, mask, jax.random.key(3))
+        np.testing.assert_array_equal(m.response_ids, a.response_ids)
+        np.testing.assert_array_equal(m.response_mask, a.response_mask)
+        np.testing.assert_allclose(m.logprobs, a.logprobs, atol=1e-5)
 
 
 def test_memory_report_and_errors(llama):

@@ -4,53 +4,38 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
-from gadjax.models.config import ModelConfig
-from gadjax.models.decoder import Decoder, positions_from_mask
+from gadjax.models.decoder import positions_from_mask
+from gadjax.models.hf_io import load_decoder
 from gadjax.rollout import Sampler, SamplingConfig, unrolled
-
-FAMILIES = {
-    "llama": dict(model_type="llama", tie_word_embeddings=True),
-    "qwen2": dict(model_type="qwen2", attention_bias=True),
-    "qwen3": dict(model_type="qwen3", qk_norm=True),
-}
+from tests.models.hf_fixtures import FAMILIES, make_hf_model
 
 
-def tiny(family: str) -> Decoder:
-    cfg = ModelConfig(
-        vocab_size=97,
-        hidden_size=32,
-        intermediate_size=48,
-        num_layers=3,
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=8,
-        rms_norm_eps=1e-6,
-        rope_theta=10000.0,
-        **FAMILIES[family],
-    )
-    model = Decoder(cfg, rngs=nnx.Rngs(3))
-    if cfg.attention_bias:  # random biases, so a mistake in their fusion shows
-        for name in ("q_bias", "k_bias", "v_bias"):
-            var = getattr(model.blocks, name)
-            var[...] = 0.1 * jax.random.normal(jax.random.key(len(name)), var[...].shape)
-    return model
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """The HF reference families (every weight perturbed: norms, biases, llama3 rope, GQA 7:1, untied
+    head), loaded by gadjax."""
+    root = tmp_path_factory.mktemp("unrolled")
+    out = {}
+    for family in FAMILIES:
+        make_hf_model(family, str(root / family))
+        out[family] = load_decoder(str(root / family))
+    return out
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_decode_steps_equal_scanned_forward(family):
-    model = tiny(family)
+def test_decode_steps_equal_scanned_forward(family, models):
+    model = models[family]
     b, p, steps = 3, 5, 4
     rng = np.random.RandomState(0)
-    ids = jnp.asarray(rng.randint(1, 97, (b, p)), jnp.int32)
+    ids = jnp.asarray(rng.randint(1, 128, (b, p)), jnp.int32)
     mask = jnp.asarray([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 0, 0, 0, 1]], jnp.int32)  # left-padded
     cache = model.init_cache(b, p + steps)
     _, cache = model(ids, positions_from_mask(mask), mask, cache)
     layered = unrolled.unstack_cache(cache)
     weights = unrolled.decode_weights(model)
     pos = mask.sum(1) - 1
-    tok = jnp.asarray(rng.randint(1, 97, (b,)), jnp.int32)
+    tok = jnp.asarray(rng.randint(1, 128, (b,)), jnp.int32)
     for _ in range(steps):
         pos = pos + 1
         hidden, cache = model(tok[:, None], pos[:, None], jnp.ones((b, 1), jnp.int32), cache)
@@ -67,11 +52,11 @@ def test_decode_steps_equal_scanned_forward(family):
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_sampler_layer_loops_agree(family):
+def test_sampler_layer_loops_agree(family, models):
     """Sampling with the same key through either layer loop gives the same tokens and log-probs."""
-    model = tiny(family)
+    model = models[family]
     rng = np.random.RandomState(1)
-    ids = rng.randint(1, 97, (2, 6)).astype(np.int32)
+    ids = rng.randint(1, 128, (2, 6)).astype(np.int32)
     mask = np.ones_like(ids)
     mask[0, :2] = 0
     outs = {}
@@ -87,8 +72,8 @@ def test_sampler_layer_loops_agree(family):
     np.testing.assert_allclose(outs["scan"].sampling_logprobs, outs["unrolled"].sampling_logprobs, atol=1e-5)
 
 
-def test_auto_layer_loop_resolution():
-    model = tiny("llama")
+def test_auto_layer_loop_resolution(models):
+    model = models["llama"]
     assert Sampler(model, SamplingConfig()).layer_loop == "unrolled"  # one CPU device
     with pytest.raises(ValueError, match="layer_loop"):
         SamplingConfig(layer_loop="fast")
