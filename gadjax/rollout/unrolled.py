@@ -64,41 +64,58 @@ def unstack_cache(cache: KVCache) -> LayerCaches:
 def decode_weights(model: Decoder) -> dict[str, Any]:
     """Per-layer, fused, [out, in] weights in the model's compute dtype (see the module doc).
 
-    Returns {"layers": [per-layer dict], "final_norm": [h], "head": row blocks of the [vocab, h] output
-    projection, "embed": [vocab, h]}.
+    The RMSNorm scales are folded into the input columns of the projection that follows each norm
+    (W @ (g * x * r) = ((W * g) @ x) * r), so a norm costs its statistics r only and the scaling by r
+    fuses into the projection's consumers: one elementwise pass per norm less. The rounding differs
+    from the scanned model by float32 epsilon (tests/rollout/test_unrolled.py bounds it).
+
+    Returns {"layers": [per-layer dict], "head": row blocks of the [vocab, h] output projection (final
+    norm folded in), "embed": [vocab, h], "dtype": a 0-d array of the compute dtype}.
     """
     cfg, dt = model.config, model.dtype
     h, d, nh, nkv = cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
     stacked = model.blocks.arrays()
     layers = []
     for i in range(cfg.num_layers):
-        p = {name: arr[i].astype(dt) for name, arr in stacked.items()}
+        p = {name: arr[i] for name, arr in stacked.items()}  # parameter dtype (f32 master weights)
+        qkv = jnp.concatenate(
+            [p["q"].reshape(h, nh * d), p["k"].reshape(h, nkv * d), p["v"].reshape(h, nkv * d)], axis=1
+        )
+        gate_up = jnp.concatenate([p["gate"], p["up"]], axis=1)
         w = {
-            "attn_norm": p["attn_norm"],
-            "mlp_norm": p["mlp_norm"],
-            "qkv": jnp.concatenate(
-                [p["q"].reshape(h, nh * d), p["k"].reshape(h, nkv * d), p["v"].reshape(h, nkv * d)], axis=1
-            ).T,
-            "o": p["o"].reshape(nh * d, h).T,
-            "gate_up": jnp.concatenate([p["gate"], p["up"]], axis=1).T,
-            "down": p["down"].T,
+            "qkv": (qkv * p["attn_norm"][:, None]).T.astype(dt),
+            "o": p["o"].reshape(nh * d, h).T.astype(dt),
+            "gate_up": (gate_up * p["mlp_norm"][:, None]).T.astype(dt),
+            "down": p["down"].T.astype(dt),
         }
         if cfg.attention_bias:
             w["qkv_bias"] = jnp.concatenate(
                 [p["q_bias"].reshape(-1), p["k_bias"].reshape(-1), p["v_bias"].reshape(-1)]
-            )[:, None]
+            )[:, None].astype(dt)
         if cfg.qk_norm:
-            w["q_norm"], w["k_norm"] = p["q_norm"], p["k_norm"]
+            w["q_norm"], w["k_norm"] = p["q_norm"].astype(dt), p["k_norm"].astype(dt)
         layers.append(w)
-    head = (model.lm_head[...].T if model.has_lm_head else model.embed[...]).astype(dt)
+    head = model.lm_head[...].T if model.has_lm_head else model.embed[...]
+    head = (head * model.final_norm[...][None, :]).astype(dt)
     return {
         "layers": layers,
-        "final_norm": model.final_norm[...].astype(dt),
+        "dtype": jnp.zeros((), dt),
         # Row blocks of the [vocab, hidden] head, sliced here once (slicing inside the loop copied them
         # on every step); see _head_logits.
         "head": tuple(head[i : i + HEAD_CHUNK_ROWS] for i in range(0, head.shape[0], HEAD_CHUNK_ROWS)),
         "embed": model.embed[...],
     }
+
+
+def _inv_rms(x: jax.Array, eps: float) -> jax.Array:
+    """1 / RMS of feature-major x [hidden, rows] over the features, float32 [1, rows]."""
+    x32 = x.astype(jnp.float32)
+    return jax.lax.rsqrt(jnp.mean(x32 * x32, axis=0, keepdims=True) + eps)
+
+
+def _normed_project(w: jax.Array, x: jax.Array, eps: float) -> jax.Array:
+    """w' @ rms_norm(x) for a w' with the norm's scale folded in (see decode_weights)."""
+    return (w @ x) * _inv_rms(x, eps).astype(x.dtype)
 
 
 def _rms_norm(x: jax.Array, weight: jax.Array, eps: float, axis: int) -> jax.Array:
@@ -131,8 +148,7 @@ def _layer(
     rows = x.shape[1]
     d, nh, nkv = cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
     eps = cfg.rms_norm_eps
-    h = _rms_norm(x, w["attn_norm"][:, None], eps, axis=0)
-    qkv = w["qkv"] @ h
+    qkv = _normed_project(w["qkv"], x, eps)
     if cfg.attention_bias:
         qkv = qkv + w["qkv_bias"]
     qk = qkv[: (nh + nkv) * d].reshape(nh + nkv, d, rows)
@@ -155,8 +171,7 @@ def _layer(
     attn = jnp.einsum("bkgs,bksd->bkgd", probs, v_cache.astype(x.dtype)).reshape(rows, nh * d)
     x = x + w["o"] @ attn.T
 
-    h = _rms_norm(x, w["mlp_norm"][:, None], eps, axis=0)
-    gate_up = w["gate_up"] @ h
+    gate_up = _normed_project(w["gate_up"], x, eps)
     m = cfg.intermediate_size
     x = x + w["down"] @ (jax.nn.silu(gate_up[:m]) * gate_up[m:])
     return x, k_cache, v_cache
@@ -184,7 +199,7 @@ def decode_step(
     Same semantics as `Decoder.__call__(tokens[:, None], positions[:, None], ones, cache)` followed
     by `Decoder.logits`: the token is written at cache.index and attends to every valid cached slot.
     """
-    dt = weights["final_norm"].dtype
+    dt = weights["dtype"].dtype
     x = jnp.take(weights["embed"], tokens, axis=0).astype(dt).T  # [hidden, rows]
     inv_freq = rope_inv_freq_for(cfg)
     freqs = inv_freq[:, None] * positions.astype(jnp.float32)[None, :]
@@ -201,6 +216,5 @@ def decode_step(
         x, k_cache, v_cache = _layer(x, w, cfg, cos, sin, k_cache, v_cache, index, visible)
         ks.append(k_cache)
         vs.append(v_cache)
-    x = _rms_norm(x, weights["final_norm"][:, None], cfg.rms_norm_eps, axis=0)
-    logits = _head_logits(weights["head"], x)
+    logits = _head_logits(weights["head"], x * _inv_rms(x, cfg.rms_norm_eps).astype(x.dtype))
     return logits, LayerCaches(k=tuple(ks), v=tuple(vs), mask=mask, index=index + 1)
