@@ -116,6 +116,9 @@ def base_config() -> ConfigDict:
             top_k=0,
             max_new_tokens=1536,
             prompt_buckets=(64, 128, 256, 512, 1024, 2048),
+            # Decode layer loop: "auto" (unrolled per-layer weights on one CPU device, else the scanned
+            # model), "scan" (no second copy of the weights during a rollout) or "unrolled".
+            layer_loop="auto",
         )
     )
     c.optim_g = _optim(1e-6)
@@ -207,6 +210,10 @@ def validate(c: ConfigDict) -> ConfigDict:
         _fail("rollout.temperature", "must be >= 0")
     if not 0 < c.rollout.top_p <= 1:
         _fail("rollout.top_p", "must be in (0, 1]")
+    from gadjax.rollout.sampler import LAYER_LOOPS
+
+    if c.rollout.layer_loop not in LAYER_LOOPS:
+        _fail("rollout.layer_loop", f"{c.rollout.layer_loop!r} is not one of {LAYER_LOOPS}")
     if c.loss.kl_beta < 0:
         _fail("loss.kl_beta", "must be >= 0")
     from gadjax.algo.kl import KL_KINDS

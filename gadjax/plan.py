@@ -342,6 +342,7 @@ def program_specs(config: ConfigDict, run: AbstractRun) -> list[ProgramSpec]:
         n_samples=n,
         stop_ids=frozenset(mc.eos_token_ids),
         prompt_buckets=(p,),
+        layer_loop=config.rollout.layer_loop,
     )
     cache_dtype = jnp.dtype(config.model.dtype)
     params = run.g_state.params

@@ -160,6 +160,9 @@ def test_invalid_config_fails_before_compiling_and_names_the_key(tmp_path):
     c = tiny_config(tmp_path, **{"train.micro_batches_g": 3})
     with pytest.raises(config_lib.ConfigValidationError, match=r"config\.train\.micro_batches_g"):
         config_lib.validate(c)
+    c = tiny_config(tmp_path, **{"rollout.layer_loop": "fast"})
+    with pytest.raises(config_lib.ConfigValidationError, match=r"config\.rollout\.layer_loop.*'fast'"):
+        config_lib.validate(c)
 
 
 @pytest.mark.slow

@@ -110,6 +110,7 @@ def sampling_config(config: ConfigDict, tokenizer: Any, model_cfg: ModelConfig) 
         stop_ids=frozenset(stop),
         pad_id=int(pad),
         prompt_buckets=tuple(r.prompt_buckets),
+        layer_loop=r.layer_loop,
     )
 
 
