@@ -39,6 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.shapes import SMOLLM2, TINY, llama_kwargs  # noqa: E402
 from gadjax.models.hf_io import load_decoder  # noqa: E402
 from gadjax.rollout import Sampler, SamplingConfig  # noqa: E402
+from gadjax.rollout.sampler import resolve_layer_loop  # noqa: E402
 
 SHAPES = {"smollm2": llama_kwargs(SMOLLM2), "tiny": llama_kwargs(TINY)}
 
@@ -130,7 +131,7 @@ def bench_shape(name: str, args: argparse.Namespace, workdir: str) -> dict:
     ours_decode, hf_decode = decode_ms(ours), decode_ms(hf_s)
     result = {
         "params": n_params,
-        "layer_loop": Sampler(model, SamplingConfig()).layer_loop,
+        "layer_loop": resolve_layer_loop("auto", None),
         # End to end: prefill of the B x P prompts + R decode steps, as a user sees a rollout.
         "gadjax_tokens_per_s": round(new_tokens / ours[r], 1),
         "transformers_tokens_per_s": round(new_tokens / hf_s[r], 1),

@@ -18,10 +18,16 @@ import jax.numpy as jnp
 MASK_VALUE = -1e30
 
 
-def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
-    """RMSNorm (Zhang & Sennrich 2019) computed in float32, cast back to x's dtype before the scale."""
+def inv_rms(x: jax.Array, eps: float, axis: int = -1) -> jax.Array:
+    """1 / sqrt(mean(x^2) + eps) over `axis` (kept), in float32: RMSNorm's statistics."""
     x32 = x.astype(jnp.float32)
-    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return jax.lax.rsqrt(jnp.mean(x32 * x32, axis=axis, keepdims=True) + eps)
+
+
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float, axis: int = -1) -> jax.Array:
+    """RMSNorm (Zhang & Sennrich 2019) over `axis`, computed in float32, cast back to x's dtype before
+    the scale. `weight` must broadcast against x (the feature vector when axis is the last one)."""
+    normed = x.astype(jnp.float32) * inv_rms(x, eps, axis)
     return weight.astype(x.dtype) * normed.astype(x.dtype)
 
 
@@ -56,12 +62,16 @@ def rope_cos_sin(positions: jax.Array, inv_freq: jax.Array) -> tuple[jax.Array, 
 
 
 def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """Rotate x [B, T, N, D] by the rotary angles (HF's rotate_half layout), in float32."""
+    """Rotate x [B, T, N, D] by the rotary angles cos, sin [B, T, D] (HF's rotate_half layout)."""
+    return rotate(x, cos[:, :, None, :], sin[:, :, None, :], axis=-1)
+
+
+def rotate(x: jax.Array, cos: jax.Array, sin: jax.Array, axis: int) -> jax.Array:
+    """The rotary rotation along `axis` (head_dim), in float32; cos and sin broadcast against x."""
     x32 = x.astype(jnp.float32)
-    half = x.shape[-1] // 2
-    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
-    out = x32 * cos[:, :, None, :] + rotated * sin[:, :, None, :]
-    return out.astype(x.dtype)
+    first, second = jnp.split(x32, 2, axis=axis)
+    rotated = jnp.concatenate([-second, first], axis=axis)
+    return (x32 * cos + rotated * sin).astype(x.dtype)
 
 
 def _scores(q: jax.Array, k: jax.Array, num_kv: int, heads_major: bool = False) -> jax.Array:

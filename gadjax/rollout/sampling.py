@@ -6,9 +6,9 @@ Order of the logit processors follows Hugging Face's `generate`: temperature, th
 Sampling is by inversion of the CDF: one uniform u per row, token = the first index whose cumulative
 probability exceeds u * total (found in two levels: a block of 256 tokens, then the token in it). It
 is an exact draw from softmax(processed_logits) (up to float32 rounding of the cumulative sum, ~1e-7)
-and needs ONE random number per row instead of the [rows, V]
-noise of the Gumbel-max trick: generating that noise with threefry cost ~3x the rest of the sampling
-step on the SmolLM2 vocabulary (49152) on CPU. The uniforms of a step come from a key folded from the
+and needs ONE random number per row instead of the [rows, V] noise of the Gumbel-max trick:
+generating that noise with threefry cost ~3x the rest of the sampling step on the SmolLM2 vocabulary
+(49152) on CPU. The uniforms of a step come from a key folded from the
 step index, and jax's partitionable threefry (on by default in jax >= 0.5) makes the draw identical
 whether the array lives on one device or is sharded over a mesh, so the same key gives the same tokens
 on any mesh.

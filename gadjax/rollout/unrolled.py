@@ -73,7 +73,7 @@ def decode_weights(model: Decoder) -> dict[str, Any]:
     from the scanned model by float32 epsilon (tests/rollout/test_unrolled.py bounds it).
 
     Returns {"layers": [per-layer dict], "head": row blocks of the [vocab, h] output projection (final
-    norm folded in), "embed": [vocab, h], "dtype": a 0-d array of the compute dtype}.
+    norm folded in), "embed": [vocab, h]}.
     """
     cfg, dt = model.config, model.dtype
     h, d, nh, nkv = cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
@@ -95,14 +95,14 @@ def decode_weights(model: Decoder) -> dict[str, Any]:
             w["qkv_bias"] = jnp.concatenate(
                 [p["q_bias"].reshape(-1), p["k_bias"].reshape(-1), p["v_bias"].reshape(-1)]
             )[:, None].astype(dt)
-        if cfg.qk_norm:
-            w["q_norm"], w["k_norm"] = p["q_norm"].astype(dt), p["k_norm"].astype(dt)
+        if cfg.qk_norm:  # one [heads + kv_heads, D, 1] scale, so queries and keys normalise in one op
+            per_head = [jnp.tile(p["q_norm"][None], (nh, 1)), jnp.tile(p["k_norm"][None], (nkv, 1))]
+            w["qk_norm"] = jnp.concatenate(per_head)[:, :, None].astype(dt)
         layers.append(w)
     head = model.lm_head[...].T if model.has_lm_head else model.embed[...]
     head = (head * model.final_norm[...][None, :]).astype(dt)
     return {
         "layers": layers,
-        "dtype": jnp.zeros((), dt),
         # Row blocks of the [vocab, hidden] head, sliced here once (slicing inside the loop copied them
         # on every step); see _head_logits.
         "head": tuple(head[i : i + HEAD_CHUNK_ROWS] for i in range(0, head.shape[0], HEAD_CHUNK_ROWS)),
@@ -110,30 +110,15 @@ def decode_weights(model: Decoder) -> dict[str, Any]:
     }
 
 
-def _inv_rms(x: jax.Array, eps: float) -> jax.Array:
-    """1 / RMS of feature-major x [hidden, rows] over the features, float32 [1, rows]."""
-    x32 = x.astype(jnp.float32)
-    return jax.lax.rsqrt(jnp.mean(x32 * x32, axis=0, keepdims=True) + eps)
+def _normed(x: jax.Array, eps: float) -> jax.Array:
+    """RMSNorm of feature-major x [hidden, rows] without its scale (folded into the next projection)."""
+    return x * L.inv_rms(x, eps, axis=0).astype(x.dtype)
 
 
 def _normed_project(w: jax.Array, x: jax.Array, eps: float) -> jax.Array:
-    """w' @ rms_norm(x) for a w' with the norm's scale folded in (see decode_weights)."""
-    return (w @ x) * _inv_rms(x, eps).astype(x.dtype)
-
-
-def _rms_norm(x: jax.Array, weight: jax.Array, eps: float, axis: int) -> jax.Array:
-    """layers.rms_norm over `axis` (float32 statistics, scale in x's dtype); weight broadcasts."""
-    x32 = x.astype(jnp.float32)
-    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=axis, keepdims=True) + eps)
-    return weight.astype(x.dtype) * normed.astype(x.dtype)
-
-
-def _rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """layers.apply_rope for feature-major x [heads, D, rows] with cos, sin [D, rows]."""
-    x32 = x.astype(jnp.float32)
-    half = x.shape[1] // 2
-    rotated = jnp.concatenate([-x32[:, half:], x32[:, :half]], axis=1)
-    return (x32 * cos + rotated * sin).astype(x.dtype)
+    """w' @ rms_norm(x) for a w' with the norm's scale folded in (see decode_weights): the per-row
+    statistics scale the product, so they fuse into its consumers."""
+    return (w @ x) * L.inv_rms(x, eps, axis=0).astype(x.dtype)
 
 
 def _layer(
@@ -157,9 +142,8 @@ def _layer(
     qk = qkv[: (nh + nkv) * d].reshape(nh + nkv, d, rows)
     v = qkv[(nh + nkv) * d :].reshape(nkv, d, rows)
     if cfg.qk_norm:
-        norms = jnp.concatenate([jnp.tile(w["q_norm"][None], (nh, 1)), jnp.tile(w["k_norm"][None], (nkv, 1))])
-        qk = _rms_norm(qk, norms[:, :, None], eps, axis=1)
-    qk = _rope(qk, cos, sin)  # queries and keys rotate alike: one op for both
+        qk = L.rms_norm(qk, w["qk_norm"], eps, axis=1)
+    qk = L.rotate(qk, cos, sin, axis=1)  # queries and keys rotate alike: one op for both
     q, k = qk[:nh], qk[nh:]
 
     # Write first, then attend over the whole cache: the old cache is never read after the write.
@@ -202,7 +186,7 @@ def decode_step(
     Same semantics as `Decoder.__call__(tokens[:, None], positions[:, None], ones, cache)` followed
     by `Decoder.logits`: the token is written at cache.index and attends to every valid cached slot.
     """
-    dt = weights["dtype"].dtype
+    dt = weights["head"][0].dtype
     x = jnp.take(weights["embed"], tokens, axis=0).astype(dt).T  # [hidden, rows]
     inv_freq = rope_inv_freq_for(cfg)
     freqs = inv_freq[:, None] * positions.astype(jnp.float32)[None, :]
@@ -219,5 +203,5 @@ def decode_step(
         x, k_cache, v_cache = _layer(x, w, cfg, cos, sin, k_cache, v_cache, index, visible)
         ks.append(k_cache)
         vs.append(v_cache)
-    logits = _head_logits(weights["head"], x * _inv_rms(x, cfg.rms_norm_eps).astype(x.dtype))
+    logits = _head_logits(weights["head"], _normed(x, cfg.rms_norm_eps))
     return logits, LayerCaches(k=tuple(ks), v=tuple(vs), mask=mask, index=index + 1)
