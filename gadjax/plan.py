@@ -360,7 +360,9 @@ def program_specs(config: ConfigDict, run: AbstractRun) -> list[ProgramSpec]:
     )
 
     # reference log-probs, in G-step-sized micro-batches (a lax.map: one micro-batch's activations live).
-    ref_logprobs = make_logprob_fn(run.g_graphdef, chunk_size=chunk, micro_batches=m_g)
+    # SPEC.md "Temperature": the policy update's log-probs use the rollout temperature (greedy: 1).
+    t_lp = float(config.rollout.temperature) if config.rollout.temperature > 0 else 1.0
+    ref_logprobs = make_logprob_fn(run.g_graphdef, chunk_size=chunk, micro_batches=m_g, temperature=t_lp)
 
     g_batch = {
         "prompt_ids": _rows((rows, p), i32, mesh),
@@ -416,7 +418,12 @@ def program_specs(config: ConfigDict, run: AbstractRun) -> list[ProgramSpec]:
         entropy_coeff=config.loss.entropy_coeff,
     )
     g_step = make_policy_step(
-        run.g_graphdef, _optimizer(config.optim_g, 1000), loss_cfg, micro_batches=m_g, chunk_size=chunk
+        run.g_graphdef,
+        _optimizer(config.optim_g, 1000),
+        loss_cfg,
+        micro_batches=m_g,
+        chunk_size=chunk,
+        temperature=t_lp,
     )
     pg_batch = dict(g_batch, advantages=_rows((rows,), f32, mesh), ref_logprobs=_rows((rows, r_s), f32, mesh))
     g_jit = jit_step(g_step, _shardings(run.g_state), mesh, pg_batch)

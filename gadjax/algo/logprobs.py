@@ -55,6 +55,7 @@ def token_logprobs(
     head_layout: Literal["vh", "hv"] = "vh",
     compute_dtype=None,
     return_entropy: bool = False,
+    temperature: float = 1.0,
 ) -> tuple[jax.Array, jax.Array | None]:
     """log p(targets[b, t] | hidden[b, t]) for every position, chunked over time.
 
@@ -69,6 +70,9 @@ def token_logprobs(
       compute_dtype: dtype of the matmul operands (e.g. jnp.bfloat16); accumulation and everything after
         is float32. Default: hidden's dtype. Ignored for a callable head.
       return_entropy: also return the per-token entropy of the full distribution.
+      temperature: the logits are divided by it before the softmax (SPEC.md "Temperature": the policy
+        update's old, reference and current log-probs all use the rollout temperature, so the gradient
+        and the KL refer to the distribution that was sampled). 1.0 = the model's own distribution.
     Returns:
       (logp [B, T] float32, entropy [B, T] float32 or None). Differentiable w.r.t. hidden and head.
     """
@@ -80,6 +84,9 @@ def token_logprobs(
         raise ValueError(f"token_logprobs: head_layout must be 'vh' or 'hv', got {head_layout!r}")
     if chunk_size < 1:
         raise ValueError(f"token_logprobs: chunk_size must be >= 1, got {chunk_size}")
+    if not temperature > 0:
+        raise ValueError(f"token_logprobs: temperature must be > 0, got {temperature}")
+    inv_t = 1.0 / float(temperature)
     b, t, h = hidden.shape
     c = min(chunk_size, t)
     n = -(-t // c)
@@ -94,6 +101,8 @@ def token_logprobs(
     @jax.checkpoint
     def chunk(w, h_c, t_c):
         logits = _logits(h_c, head if w is None else w, head_layout, compute_dtype)
+        if inv_t != 1.0:
+            logits = logits * inv_t
         logp, ent = logprobs_from_logits(logits, t_c, return_entropy=return_entropy)
         return (logp, ent) if return_entropy else (logp,)
 
@@ -121,7 +130,8 @@ def response_logprobs(
       hidden: [B, T, H] with T >= P + R - 1 (normally T = P + R).
       response_ids: [B, R] response token ids (right-padded; mask the result with response_mask).
       prompt_len: P (static).
-      **kwargs: passed to ``token_logprobs`` (chunk_size, head_layout, compute_dtype, return_entropy).
+      **kwargs: passed to ``token_logprobs`` (chunk_size, head_layout, compute_dtype, return_entropy,
+        temperature).
     Returns:
       (logp [B, R], entropy [B, R] or None), float32.
     """

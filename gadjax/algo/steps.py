@@ -82,8 +82,10 @@ def sequence_logprobs(
     *,
     chunk_size: int,
     return_entropy: bool = False,
+    temperature: float = 1.0,
 ) -> tuple[jax.Array, jax.Array | None]:
-    """Log-probs [B, R] (float32) of the response tokens under `model` (a Decoder), chunked over time."""
+    """Log-probs [B, R] (float32) of the response tokens under `model` (a Decoder), chunked over time,
+    of the distribution softmax(logits / temperature)."""
     ids, mask, pos = concat_sequence(prompt_ids, prompt_mask, response_ids, response_mask)
     hidden, _ = model(ids, pos, mask)
     return response_logprobs(
@@ -95,6 +97,7 @@ def sequence_logprobs(
         chunk_size=chunk_size,
         compute_dtype=model.dtype,
         return_entropy=return_entropy,
+        temperature=temperature,
     )
 
 
@@ -231,8 +234,12 @@ def make_discriminator_step(
     n_samples: int,
     loss_type: str = "bradley_terry",
     micro_batches: int = 1,
+    update: bool = True,
 ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
     """One D update on (prompt, teacher response) vs the prompt's N student samples (SPEC.md L_D).
+
+    ``update=False`` scores and measures without training (a frozen D used as a fixed reward model: the
+    paper's off-policy ablation); the state comes back unchanged and no gradient is computed.
 
     batch: prompt_ids/prompt_mask [B, P], response_ids/response_mask [B, R] (teacher),
     student_ids/student_mask [B*N, R_s] (prompt i's samples at rows i*N .. i*N+N-1).
@@ -276,11 +283,16 @@ def make_discriminator_step(
                 "student_scores": s.reshape(bp, n),
             }
 
-        loss, grads, aux = _accumulate(
-            loss_fn, state.params, grouped, micro_batches, row_keys=("student_scores",)
-        )
-        scores = aux["student_scores"]
-        state, metrics = _apply_update(state, loss, grads, optimizer)
+        if not update:
+            loss, aux = loss_fn(state.params, grouped)
+            scores = aux["student_scores"]
+            metrics: Metrics = {}
+        else:
+            loss, grads, aux = _accumulate(
+                loss_fn, state.params, grouped, micro_batches, row_keys=("student_scores",)
+            )
+            scores = aux["student_scores"]
+            state, metrics = _apply_update(state, loss, grads, optimizer)
         metrics.update(
             d_loss=loss,
             d_acc=aux["d_acc"],
@@ -303,8 +315,13 @@ def make_policy_step(
     *,
     micro_batches: int = 1,
     chunk_size: int = 256,
+    temperature: float = 1.0,
 ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
     """PPO clipped surrogate + beta * KL(k3) to the reference, token-mean (SPEC.md "G loss").
+
+    ``temperature`` is the rollout temperature: the current (and so the old) log-probs are those of
+    softmax(logits / temperature), the distribution the samples came from (SPEC.md "Temperature"); the
+    reference log-probs in the batch must use the same temperature (make_logprob_fn).
 
     batch: prompt_ids/prompt_mask [B*N, P] (each prompt repeated N times), response_ids/response_mask
     [B*N, R] (the student's samples), advantages [B*N], ref_logprobs [B*N, R]; optional old_logprobs
@@ -330,6 +347,7 @@ def make_policy_step(
                 b["response_mask"],
                 chunk_size=chunk_size,
                 return_entropy=True,
+                temperature=temperature,
             )
             mask = b["response_mask"].astype(jnp.float32)
             old = b["old_logprobs"] if "old_logprobs" in b else jax.lax.stop_gradient(logp)
@@ -376,9 +394,10 @@ def make_policy_step(
 
 
 def make_logprob_fn(
-    graphdef: nnx.GraphDef, *, chunk_size: int = 256, micro_batches: int = 1
+    graphdef: nnx.GraphDef, *, chunk_size: int = 256, micro_batches: int = 1, temperature: float = 1.0
 ) -> Callable[[Any, Batch], jax.Array]:
-    """(params, batch) -> response log-probs [B, R]: the frozen reference's log-probs for the KL term.
+    """(params, batch) -> response log-probs [B, R]: the frozen reference's log-probs for the KL term,
+    at the rollout ``temperature`` like the policy step's (SPEC.md "Temperature").
 
     With micro_batches > 1 the rows run in interleaved slices (lax.map), so activations are those of one
     slice, as in the policy step."""
@@ -392,6 +411,7 @@ def make_logprob_fn(
             batch["response_ids"],
             batch["response_mask"],
             chunk_size=chunk_size,
+            temperature=temperature,
         )
         return logp
 

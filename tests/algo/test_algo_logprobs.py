@@ -165,3 +165,21 @@ def test_sharded_8_devices_matches_single_device():
     np.testing.assert_allclose(val, float(ref_val), rtol=1e-5)
     for a, b in zip(grads, ref_grads, strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [0.5, 0.8, 1.7])
+def test_temperature_divides_the_logits_before_the_softmax(temperature):
+    """SPEC.md "Temperature": log softmax(logits / T)[target], against the float64 reference at W / T."""
+    hidden, w, targets = _inputs(3)
+    logp, ent = token_logprobs(hidden, w, targets, chunk_size=4, return_entropy=True, temperature=temperature)
+    ref_lp, ref_ent = np_logprobs(hidden, np.asarray(w, np.float64) / temperature, np.asarray(targets))
+    np.testing.assert_allclose(np.asarray(logp), ref_lp, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(ent), ref_ent, atol=1e-5, rtol=1e-5)
+    plain, _ = token_logprobs(hidden, w, targets, chunk_size=4)
+    assert not np.allclose(np.asarray(plain), ref_lp, atol=1e-3)  # the scaling is not a no-op
+
+
+def test_temperature_must_be_positive():
+    hidden, w, targets = _inputs()
+    with pytest.raises(ValueError, match="temperature"):
+        token_logprobs(hidden, w, targets, temperature=0.0)

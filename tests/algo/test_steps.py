@@ -209,3 +209,63 @@ def test_micro_batched_reference_logprobs_equal_one_pass():
     one = jax.jit(make_logprob_fn(graphdef))(state.params, batch)
     four = jax.jit(make_logprob_fn(graphdef, micro_batches=4))(state.params, batch)
     np.testing.assert_allclose(np.asarray(four), np.asarray(one), rtol=1e-6, atol=1e-6)
+
+
+def _np_response_logprobs(model, pb, temperature):
+    """float64 numpy reference: log softmax(logits / T) at the response tokens, from the full logits."""
+    from gadjax.algo.steps import concat_sequence
+
+    ids, mask, pos = concat_sequence(
+        pb["prompt_ids"], pb["prompt_mask"], pb["response_ids"], pb["response_mask"]
+    )
+    hidden, _ = model(ids, pos, mask)
+    logits = np.asarray(hidden, np.float64) @ np.asarray(model.output_embedding(), np.float64)
+    z = logits[:, P - 1 : P - 1 + R] / temperature  # column j predicts token j + 1
+    z = z - z.max(-1, keepdims=True)
+    logp_all = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    tgt = np.asarray(pb["response_ids"])
+    logp = np.take_along_axis(logp_all, tgt[..., None], -1)[..., 0]
+    entropy = -(np.exp(logp_all) * logp_all).sum(-1)
+    return logp, entropy
+
+
+@pytest.mark.parametrize("temperature", [0.8, 1.3])
+def test_reference_and_policy_logprobs_use_the_rollout_temperature(temperature):
+    """SPEC.md "Temperature": reference and current log-probs of the policy update are those of
+    softmax(logits / T_rollout), checked against numpy; a T=1 reference is then a different policy."""
+    module = Decoder(CFG, rngs=nnx.Rngs(0))
+    graphdef, opt, state = _state(module)
+    pb = _policy_batch(_batch(), jnp.asarray([1.0, -1.0] * B))
+    ref_t = jax.jit(make_logprob_fn(graphdef, temperature=temperature))(state.params, pb)
+    want, want_ent = _np_response_logprobs(module, pb, temperature)
+    mask = np.asarray(pb["response_mask"]).astype(bool)
+    np.testing.assert_allclose(np.asarray(ref_t)[mask], want[mask], atol=2e-5, rtol=1e-5)
+
+    step = jax.jit(make_policy_step(graphdef, opt, PolicyLossConfig(), temperature=temperature))
+    _, m = step(state, dict(pb, ref_logprobs=ref_t), jax.random.key(0))
+    assert abs(float(m["kl_loss"])) < 1e-6  # current == reference: both at T
+    np.testing.assert_allclose(float(m["entropy"]), want_ent[mask].mean(), rtol=1e-4)
+    ref_1 = jax.jit(make_logprob_fn(graphdef))(state.params, pb)
+    _, m1 = step(state, dict(pb, ref_logprobs=ref_1), jax.random.key(0))
+    assert float(m1["kl_loss"]) > 1e-4  # a T=1 reference is not the sampled distribution
+
+
+def test_frozen_discriminator_scores_without_training():
+    """update=False (the off-policy ablation): same loss, accuracy and pre-update scores as a training
+    step, and the state comes back bitwise unchanged."""
+    disc = Discriminator(CFG, rngs=nnx.Rngs(1))
+    graphdef, opt, state = _state(disc)
+    batch = _batch()
+    before = jax.tree.map(np.asarray, state.params)
+    frozen, mf = jax.jit(make_discriminator_step(graphdef, opt, n_samples=N, update=False))(
+        state, batch, jax.random.key(0)
+    )
+    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(frozen.params), strict=True):
+        np.testing.assert_array_equal(a, np.asarray(b))
+    assert int(frozen.step) == 0
+    trained, mt = jax.jit(make_discriminator_step(graphdef, opt, n_samples=N))(
+        state, batch, jax.random.key(0)
+    )
+    np.testing.assert_allclose(np.asarray(mf["student_scores"]), np.asarray(mt["student_scores"]), atol=1e-6)
+    for k in ("d_loss", "d_acc", "teacher_score_mean", "student_score_mean"):
+        np.testing.assert_allclose(float(mf[k]), float(mt[k]), atol=1e-6, err_msg=k)
