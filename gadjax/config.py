@@ -63,8 +63,18 @@ def base_config() -> ConfigDict:
             head_init="normal",
             head_std=0.02,
             loss="bradley_terry",  # or "bce" (the paper's ablation)
+            # gad: True = D is not trained (a fixed reward model: the paper's off-policy ablation; its
+            # scores and accuracy are still logged).
+            frozen=False,
+            # gad with init_from: False = D starts fresh from disc.path / the student with a new head
+            # instead of the warmup's D (the paper's "no discriminator warmup" ablation).
+            from_init_run=True,
         )
     )
+    # The generator's reward in the gad stage. "discriminator" (SPEC.md): r = D(x, y_s). "regex": a
+    # programmatic (oracle) reward for controls, the count of `pattern` matches in the decoded response
+    # minus the count of `negative_pattern` matches (case-insensitive); D still trains and is logged.
+    c.reward = ConfigDict(dict(kind="discriminator", pattern="", negative_pattern=""))
     # Start G and D from an earlier run (the warmup result for gad). Empty: from the model paths.
     c.init_from = ""
 
@@ -160,6 +170,18 @@ def base_config() -> ConfigDict:
     return c
 
 
+# Each stage draws its own random stream from the same seed: without it, gad (init_from warmup) would
+# replay warmup's prompt order and, with inverse-CDF sampling, nearly the same rollouts D trained on.
+STAGE_STREAMS = {"seqkd": 1, "warmup": 2, "gad": 3}
+
+
+def stage_seed(seed: int, stage: str) -> int:
+    """The 32-bit seed of `stage`'s random streams (data order, rollouts): a hash of (seed, stage)."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(seed), STAGE_STREAMS[stage]]).generate_state(1)[0])
+
+
 def stage_defaults(c: ConfigDict) -> ConfigDict:
     """SPEC.md per-stage values where the stage changes them (seqkd: G lr 5e-6, no KL)."""
     if c.stage == "seqkd":
@@ -189,6 +211,18 @@ def validate(c: ConfigDict) -> ConfigDict:
         _fail("model.remat", f"{c.model.remat!r} is not one of {REMATS}")
     if c.disc.loss not in ("bradley_terry", "bce"):
         _fail("disc.loss", f"{c.disc.loss!r} is not 'bradley_terry' or 'bce'")
+    if c.reward.kind not in ("discriminator", "regex"):
+        _fail("reward.kind", f"{c.reward.kind!r} is not 'discriminator' or 'regex'")
+    if c.reward.kind == "regex":
+        import re
+
+        if not c.reward.pattern:
+            _fail("reward.pattern", "reward.kind='regex' needs a pattern")
+        for key in ("pattern", "negative_pattern"):
+            try:
+                re.compile(c.reward[key])
+            except re.error as e:
+                _fail(f"reward.{key}", f"not a valid regular expression: {e}")
     if c.disc.head_init not in ("zero", "normal"):
         _fail("disc.head_init", f"{c.disc.head_init!r} is not 'zero' or 'normal'")
     if len(tuple(c.mesh.shape)) != 3:

@@ -22,6 +22,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -53,6 +54,7 @@ from gadjax.trainer.flops import device_peak_flops, forward_flops_per_token, tra
 from gadjax.trainer.guards import DriftWatch, NonFiniteGuard
 
 log = logging.getLogger("gadjax.train")
+StepHook = Callable[[int, "Trainer"], None]
 
 
 class _Timer:
@@ -92,6 +94,11 @@ class Trainer:
         self.data = build.build_data(c, self.tokenizer, self.teacher)
         self.total_steps = c.train.steps or build.steps_per_epoch(self.data) * (c.data.num_epochs or 1)
         self.n = c.rollout.n_samples
+        # SPEC.md "Temperature": the policy update's log-probs use the rollout temperature (greedy: 1).
+        self.logprob_temperature = float(c.rollout.temperature) if c.rollout.temperature > 0 else 1.0
+        self.stream_seed = config_lib.stage_seed(c.seed, c.stage)
+        self.d_frozen = self.stage == "gad" and bool(c.disc.frozen)
+        self.reward_fn = build.build_reward(c, self.tokenizer) if self.stage == "gad" else None
         log.info("stage %s: %d steps, mesh %s", self.stage, self.total_steps, dict(self.mesh.shape))
 
         # Built outside use_mesh: nnx.eval_shape would read the logical names as mesh axes there.
@@ -165,7 +172,7 @@ class Trainer:
         step = src.latest_step()
         templates = {"g_params": g_params}
         meta = src.read_meta(step)
-        if d_params is not None and meta.get("has_d"):
+        if d_params is not None and meta.get("has_d") and self.config.disc.from_init_run:
             templates["d_params"] = d_params
         trees, meta = src.restore(step, templates)
         src.close()
@@ -238,6 +245,7 @@ class Trainer:
                     n_samples=self.n,
                     loss_type=c.disc.loss,
                     micro_batches=c.train.micro_batches_d,
+                    update=not self.d_frozen,
                 )
                 prog = jit_step(fn, self.d_shardings, self.mesh, batch)
             elif name == "policy":
@@ -248,11 +256,12 @@ class Trainer:
                     loss_cfg,
                     micro_batches=c.train.micro_batches_g,
                     chunk_size=chunk,
+                    temperature=self.logprob_temperature,
                 )
                 prog = jit_step(fn, self.g_shardings, self.mesh, batch)
             elif name == "ref_logprobs":
                 prog = jit_forward(
-                    make_logprob_fn(self.g_graphdef, chunk_size=chunk),
+                    make_logprob_fn(self.g_graphdef, chunk_size=chunk, temperature=self.logprob_temperature),
                     self.g_shardings.params,
                     self.mesh,
                     batch,
@@ -357,7 +366,7 @@ class Trainer:
     def step(self, step: int) -> dict[str, Any]:
         c = self.config
         timer = _Timer()
-        rng = jax.random.fold_in(jax.random.key(c.seed), step)
+        rng = jax.random.fold_in(jax.random.key(self.stream_seed), step)
         k_roll, k_d, k_g = jax.random.split(rng, 3)
         with timer("data"):
             local = next(self.data_iter)
@@ -378,6 +387,9 @@ class Trainer:
             metrics.update(rm)
             metrics.update(self._disc_step(batch, roll, k_d, timer))
             scores = metrics.pop("student_scores")  # rewards from the PRE-update D (SPEC.md)
+            if self.reward_fn is not None:  # an oracle reward (a control), D only logged
+                scores = self.reward_fn(roll.response_ids, roll.response_mask)
+                metrics["oracle_reward_mean"] = float(np.mean(scores))
             metrics.update(self._policy_step(roll, scores, k_g, timer))
         metrics.update(timer.times)
         step_time = sum(timer.times.values())
@@ -397,7 +409,10 @@ class Trainer:
         return metrics
 
     # ---- the loop -----------------------------------------------------------------------------------
-    def run(self) -> dict[str, Any]:
+    def run(self, on_step: StepHook | None = None) -> dict[str, Any]:
+        """Train to the end. ``on_step(steps_done, trainer)`` runs after each step's metrics are written
+        (e.g. an evaluation of ``trainer.student_params()``); it must draw no randomness from the
+        training streams, so a run with a hook trains exactly as one without."""
         c = self.config
         bar = None
         if c.metrics.progress and self.primary:
@@ -422,6 +437,8 @@ class Trainer:
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(bar_postfix(last))
+                if on_step is not None:
+                    on_step(step + 1, self)
                 if (step + 1) % c.checkpoint.every == 0 and step + 1 < self.total_steps:
                     self._save(step + 1)
                 if c.train.debug_kill_at_step and step + 1 == c.train.debug_kill_at_step:
@@ -441,6 +458,10 @@ class Trainer:
                 self.teacher.close()
         return last
 
+    def student_params(self) -> tuple[Any, Any]:
+        """(graphdef, params) of the current student, for evaluation between steps (read-only)."""
+        return self.g_graphdef, self.g_state.params
+
     def export(self) -> None:
         """HF export of the student (and the discriminator when export.discriminator)."""
         from gadjax.models.hf_io import save_hf_checkpoint
@@ -455,8 +476,8 @@ class Trainer:
             log.info("exported the student to %s", os.path.join(out, "student"))
 
 
-def run(config: ConfigDict) -> dict[str, Any]:
-    """Validate `config` and train; returns the last step's metrics record."""
+def run(config: ConfigDict, on_step: StepHook | None = None) -> dict[str, Any]:
+    """Validate `config` and train; returns the last step's metrics record. ``on_step``: Trainer.run."""
     config_lib.validate(config_lib.stage_defaults(config))
     from gadjax.parallel.distributed import initialize_distributed
 
@@ -470,7 +491,7 @@ def run(config: ConfigDict) -> dict[str, Any]:
         os.makedirs(config.run_dir, exist_ok=True)
         with open(os.path.join(config.run_dir, "config.json"), "w", encoding="utf-8") as f:
             json.dump(config.to_dict(), f, indent=2, default=str)
-    return Trainer(config).run()
+    return Trainer(config).run(on_step)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@ from flax import nnx
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
+from gadjax import config as config_lib
 from gadjax.algo.optim import make_optimizer
 from gadjax.models.config import ModelConfig
 from gadjax.models.decoder import Decoder
@@ -52,6 +53,16 @@ def build_tokenizer(config: ConfigDict):
     if not path:
         raise ValueError("config.model.tokenizer: needed when the model is randomly initialised")
     return load_tokenizer(path)
+
+
+def build_reward(config: ConfigDict, tokenizer: Any):
+    """The gad stage's programmatic reward (config.reward.kind = "regex"), or None: D's score."""
+    r = config.reward
+    if r.kind == "discriminator":
+        return None
+    from gadjax.trainer.rewards import RegexReward
+
+    return RegexReward(tokenizer, r.pattern, r.negative_pattern)
 
 
 def build_student(config: ConfigDict, mesh: Mesh) -> Decoder:
@@ -163,7 +174,7 @@ def build_data(config: ConfigDict, tokenizer: Any, teacher: Any):
         overlong_response=d.overlong_response,
         buckets=d.buckets,
         min_bucket=d.min_bucket,
-        seed=config.seed,
+        seed=config_lib.stage_seed(config.seed, config.stage),
         shuffle=d.shuffle,
         num_epochs=d.num_epochs,
         worker_count=d.worker_count,
