@@ -1,9 +1,15 @@
 """Evaluate any student checkpoint: ``python -m gadjax.evaluate --model PATH --data FILE.jsonl ...``.
 
-Greedy responses of the model (a HF directory or a .gguf file) to the held-out prompts, then (SPEC.md
-"Data and evaluation", issue 7): ROUGE-L F1 vs the teacher's responses (rouge-score), response length
-statistics in student tokens, persona marker rate (``--marker``), and the judge protocol against any
-OpenAI-compatible chat URL (``--judge-url``). In-process use: :func:`evaluate_model`.
+Responses of the model (a HF directory or a .gguf file) to the held-out prompts, greedy (SPEC.md, the
+default) or sampled (``--temperature T [--top-p P] [--seed S]``, to compare like with like against
+teacher responses that were themselves sampled), then (SPEC.md "Data and evaluation", issue 7): ROUGE-L
+F1 vs the teacher's responses (rouge-score), response length statistics in student tokens, persona
+marker rate (``--marker``), and the judge protocol against any OpenAI-compatible chat URL
+(``--judge-url``). Teacher-likeness as distribution matching: the marker-rate gap with its standard
+error, a classifier two-sample test of student vs teacher texts (``--no-two-sample`` skips it), and,
+with the teacher's weights (``--teacher-model``, evaluation only), the per-token reverse KL on the
+student's samples and the student's NLL of the teacher's responses. In-process use:
+:func:`evaluate_model`.
 
 Writes, in ``--out``:
 
@@ -12,6 +18,7 @@ Writes, in ``--out``:
     name, model, tokenizer, data           what was evaluated
     settings     every EvalSettings field (judge settings incl. the API-key variable NAME, never the
                  key), stop_ids
+    decoding     {greedy, temperature, top_p, seed}   how the student's responses were drawn
     counts       prompts, with_teacher_response, prompt_truncated, response_truncated, judge_ok,
                  judge_failed (null without a judge)
     metrics
@@ -20,20 +27,34 @@ Writes, in ``--out``:
                      stop token excluded
       teacher_length {n, mean, median, p90, min, max}   teacher responses re-tokenized by the student
       marker         null | {pattern, literal, ignore_case, student: {hits, n, rate},
-                             teacher: {hits, n, rate}}
+                             teacher: {hits, n, rate},
+                             gap: {student_rate, teacher_rate, gap (student - teacher), abs_gap, se,
+                                   n_student, n_teacher}}   se of two independent proportions
+      two_sample     null (--no-two-sample) | {skipped: reason} | classifier two-sample test on the rows
+                     with a teacher response: {accuracy (held-out, 0.5 = indistinguishable, 1.0 =
+                     separable), se, auc, p_value (one-sided binomial vs 0.5), n_correct, n_student,
+                     n_teacher, folds, seed, balanced, chance, features, skipped: null}
+      whitebox       null (no --teacher-model) | {temperature, teacher_system_prompt (bool), note,
+                     reverse_kl: {mean, se, n_prompts, n_tokens, skipped_empty},
+                     teacher_nll: {mean, se, n_prompts, n_tokens, truncated, temperature}}
+                     per-prompt token means, then mean and se over prompts; reverse_kl at the sampling
+                     temperature (T=1 for greedy responses, and then not a KL estimate: see note)
       judge          null | {score (mean s_student/(s_student+s_reference) x 100 over n_ok items),
                              n, n_ok, n_failed, failures: {reference_error, rating_error, parse_error,
                              zero_scores}, mean_s_student, mean_s_reference, model, base_url,
                              client: {reference: counters, rating: counters}}
     summary      flat: n_prompts, rouge_l, length_mean, length_median, length_p90, length_max,
-                 truncation_rate, teacher_length_mean, marker_rate, teacher_marker_rate, judge_score,
-                 judge_n_ok, judge_n_failed   (null where not computed)
-    timing_s     {generation, judge, total}
+                 truncation_rate, teacher_length_mean, marker_rate, teacher_marker_rate, marker_gap,
+                 marker_gap_se, marker_abs_gap, c2st_accuracy, c2st_se, reverse_kl, reverse_kl_se,
+                 teacher_nll, teacher_nll_se, judge_score, judge_n_ok, judge_n_failed
+                 (null where not computed)
+    timing_s     {generation, distribution, judge, total}
 
 ``generations_<name>.jsonl``, one line per prompt in data order::
 
     index, example_id, messages, prompt (the question text given to the judge), teacher_response,
-    student_response, student_token_ids (no stop token), length (= len(student_token_ids)), truncated,
+    student_response, student_token_ids (no stop token), stop_id (the stop token; null if truncated),
+    length (= len(student_token_ids)), truncated,
     prompt_tokens, prompt_truncated, rouge_l, marker_hit, teacher_marker_hit,
     judge: null | {reference, raw, s_reference, s_student, score (0..1), failure, error}
 """
@@ -96,6 +117,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--marker-literal", action="store_true", help="--marker is a literal phrase, not a regex")
     p.add_argument("--marker-ignore-case", action="store_true")
     p.add_argument("--rouge-stemmer", action="store_true", help="Porter stemming in ROUGE-L")
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=0.0,
+        help="0 = greedy (SPEC.md); > 0 samples the student's responses (compare like with like when "
+        "the teacher's responses were sampled)",
+    )
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus filter when sampling")
+    d = p.add_argument_group("distribution matching")
+    d.add_argument("--no-two-sample", action="store_true", help="skip the classifier two-sample test")
+    d.add_argument("--two-sample-folds", type=int, default=5, help="cross-validation folds of that test")
+    d.add_argument(
+        "--teacher-model",
+        help="the teacher's weights (HF directory or .gguf, same tokenizer as the student): adds the "
+        "white-box reverse KL and teacher NLL (evaluation only)",
+    )
+    d.add_argument(
+        "--teacher-system-prompt",
+        help="system message the teacher sees in place of any other (its hidden persona); the student "
+        "sees the conversation without it",
+    )
     j = p.add_argument_group("judge (SPEC.md protocol; skipped without --judge-url)")
     j.add_argument("--judge-url", help="OpenAI-compatible API root, e.g. http://127.0.0.1:8000/v1")
     j.add_argument("--judge-model", help="model name sent to the judge")
@@ -116,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="eval_out", help="output directory")
     p.add_argument("--name", help="label in the output file names (default: the model's file / dir name)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (with --temperature > 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -133,7 +175,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("--judge-url needs --judge-model")
     if args.judge_model and not args.judge_url:
         raise SystemExit("--judge-model needs --judge-url")
-    for flag, path in (("--model", args.model), ("--tokenizer", args.tokenizer), ("--data", args.data)):
+    if args.teacher_system_prompt is not None and not args.teacher_model:
+        raise SystemExit("--teacher-system-prompt needs --teacher-model")
+    paths = (("--model", args.model), ("--tokenizer", args.tokenizer), ("--data", args.data))
+    for flag, path in (*paths, ("--teacher-model", args.teacher_model)):
         if path is not None and not os.path.exists(path):  # before the slow imports
             raise SystemExit(f"{flag}: no such file or directory: {path}")
     judge = None
@@ -167,6 +212,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         rouge_stemmer=args.rouge_stemmer,
         extra_stop_ids=tuple(args.stop_id),
         seed=args.seed,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        two_sample=not args.no_two_sample,
+        two_sample_folds=args.two_sample_folds,
         progress=not args.no_progress,
     )
     if settings.marker:  # fail on a bad regex before loading the model
@@ -189,12 +238,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     tokenizer = load_tokenizer(args.tokenizer or args.model)
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
     model = load_decoder(args.model, dtype=dtype)
-    result = evaluate_model(model, tokenizer, rows, settings)
+    teacher = load_decoder(args.teacher_model, dtype=dtype) if args.teacher_model else None
+    result = evaluate_model(
+        model,
+        tokenizer,
+        rows,
+        settings,
+        teacher_model=teacher,
+        teacher_system_prompt=args.teacher_system_prompt,
+    )
     info = {
         "model": os.path.abspath(args.model),
         "tokenizer": os.path.abspath(args.tokenizer or args.model),
         "data": os.path.abspath(args.data),
     }
+    if args.teacher_model:
+        info["teacher_model"] = os.path.abspath(args.teacher_model)
     eval_path, gen_path = write_results(result, args.out, name, info)
     print(format_summary(result, name))
     print(f"wrote {eval_path}\nwrote {gen_path}")

@@ -1,4 +1,6 @@
-"""Greedy batched generation of the student's responses to a list of chats (SPEC.md: greedy decoding).
+"""Batched generation of the student's responses to a list of chats: greedy (SPEC.md: greedy decoding,
+``temperature=0``, the default) or sampled (``temperature > 0``, optional ``top_p``) through the same
+rollout sampler as training.
 
 Prompts are rendered with the student's chat template and tokenized exactly as for training
 (:class:`gadjax.data.tokenize.RowEncoder`: an over-long prompt keeps its end), sorted by length so that
@@ -10,6 +12,9 @@ of one model in a process, or the live student every N steps, compiles those pro
 
 Lengths are in student tokens and EXCLUDE the stop token; ``truncated`` means no stop token within
 ``max_new_tokens``. The text is the decoded content tokens (special tokens skipped).
+
+Sampling is reproducible: batch ``b`` (of the length-sorted order) draws with
+``fold_in(key(seed), b)``, so a fixed (seed, chats, batch_size) gives the same responses in any process.
 """
 
 from __future__ import annotations
@@ -35,7 +40,9 @@ END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|endoftex
 
 @dataclasses.dataclass
 class GeneratedResponse:
-    """One greedy response. ``token_ids`` excludes the stop token; ``length == len(token_ids)``."""
+    """One response. ``token_ids`` excludes the stop token; ``length == len(token_ids)``. ``stop_id``: the
+    stop token that ended it (None when truncated), so the full sampled sequence can be rebuilt (the
+    white-box metrics score the stop token too)."""
 
     text: str
     token_ids: list[int]
@@ -43,6 +50,7 @@ class GeneratedResponse:
     truncated: bool
     prompt_tokens: int
     prompt_truncated: bool
+    stop_id: int | None = None
 
 
 def default_stop_ids(tokenizer: Any, extra: Iterable[int] = ()) -> frozenset[int]:
@@ -66,34 +74,47 @@ def generate_responses(
     mesh: Mesh | None = None,
     rules: Rules = DEFAULT_RULES,
     seed: int = 0,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
     progress: bool = True,
 ) -> list[GeneratedResponse]:
-    """Greedy responses of ``model`` (a Decoder or its (graphdef, state)) to ``chats``, in input order."""
+    """Responses of ``model`` (a Decoder or its (graphdef, state)) to ``chats``, in input order.
+
+    ``temperature`` 0: greedy (``top_p`` and ``seed`` unused); > 0: sampled from softmax(logits / T)
+    restricted to the ``top_p`` nucleus, batch b keyed by ``fold_in(key(seed), b)``."""
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: must be >= 1")
+    if not temperature >= 0:
+        raise ValueError(f"temperature={temperature}: must be >= 0 (0 = greedy)")
     if not chats:
         return []
     encoder = RowEncoder(tokenizer, max_prompt_tokens=max_prompt_tokens, max_response_tokens=1)
     encoded = [encoder.encode_prompt({"messages": list(c)}) for c in chats]
     buckets = tuple(sorted({*(b for b in DEFAULT_BUCKETS if b < max_prompt_tokens), max_prompt_tokens}))
+    # Greedy keeps the exact config it always had: the Sampler cache (keyed by it) is shared with
+    # earlier greedy evaluations in the process.
+    decoding: dict[str, Any] = (
+        {"greedy": True} if temperature == 0 else {"temperature": float(temperature), "top_p": float(top_p)}
+    )
     cfg = SamplingConfig(
         max_new_tokens=max_new_tokens,
-        greedy=True,
         stop_ids=frozenset(stop_ids) if stop_ids is not None else default_stop_ids(tokenizer),
         pad_id=int(tokenizer.pad_token_id),
         prompt_buckets=buckets,
+        **decoding,
     )
     model = model if isinstance(model, tuple) else nnx.split(model)
     order = sorted(range(len(chats)), key=lambda i: len(encoded[i]["prompt_ids"]))
     out: list[GeneratedResponse | None] = [None] * len(chats)
     rng = jax.random.key(seed)  # greedy: the key is unused by the sampling rule, but required
     bar = tqdm(total=len(chats), desc="generate", unit="prompt", disable=not progress, leave=False)
-    for start in range(0, len(order), batch_size):
+    for batch_index, start in enumerate(range(0, len(order), batch_size)):
         idx = order[start : start + batch_size]
         rows = idx + [idx[-1]] * (batch_size - len(idx))  # fixed batch size: one program per bucket
         seqs = [encoded[i]["prompt_ids"] for i in rows]
         ids, mask = pad_left(seqs, max(len(s) for s in seqs), cfg.pad_id)
-        res = sampler_generate(model, ids, mask, cfg, rng, mesh=mesh, rules=rules)
+        key = jax.random.fold_in(rng, batch_index)
+        res = sampler_generate(model, ids, mask, cfg, key, mesh=mesh, rules=rules)
         for j, i in enumerate(idx):
             n = int(res.response_lengths[j])
             trunc = bool(res.truncated[j])
@@ -105,6 +126,7 @@ def generate_responses(
                 truncated=trunc,
                 prompt_tokens=len(encoded[i]["prompt_ids"]),
                 prompt_truncated=bool(encoded[i]["prompt_truncated"]),
+                stop_id=None if trunc else int(res.response_ids[j, n - 1]),
             )
         bar.update(len(idx))
     bar.close()

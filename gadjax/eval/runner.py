@@ -1,9 +1,12 @@
-"""``evaluate_model``: greedy student responses on held-out prompts, then every metric of issue 7.
+"""``evaluate_model``: student responses on held-out prompts (greedy, or sampled at a temperature),
+then every metric of issue 7 and the distribution-matching ones.
 
 In-process API for the trainer and the demo (no reloading): pass the live Decoder (or its
 (graphdef, state)), the tokenizer and the rows. ``write_results`` saves what the CLI saves.
 Metrics (SPEC.md "Data and evaluation"): ROUGE-L F1 vs the teacher's responses, response length
-statistics in student tokens, persona marker rate, and the judge score.
+statistics in student tokens, persona marker rate, and the judge score. Teacher-likeness as
+distribution matching (gadjax.eval.distribution / whitebox): the marker-rate gap, the classifier
+two-sample test, and, given the teacher's weights, the per-token reverse KL and the teacher NLL.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 
 from jax.sharding import Mesh
 
+from gadjax.eval.distribution import marker_gap, two_sample_test
 from gadjax.eval.generation import default_stop_ids, generate_responses
 from gadjax.eval.judge import JudgeResult, judge_summary, render_question, run_judge
 from gadjax.eval.lengths import length_stats
@@ -43,11 +47,18 @@ def evaluate_model(
     *,
     mesh: Mesh | None = None,
     rules: Rules = DEFAULT_RULES,
+    teacher_model: Any = None,
+    teacher_system_prompt: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on ``rows`` (dicts with ``messages`` and optional ``response`` / ``example_id``,
     as from :func:`gadjax.data.sources.open_source`, or :class:`gadjax.data.rows.Row`).
 
-    Returns {"settings", "counts", "metrics", "summary", "timing_s", "generations"} (see
+    ``teacher_model`` (a loaded Decoder or its (graphdef, state), sharing the student's tokenizer):
+    also compute the white-box reverse KL and teacher NLL (gadjax.eval.whitebox), the teacher seeing
+    each conversation with ``teacher_system_prompt`` as its system message. Evaluation only: a real
+    black-box teacher has no weights to pass.
+
+    Returns {"settings", "decoding", "counts", "metrics", "summary", "timing_s", "generations"} (see
     gadjax/evaluate.py for the schema).
     """
     t0 = time.perf_counter()
@@ -71,6 +82,8 @@ def evaluate_model(
         mesh=mesh,
         rules=rules,
         seed=settings.seed,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
         progress=settings.progress,
     )
     t_gen = time.perf_counter() - t0
@@ -100,6 +113,8 @@ def evaluate_model(
         "length": length_stats([g.length for g in gens], [g.truncated for g in gens]),
         "teacher_length": length_stats(teacher_lengths),
         "marker": None,
+        "two_sample": None,
+        "whitebox": None,
         "judge": None,
     }
 
@@ -117,7 +132,28 @@ def evaluate_model(
             "ignore_case": settings.marker_ignore_case,
             "student": marker_rate(hits),
             "teacher": marker_rate(th),
+            "gap": marker_gap(hits, th),
         }
+
+    t_dist = time.perf_counter()
+    if settings.two_sample:
+        metrics["two_sample"] = _two_sample(
+            [student[k] for k in with_ref], [teacher[k] for k in with_ref], settings
+        )
+    if teacher_model is not None:
+        metrics["whitebox"] = _whitebox(
+            model,
+            teacher_model,
+            tokenizer,
+            chats,
+            gens,
+            teacher,
+            settings,
+            teacher_system_prompt,
+            mesh=mesh,
+            rules=rules,
+        )
+    t_dist = time.perf_counter() - t_dist
 
     judged: list[JudgeResult | None] = [None] * len(rows)
     t1 = time.perf_counter()
@@ -145,6 +181,7 @@ def evaluate_model(
                 "teacher_response": teacher[k],
                 "student_response": g.text,
                 "student_token_ids": g.token_ids,
+                "stop_id": g.stop_id,
                 "length": g.length,
                 "truncated": g.truncated,
                 "prompt_tokens": g.prompt_tokens,
@@ -166,11 +203,13 @@ def evaluate_model(
     }
     return {
         "settings": {**settings.describe(), "stop_ids": sorted(stop_ids)},
+        "decoding": settings.decoding(),
         "counts": counts,
         "metrics": metrics,
         "summary": summarize(metrics, len(rows)),
         "timing_s": {
             "generation": round(t_gen, 3),
+            "distribution": round(t_dist, 3),
             "judge": round(t_judge, 3),
             "total": round(time.perf_counter() - t0, 3),
         },
@@ -178,9 +217,74 @@ def evaluate_model(
     }
 
 
+def _two_sample(student: list[str], teacher: list[str], settings: EvalSettings) -> dict[str, Any]:
+    """C2ST on the rows that have a teacher response (same prompts on both sides), or why it was not run."""
+    folds = settings.two_sample_folds
+    if len(teacher) < 2 * folds:
+        return {
+            "skipped": f"{len(teacher)} rows with a teacher response; the {folds}-fold test needs "
+            f">= {2 * folds}"
+        }
+    return {**two_sample_test(student, teacher, folds=folds, seed=settings.seed), "skipped": None}
+
+
+def _whitebox(
+    model: Any,
+    teacher_model: Any,
+    tokenizer: Any,
+    chats: list[list[dict[str, str]]],
+    gens: list[Any],
+    teacher: list[str | None],
+    settings: EvalSettings,
+    teacher_system_prompt: str | None,
+    *,
+    mesh: Mesh | None,
+    rules: Rules,
+) -> dict[str, Any]:
+    """Reverse KL / teacher NLL at the sampling temperature (T=1 for greedy samples, and said so)."""
+    from gadjax.eval.whitebox import token_metrics  # jax forward passes: only when a teacher is given
+
+    temperature = settings.temperature if not settings.greedy else 1.0
+    res = token_metrics(
+        model,
+        teacher_model,
+        tokenizer,
+        chats,
+        [g.token_ids for g in gens],
+        teacher,
+        student_stop_ids=[g.stop_id for g in gens],
+        teacher_system_prompt=teacher_system_prompt,
+        temperature=temperature,
+        batch_size=settings.batch_size,
+        max_prompt_tokens=settings.max_prompt_tokens,
+        max_response_tokens=settings.max_new_tokens,  # as the student's: stop token included
+        mesh=mesh,
+        rules=rules,
+    )
+    notes = []
+    if settings.greedy:
+        notes.append(
+            "student responses are greedy, not samples: reverse_kl is the mean log-ratio at T=1 on "
+            "greedy outputs, NOT an estimate of KL(student || teacher); sample (temperature > 0) for that"
+        )
+    elif settings.top_p < 1.0:
+        notes.append(
+            f"samples drawn with top_p={settings.top_p}: they do not come from softmax(logits / T), so "
+            "reverse_kl is biased as a KL estimate"
+        )
+    res["note"] = "; ".join(notes) or None
+    for k in ("reverse_kl", "teacher_nll"):
+        res[k] = {kk: v for kk, v in res[k].items() if kk != "per_prompt"}
+    return res
+
+
 def summarize(metrics: Mapping[str, Any], n_prompts: int) -> dict[str, float | int | None]:
     """Flat headline numbers (None where a metric was not computed), for tables and bar plots."""
     marker, judge, length = metrics.get("marker"), metrics.get("judge"), metrics["length"]
+    gap = (marker or {}).get("gap") or {}
+    c2st = metrics.get("two_sample") or {}
+    wb = metrics.get("whitebox") or {}
+    kl, nll = wb.get("reverse_kl") or {}, wb.get("teacher_nll") or {}
     return {
         "n_prompts": n_prompts,
         "rouge_l": metrics["rouge_l"]["mean"],
@@ -192,6 +296,15 @@ def summarize(metrics: Mapping[str, Any], n_prompts: int) -> dict[str, float | i
         "teacher_length_mean": metrics["teacher_length"]["mean"],
         "marker_rate": marker["student"]["rate"] if marker else None,
         "teacher_marker_rate": marker["teacher"]["rate"] if marker else None,
+        "marker_gap": gap.get("gap"),
+        "marker_gap_se": gap.get("se"),
+        "marker_abs_gap": gap.get("abs_gap"),
+        "c2st_accuracy": c2st.get("accuracy"),
+        "c2st_se": c2st.get("se"),
+        "reverse_kl": kl.get("mean"),
+        "reverse_kl_se": kl.get("se"),
+        "teacher_nll": nll.get("mean"),
+        "teacher_nll_se": nll.get("se"),
         "judge_score": judge["score"] if judge else None,
         "judge_n_ok": judge["n_ok"] if judge else None,
         "judge_n_failed": judge["n_failed"] if judge else None,
@@ -234,7 +347,9 @@ def format_summary(result: Mapping[str, Any], name: str) -> str:
     def f(x: float | None, spec: str = ".3f") -> str:
         return "n/a" if x is None else format(x, spec)
 
-    lines = [f"eval {name}: {s['n_prompts']} prompts"]
+    d = result.get("decoding") or {}
+    how = "greedy" if d.get("greedy", True) else f"sampled T={d['temperature']:g} top_p={d['top_p']:g}"
+    lines = [f"eval {name}: {s['n_prompts']} prompts ({how})"]
     lines.append(f"  ROUGE-L F1      {f(s['rouge_l'])}  (n={m['rouge_l']['n']})")
     lines.append(
         f"  length (tokens) mean {f(s['length_mean'], '.1f')}  median "
@@ -246,8 +361,26 @@ def format_summary(result: Mapping[str, Any], name: str) -> str:
         st, te = m["marker"]["student"], m["marker"]["teacher"]
         lines.append(
             f"  marker rate     {f(st['rate'], '.1%')} ({st['hits']}/{st['n']}); "
-            f"teacher {f(te['rate'], '.1%')} ({te['hits']}/{te['n']})"
+            f"teacher {f(te['rate'], '.1%')} ({te['hits']}/{te['n']}); gap "
+            f"{f(s['marker_gap'], '+.3f')} +/- {f(s['marker_gap_se'])}"
         )
+    c2 = m.get("two_sample")
+    if c2 and c2.get("skipped"):
+        lines.append(f"  two-sample test skipped: {c2['skipped']}")
+    elif c2:
+        lines.append(
+            f"  two-sample test accuracy {f(s['c2st_accuracy'])} +/- {f(s['c2st_se'])}  (0.5 = "
+            f"indistinguishable; AUC {f(c2['auc'])}, p {c2['p_value']:.2g}, "
+            f"n {c2['n_student']}+{c2['n_teacher']})"
+        )
+    wb = m.get("whitebox")
+    if wb:
+        lines.append(
+            f"  reverse KL/token {f(s['reverse_kl'], '.4f')} +/- {f(s['reverse_kl_se'], '.4f')} (T="
+            f"{wb['temperature']:g}); teacher NLL/token {f(s['teacher_nll'])} +/- {f(s['teacher_nll_se'])}"
+        )
+        if wb.get("note"):
+            lines.append(f"    note: {wb['note']}")
     if m["judge"]:
         j = m["judge"]
         failed = ", ".join(f"{k} {v}" for k, v in j["failures"].items() if v) or "none"

@@ -12,7 +12,13 @@ from gadjax.eval.judge import JudgeSettings
 class EvalSettings:
     """How to evaluate. ``max_prompts``: the first N rows (file order); None = all. ``marker``: a regex
     (or a literal phrase with ``marker_literal``) whose presence in a response is the persona marker.
-    ``judge``: None skips the judge protocol."""
+    ``judge``: None skips the judge protocol.
+
+    ``temperature`` 0 = greedy (the SPEC.md protocol); > 0 samples (with ``top_p``) from a key derived
+    from ``seed``, so that a student can be compared with a teacher whose responses were SAMPLED at the
+    same temperature (like with like). ``two_sample``: run the classifier two-sample test (student vs
+    teacher texts, gadjax.eval.distribution) when at least 2 x ``two_sample_folds`` rows have a teacher
+    response."""
 
     max_prompts: int | None = None
     max_new_tokens: int = 1536  # SPEC.md: greedy, max 1536 new tokens
@@ -25,6 +31,10 @@ class EvalSettings:
     rouge_stemmer: bool = False
     extra_stop_ids: tuple[int, ...] = ()
     seed: int = 0
+    temperature: float = 0.0
+    top_p: float = 1.0
+    two_sample: bool = True
+    two_sample_folds: int = 5
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -33,6 +43,22 @@ class EvalSettings:
         for f in ("max_new_tokens", "batch_size", "max_prompt_tokens"):
             if getattr(self, f) < 1:
                 raise ValueError(f"EvalSettings.{f}={getattr(self, f)}: must be >= 1")
+        if not self.temperature >= 0:
+            raise ValueError(f"EvalSettings.temperature={self.temperature}: must be >= 0 (0 = greedy)")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"EvalSettings.top_p={self.top_p}: must be in (0, 1]")
+        if self.two_sample_folds < 2:
+            raise ValueError(f"EvalSettings.two_sample_folds={self.two_sample_folds}: must be >= 2")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    def decoding(self) -> dict[str, Any]:
+        """How the student's responses are drawn, for reports ("both sampled at T=0.7")."""
+        if self.greedy:
+            return {"greedy": True, "temperature": 0.0, "top_p": 1.0, "seed": None}
+        return {"greedy": False, "temperature": self.temperature, "top_p": self.top_p, "seed": self.seed}
 
     def describe(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -24,13 +24,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 TOKENIZER = os.path.join(ROOT, "configs", "tiny_assets", "tokenizer")
 DATA = os.path.join(ROOT, "configs", "tiny_assets", "test.jsonl")
 MAX_NEW = 8
-EVAL_KEYS = {"name", "model", "tokenizer", "data", "settings", "counts", "metrics", "summary", "timing_s"}
+EVAL_KEYS = {"name", "model", "tokenizer", "data", "settings", "decoding", "counts", "metrics", "summary",
+             "timing_s"}
 GEN_KEYS = {"index", "example_id", "messages", "prompt", "teacher_response", "student_response",
-            "student_token_ids", "length", "truncated", "prompt_tokens", "prompt_truncated", "rouge_l",
-            "marker_hit", "teacher_marker_hit", "judge"}
+            "student_token_ids", "stop_id", "length", "truncated", "prompt_tokens", "prompt_truncated",
+            "rouge_l", "marker_hit", "teacher_marker_hit", "judge"}
 SUMMARY_KEYS = {"n_prompts", "rouge_l", "length_mean", "length_median", "length_p90", "length_max",
-                "truncation_rate", "teacher_length_mean", "marker_rate", "teacher_marker_rate", "judge_score",
-                "judge_n_ok", "judge_n_failed"}
+                "truncation_rate", "teacher_length_mean", "marker_rate", "teacher_marker_rate", "marker_gap",
+                "marker_gap_se", "marker_abs_gap", "c2st_accuracy", "c2st_se", "reverse_kl", "reverse_kl_se",
+                "teacher_nll", "teacher_nll_se", "judge_score", "judge_n_ok", "judge_n_failed"}
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +92,7 @@ def test_cli_end_to_end(tiny_model, tmp_path, monkeypatch, capsys):
         ref = _torch_greedy(torch_model, tok, row["messages"], stop_ids)
         expect = ref if g["truncated"] else ref[:-1]
         assert g["student_token_ids"] == expect, k
+        assert g["stop_id"] == (None if g["truncated"] else ref[-1])
     lengths = np.array([g["length"] for g in gens])
     m, s = doc["metrics"], doc["summary"]
     assert m["length"]["mean"] == pytest.approx(lengths.mean()) == pytest.approx(s["length_mean"])
@@ -101,6 +104,12 @@ def test_cli_end_to_end(tiny_model, tmp_path, monkeypatch, capsys):
     assert s["marker_rate"] == pytest.approx(np.mean([g["marker_hit"] for g in gens]))
     assert m["teacher_length"]["n"] == 6 and m["judge"] is None and s["judge_score"] is None
     assert doc["counts"]["prompts"] == 6 and doc["settings"]["max_new_tokens"] == MAX_NEW
+    assert doc["decoding"] == {"greedy": True, "temperature": 0.0, "top_p": 1.0, "seed": None}
+    gap = m["marker"]["gap"]
+    assert gap["gap"] == pytest.approx(s["marker_rate"] - 1.0) == pytest.approx(s["marker_gap"])
+    assert m["two_sample"]["skipped"].startswith("6 rows with a teacher response")
+    assert s["c2st_accuracy"] is None
+    assert m["whitebox"] is None and s["reverse_kl"] is None and s["teacher_nll"] is None
 
     # 2. An extra stop id (the 3rd token prompt 0 generated) and the judge over loopback HTTP.
     stop = gens[0]["student_token_ids"][2]
@@ -139,6 +148,7 @@ def test_cli_usage_errors_without_loading_a_model(tmp_path):
     run = subprocess.run([sys.executable, "-m", "gadjax.evaluate", "--help"], capture_output=True, text=True,
                          cwd=ROOT, env=env, timeout=60)
     assert run.returncode == 0 and "--judge-url" in run.stdout and "--marker" in run.stdout
+    assert all(f in run.stdout for f in ("--teacher-model", "--temperature", "--no-two-sample"))
     with pytest.raises(SystemExit, match="--judge-url needs --judge-model"):
         main(["--model", ROOT, "--data", DATA, "--judge-url", "http://127.0.0.1:1/v1"])
     with pytest.raises(ValueError, match="not a valid regular expression"):
@@ -184,3 +194,28 @@ def test_evaluate_model_in_process_api(tiny_model):
     assert limited["generations"][0]["student_token_ids"] == gens[0]["student_token_ids"]
     with pytest.raises(ValueError, match="row 0: no 'messages'"):
         evaluate_model(model, tok, [{"prompt": "x"}], settings)
+
+
+def test_cli_sampled_with_teacher_model(tiny_model, tmp_path, capsys):
+    """--temperature samples (recorded in "decoding"); --teacher-model with the student's own weights and
+    no system prompt: reverse KL exactly 0; the two-sample test runs with 2 folds on 6 rows."""
+    model_dir, _ = tiny_model
+    out = str(tmp_path / "out")
+    args = ["--model", model_dir, "--tokenizer", TOKENIZER, "--data", DATA, "--max-prompts", "6",
+            "--max-new-tokens", str(MAX_NEW), "--batch-size", "4", "--temperature", "0.7", "--seed", "3",
+            "--teacher-model", model_dir, "--two-sample-folds", "2", "--out", out, "--name", "sampled",
+            "--no-progress"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert all(t in printed for t in ("sampled T=0.7", "reverse KL/token", "two-sample test accuracy"))
+    doc, gens = _read(out, "sampled")
+    assert doc["decoding"] == {"greedy": False, "temperature": 0.7, "top_p": 1.0, "seed": 3}
+    assert doc["teacher_model"] == os.path.abspath(model_dir)
+    s, wb, c2 = doc["summary"], doc["metrics"]["whitebox"], doc["metrics"]["two_sample"]
+    assert s["reverse_kl"] == 0.0 and wb["temperature"] == 0.7 and wb["note"] is None
+    assert wb["reverse_kl"]["n_tokens"] == sum(g["length"] + (not g["truncated"]) for g in gens)
+    assert wb["teacher_nll"]["n_prompts"] == 6 and s["teacher_nll"] > 0 and s["teacher_nll_se"] > 0
+    assert c2["skipped"] is None and c2["n_student"] == 6 and 0.0 <= s["c2st_accuracy"] <= 1.0
+    assert s["c2st_se"] == pytest.approx((s["c2st_accuracy"] * (1 - s["c2st_accuracy"]) / 12) ** 0.5)
+    with pytest.raises(SystemExit, match="--teacher-system-prompt needs --teacher-model"):
+        main(["--model", model_dir, "--data", DATA, "--teacher-system-prompt", "x"])
