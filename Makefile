@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-test
 PYTEST_ARGS ?=
 
-.PHONY: test test-fast lint demo demo-compare venv clean
+.PHONY: test test-fast lint demo demo-compare study venv clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,15 @@ demo: $(STAMP)
 # The same run with the seqkd baseline trained and evaluated alongside, for the comparison table.
 demo-compare: $(STAMP)
 	$(PY) -m gadjax.demo.run --out $(DEMO_OUT) --compare $(DEMO_ARGS)
+
+# The study (issue 12): GAD vs seqkd at equal generator updates over 3 seeds, plus the paper's ablations
+# (frozen D, no D warmup, BCE D loss, oracle reward); about 90 minutes on 2 cores. Writes
+# runs/study/study.md. Shares the demo's teacher cache; rerunning skips finished runs.
+STUDY_OUT ?= runs/study
+STUDY_ARGS ?=
+
+study: $(STAMP)
+	$(PY) -m gadjax.demo.study --out $(STUDY_OUT) --teacher-cache $(DEMO_OUT)/teacher_cache.sqlite $(STUDY_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -56,24 +56,28 @@ PLAN_S = {
     "full": {
         "teacher": 180,
         "load": 15,
-        "eval_before": 30,
+        "eval_before": 50,
+        "eval_teacher_resample": 25,
         "warmup": 110,
         "gad": 170,
         "seqkd": 60,
-        "eval_seqkd": 25,
-        "eval_gad": 25,
+        "eval_warmup": 50,
+        "eval_seqkd": 50,
+        "eval_gad": 50,
         "judge": 90,
         "report": 5,
     },
     "ci": {
         "teacher": 40,
         "load": 10,
-        "eval_before": 15,
+        "eval_before": 20,
+        "eval_teacher_resample": 10,
         "warmup": 30,
         "gad": 30,
         "seqkd": 20,
-        "eval_seqkd": 10,
-        "eval_gad": 10,
+        "eval_warmup": 20,
+        "eval_seqkd": 20,
+        "eval_gad": 20,
         "judge": 40,
         "report": 5,
     },
@@ -323,10 +327,16 @@ class StableKeyCache:
 
 
 def collect_teacher(
-    out: str, gguf: str, demo: Any, prompts: dict[str, list[dict]], seed: int
+    out: str,
+    gguf: str,
+    demo: Any,
+    prompts: dict[str, list[dict]],
+    seed: int,
+    cache_path: str | None = None,
 ) -> dict[str, Any]:
     """Teacher responses for every prompt (cache first, then the persona server); writes
-    <out>/data/{split}.jsonl as ``{messages, response, finish_reason, prompt_id}`` and returns stats."""
+    <out>/data/{split}.jsonl as ``{messages, response, finish_reason, prompt_id}`` and returns stats.
+    ``cache_path`` (default <out>/teacher_cache.sqlite) may be shared: the study reuses the demo's."""
     from tqdm import tqdm
 
     from gadjax.demo.persona import PERSONA_SYSTEM_PROMPT, marker_hit
@@ -350,7 +360,7 @@ def collect_teacher(
     keyer = TeacherClient(stable)  # computes stable keys only; no cache, no requests
     items = [(f"{s}:{i}", row["messages"]) for s in SPLITS for i, row in enumerate(prompts[s])]
     stable_keys = {pid: keyer.key_for(m) for pid, m in items}
-    cache = ResponseCache(os.path.join(out, "teacher_cache.sqlite"))
+    cache = ResponseCache(cache_path or os.path.join(out, "teacher_cache.sqlite"))
     missing = [pid for pid, _ in items if stable_keys[pid] not in cache]
     say(
         f"teacher cache: {len(items) - len(missing)}/{len(items)} responses cached"
@@ -492,9 +502,15 @@ def evaluate(
         max_new_tokens=int(demo.teacher_max_tokens),
         batch_size=int(demo.eval_batch_size),
         max_prompt_tokens=max_prompt_tokens,
+        two_sample=False,  # greedy vs the sampled teacher is not like with like: see likeness()
         progress=True,
     )
     result = evaluate_model(model, tokenizer, rows, settings)
+    lk = likeness(model, tokenizer, rows, demo, max_prompt_tokens)
+    result["metrics"]["likeness"] = lk
+    for key in ("marker_gap", "marker_gap_se", "c2st_accuracy", "c2st_se"):
+        result["summary"][key] = lk[key]
+    result["summary"]["sampled_marker_rate"] = lk["marker_rate"]
     gens = result["generations"]
     hits = [marker_hit(g["student_response"]) for g in gens]
     t_hits = [marker_hit(g["teacher_response"]) if g["teacher_response"] else None for g in gens]
@@ -512,10 +528,29 @@ def evaluate(
     write_results(result, out, name, info)
     s = result["summary"]
     say(
-        f"eval {name}: marker {s['marker_rate']:.2f}, ROUGE-L {s['rouge_l']:.3f}, "
-        f"length {s['length_mean']:.1f} tokens ({result['timing_s']['generation']:.1f} s)"
+        f"eval {name}: greedy marker {s['marker_rate']:.2f}, ROUGE-L {s['rouge_l']:.3f}, "
+        f"length {s['length_mean']:.1f} tokens ({result['timing_s']['generation']:.1f} s); sampled: "
+        f"marker gap {s['marker_gap']:+.2f}, C2ST {s['c2st_accuracy']:.2f}"
     )
     return result
+
+
+def likeness(model: Any, tokenizer: Any, rows: list[dict], demo: Any, max_prompt_tokens: int) -> dict:
+    """Teacher-likeness (gadjax.demo.likeness): responses sampled at the teacher's temperature, marker gap
+    and C2ST against the teacher's responses; the result's headline numbers go into the summary."""
+    from gadjax.demo.likeness import likeness_eval
+
+    return likeness_eval(
+        model,
+        tokenizer,
+        rows,
+        temperature=float(demo.teacher_temperature),
+        max_new_tokens=int(demo.teacher_max_tokens),
+        max_prompt_tokens=max_prompt_tokens,
+        batch_size=int(demo.eval_batch_size),
+        seed=1234,
+        folds=2 if len(rows) < 20 else 5,
+    )
 
 
 def judge_all(
@@ -703,6 +738,14 @@ def _run_training_and_eval(
     with timer("eval_before"):
         before_info = {**info, "model": c.model.path}
         evals["before"] = evaluate("before", base, tokenizer, heldout, d, out, before_info, max_p)
+    with timer("eval_teacher_resample"):
+        # A second teacher sample (same weights + hidden persona, the same temperature): the calibration
+        # for the distribution metrics (C2ST ~0.5, marker gap ~0 up to noise).
+        from gadjax.demo.likeness import teacher_resample_rows
+
+        # max 256 prompt tokens: the teacher's view carries the hidden system prompt, never truncated away
+        state["teacher_resample"] = likeness(base, tokenizer, teacher_resample_rows(heldout), d, 256)
+        state["teacher_resample"].pop("examples", None)
     del base
 
     runs = {name: os.path.join(out, name) for name in ("warmup", "gad", "seqkd")}
@@ -729,7 +772,7 @@ def _run_training_and_eval(
             seed=args.seed,
         ).start()
     try:
-        names = (["seqkd"] if args.compare else []) + ["gad"]
+        names = ["warmup"] + (["seqkd"] if args.compare else []) + ["gad"]
         for name in names:
             with timer(f"eval_{name}"):
                 path = os.path.join(runs[name], "export", "student")

