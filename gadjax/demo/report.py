@@ -20,10 +20,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from gadjax.metrics import read_metrics  # noqa: E402
 
-MODELS = ("before", "seqkd", "gad")
+MODELS = ("before", "warmup", "seqkd", "gad")
 # (summary key, label, higher is better?, teacher value key in the teacher column)
 METRICS = (
-    ("marker_rate", "persona marker rate (French)", True),
+    ("c2st_accuracy", "C2ST accuracy, sampled (0.5 = indistinguishable from the teacher)", False),
+    ("marker_gap", "marker gap, sampled (student - teacher French rate; 0 = match)", None),
+    ("sampled_marker_rate", "persona marker rate, sampled", None),
+    ("marker_rate", "persona marker rate, greedy", True),
     ("rouge_l", "ROUGE-L F1 vs teacher", True),
     ("length_mean", "response length (tokens, mean)", None),
     ("truncation_rate", "truncated at max tokens", None),
@@ -48,7 +51,11 @@ def teacher_column(state: Mapping[str, Any], summaries: Mapping[str, Mapping[str
     """The teacher's own numbers on the held-out prompts (its responses vs themselves where defined)."""
     any_s = next(iter(summaries.values()), {})
     judge = (state.get("judge") or {}).get("teacher") or {}
+    resample = state.get("teacher_resample") or {}
     return {
+        "c2st_accuracy": resample.get("c2st_accuracy"),
+        "marker_gap": resample.get("marker_gap"),
+        "sampled_marker_rate": state.get("teacher", {}).get("heldout", {}).get("marker_rate"),
         "marker_rate": state.get("teacher", {}).get("heldout", {}).get("marker_rate"),
         "rouge_l": 1.0,
         "length_mean": any_s.get("teacher_length_mean"),
@@ -139,7 +146,7 @@ def plot_bars(out: str, summaries: Mapping[str, Mapping[str, Any]], teacher: Map
     for ax, (key, label) in zip(axes, keys, strict=True):
         names = [m for m in MODELS if m in summaries]
         vals = [summaries[m].get(key) for m in names]
-        colors = ["#999999", "#4c72b0", "#dd8452"][: len(names)]
+        colors = ["#999999", "#8172b3", "#4c72b0", "#dd8452"][: len(names)]
         ax.bar(names, [v if v is not None else 0.0 for v in vals], color=colors)
         for i, v in enumerate(vals):
             ax.text(i, v if v is not None else 0.0, _fmt(v, ".2f"), ha="center", va="bottom", fontsize=8)
@@ -172,6 +179,23 @@ def findings(summaries: Mapping[str, Mapping[str, Any]], teacher: Mapping[str, A
         verb = "higher than" if diff > 0 else "lower than" if diff < 0 else "equal to"
         lines.append(f"- {label}: {a} {x:.3f} is {verb} {b} {y:.3f} (difference {diff:+.3f}){noise}.")
 
+    for key, label in (("c2st_accuracy", "C2ST accuracy (lower = more teacher-like)"),
+                       ("marker_gap", "Marker gap (closer to 0 = more teacher-like)")):  # fmt: skip
+        for a, b in (("gad", "seqkd"), ("gad", "warmup")):
+            if a in summaries and b in summaries and summaries[a].get(key) is not None:
+                x, y = summaries[a][key], summaries[b][key]
+                sx, sy = (
+                    summaries[a].get(key + "_se" if key == "marker_gap" else "c2st_se"),
+                    summaries[b].get(key + "_se" if key == "marker_gap" else "c2st_se"),
+                )
+                s2 = 2 * math.sqrt((sx or 0) ** 2 + (sy or 0) ** 2)
+                dx = abs(x - 0.5) - abs(y - 0.5) if key == "c2st_accuracy" else abs(x) - abs(y)
+                lines.append(
+                    f"- {label}: {a} {x:+.3f} vs {b} {y:+.3f}; {a} is "
+                    f"{'closer to' if dx < 0 else 'further from'} the teacher "
+                    f"({'beyond' if abs(x - y) > s2 else 'within'} 2 x SE = {s2:.3f}; one seed: see "
+                    "`make study` for the multi-seed comparison)."
+                )
     cmp("gad", "before", "marker_rate", "Marker rate", se=True)
     cmp("seqkd", "before", "marker_rate", "Marker rate", se=True)
     cmp("gad", "seqkd", "marker_rate", "Marker rate, GAD vs the seqkd baseline", se=True)
@@ -283,7 +307,14 @@ def write_report(
         *_table(summaries, teacher),
         "",
         "Teacher column: its own responses (marker rate, length; ROUGE-L of the teacher against itself is "
-        "1 by definition; its judge score rates the teacher's responses with the same protocol).",
+        "1 by definition; its judge score rates the teacher's responses with the same protocol). Its C2ST "
+        "and marker gap compare a SECOND teacher sample (same weights and hidden prompt, same temperature) "
+        "with the collected one: the calibration of those two metrics (0.5 and 0 up to noise).",
+        "",
+        "Sampled rows: student and teacher responses drawn the same way, sampled at the teacher's "
+        f"temperature ({t.get('temperature')}), one per held-out prompt; C2ST = held-out accuracy of an "
+        "n-gram logistic-regression classifier (independent of GAD's discriminator) telling student from "
+        "teacher responses. Greedy rows: the SPEC.md protocol (ROUGE-L, judge).",
         "",
         "## What improved and what did not",
         "",

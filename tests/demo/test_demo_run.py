@@ -64,8 +64,9 @@ def test_demo_ci_budget_artefacts(tmp_path):
 
     # report.md with the before / seqkd / gad / teacher table.
     report = open(os.path.join(out, "report.md"), encoding="utf-8").read()
-    assert "| metric | before | seqkd | gad | teacher |" in report
-    for label in ("persona marker rate", "ROUGE-L F1 vs teacher", "judge score", "response length"):
+    assert "| metric | before | warmup | seqkd | gad | teacher |" in report
+    labels = ("C2ST accuracy, sampled", "marker gap, sampled", "persona marker rate", "ROUGE-L F1 vs teacher")
+    for label in (*labels, "judge score", "response length"):
         assert label in report, label
     assert "python -m gadjax.serve --model" in report and "export/student" in report
     assert "135M judge is weak" in report
@@ -98,10 +99,14 @@ def test_demo_ci_budget_artefacts(tmp_path):
     assert any("sft_loss" in r for r in read_metrics(os.path.join(out, "warmup")))
 
     # Evaluations: every model has the summary numbers; the judge failures are counted, not hidden.
-    for name in ("before", "seqkd", "gad"):
+    for name in ("before", "warmup", "seqkd", "gad"):
         ev = json.load(open(os.path.join(out, f"eval_{name}.json"), encoding="utf-8"))
         s = ev["summary"]
         assert 0.0 <= s["marker_rate"] <= 1.0 and 0.0 <= s["rouge_l"] <= 1.0 and s["length_mean"] > 0
+        # Distribution metrics: both sides sampled at the teacher's temperature (like with like).
+        assert 0.0 <= s["c2st_accuracy"] <= 1.0 and s["c2st_se"] > 0
+        assert -1.0 <= s["marker_gap"] <= 1.0 and s["marker_gap_se"] >= 0
+        assert ev["metrics"]["likeness"]["decoding"]["temperature"] == 0.7
         assert s["judge_n_ok"] + s["judge_n_failed"] == 2  # the CI budget judges 2 prompts
 
     # The exported GAD student loads in transformers (the reference implementation) and generates.
@@ -120,6 +125,7 @@ def test_demo_ci_budget_artefacts(tmp_path):
 
     # Both servers were started and are gone.
     state = json.load(open(os.path.join(out, "demo_state.json"), encoding="utf-8"))
+    assert 0.0 <= state["teacher_resample"]["c2st_accuracy"] <= 1.0
     for name in ("teacher", "judge"):
         info = state["servers"][name]
         assert info and info["returncode"] == 0 and not info["running"], (name, info)
