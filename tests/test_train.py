@@ -246,3 +246,80 @@ def test_a_fresh_run_refuses_a_run_dir_with_checkpoints(tmp_path):
     run(c)
     with pytest.raises(ValueError, match=r"config\.run_dir: .* already holds checkpoints .*resume"):
         run(tiny_config(tmp_path, stage="seqkd", **{"train.steps": 1}))
+
+
+def test_stage_seeds_are_distinct_and_deterministic():
+    seeds = {s: config_lib.stage_seed(0, s) for s in config_lib.STAGES}
+    assert len(set(seeds.values())) == len(config_lib.STAGES)
+    assert seeds == {s: config_lib.stage_seed(0, s) for s in config_lib.STAGES}
+    assert config_lib.stage_seed(1, "gad") != seeds["gad"]
+
+
+@pytest.mark.slow
+def test_stages_draw_their_own_streams_and_an_eval_hook_changes_nothing(tmp_path):
+    """Same seed, same initial weights: warmup and gad see different prompts and rollouts at step 1 (the
+    gad stage must not replay warmup's samples, issue 12); a hook that samples from the student between
+    steps (its own key) leaves the training metrics bitwise unchanged."""
+    from gadjax.rollout.sampler import generate
+    from gadjax.train import run
+
+    common = {"train.steps": 2, "mesh.shape": (1, 1, 1), "metrics.tensorboard": False}
+    run(tiny_config(tmp_path / "gad", stage="gad", **common))
+    run(tiny_config(tmp_path / "warm", stage="warmup", **common))
+    seen = []
+
+    def hook(steps_done, trainer):
+        graphdef, params = trainer.student_params()
+        ids = np.full((2, 16), 5, np.int32)
+        out = generate((graphdef, params), ids, np.ones_like(ids), trainer.sampler.config, jax.random.key(99))
+        seen.append((steps_done, out.response_ids.shape))
+
+    from gadjax import train as train_mod
+
+    c = tiny_config(tmp_path / "hooked", stage="gad", **common)
+    train_mod.run(c, on_step=hook)
+    assert [s for s, _ in seen] == [1, 2]
+
+    gad = read_metrics(str(tmp_path / "gad" / "run"))
+    warm = read_metrics(str(tmp_path / "warm" / "run"))
+    hooked = read_metrics(str(tmp_path / "hooked" / "run"))
+    for a, b in zip(gad, hooked, strict=True):
+        assert _compared(a) == _compared(b)
+    # Step 1 of both stages samples from the same (seed-0) weights before any update.
+    keys = ("rollout_logprob_mean", "response_length_mean", "student_score_mean")
+    assert any(gad[0][k] != warm[0][k] for k in keys), [(gad[0][k], warm[0][k]) for k in keys]
+
+
+@pytest.mark.slow
+def test_frozen_discriminator_and_oracle_reward(tmp_path):
+    """disc.frozen: D is scored and logged but never updated; reward.kind=regex: the GRPO reward is the
+    programmatic one (its mean logged), not D's score."""
+    from gadjax.train import run
+
+    common = {"train.steps": 2, "mesh.shape": (1, 1, 1), "metrics.tensorboard": False}
+    run(tiny_config(tmp_path / "frozen", stage="gad", **{**common, "disc.frozen": True}))
+    frozen = read_metrics(str(tmp_path / "frozen" / "run"))
+    assert all("d_acc" in r and "d_grad_norm" not in r and "g_grad_norm" in r for r in frozen)
+
+    oracle = {"reward.kind": "regex", "reward.pattern": r"[aeiou]", "reward.negative_pattern": r"\d"}
+    run(tiny_config(tmp_path / "oracle", stage="gad", **{**common, **oracle}))
+    recs = read_metrics(str(tmp_path / "oracle" / "run"))
+    for r in recs:
+        assert r["reward_mean"] == pytest.approx(r["oracle_reward_mean"], abs=1e-5)
+        assert r["reward_mean"] != pytest.approx(r["student_score_mean"], abs=1e-6)
+    c = tiny_config(tmp_path, **{"reward.kind": "regex", "reward.pattern": "("})
+    with pytest.raises(config_lib.ConfigValidationError, match=r"config\.reward\.pattern"):
+        config_lib.validate(c)
+
+
+def test_regex_reward_counts_matches_minus_negative_matches():
+    from gadjax.trainer.rewards import RegexReward
+
+    class Tok:
+        def decode(self, ids, skip_special_tokens=True):
+            return " ".join({1: "le", 2: "chat", 3: "the", 4: "est"}[i] for i in ids)
+
+    reward = RegexReward(Tok(), r"\b(le|est)\b", r"\bthe\b")
+    ids = np.array([[1, 2, 4, 0], [3, 3, 1, 4], [2, 2, 0, 0]])
+    mask = np.array([[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 0, 0]])
+    np.testing.assert_array_equal(reward(ids, mask), np.array([2.0, 0.0, 0.0], np.float32))

@@ -43,7 +43,8 @@ def test_split_validation_is_disjoint_and_every_kth():
 def test_mean_se_and_paired_differences():
     m, se = mean_se([1.0, 2.0, 4.0])
     assert m == pytest.approx(7 / 3)
-    assert se == pytest.approx(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) ** 0.5 / 2 / 3**0.5)
+    ss = (1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2
+    assert se == pytest.approx((ss / 2) ** 0.5 / 3**0.5)  # sample std (ddof 1) / sqrt(n)
     assert mean_se([2.0]) == (2.0, None)
     finals = {
         "gad_s0": {"seed": 0, "c2st_accuracy": 0.6},
