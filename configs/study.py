@@ -52,7 +52,7 @@ def get_config(budget: str = "full"):
             # ci: one ablation (the trainer tests cover the other switches on the tiny model).
             ablations=("frozen_d",) if ci else ("frozen_d", "on_policy_long", "oracle", "no_d_warmup", "bce"),
             ablation_seeds=(0,),
-            ablation_gad_steps=2 if ci else 20,
+            ablation_gad_steps=2 if ci else 16,
             long_max_tokens=24 if ci else 48,  # room to drift for the frozen-D pair
         )
     )
