@@ -179,23 +179,23 @@ def findings(summaries: Mapping[str, Mapping[str, Any]], teacher: Mapping[str, A
         verb = "higher than" if diff > 0 else "lower than" if diff < 0 else "equal to"
         lines.append(f"- {label}: {a} {x:.3f} is {verb} {b} {y:.3f} (difference {diff:+.3f}){noise}.")
 
-    for key, label in (("c2st_accuracy", "C2ST accuracy (lower = more teacher-like)"),
-                       ("marker_gap", "Marker gap (closer to 0 = more teacher-like)")):  # fmt: skip
+    # Distribution metrics: distance from "indistinguishable" (C2ST 0.5, marker gap 0), one seed.
+    likeness = (
+        ("c2st_accuracy", "c2st_se", 0.5, "C2ST accuracy (0.5 = indistinguishable)"),
+        ("marker_gap", "marker_gap_se", 0.0, "Marker gap (0 = the teacher's rate)"),
+    )
+    for key, se_key, ideal, label in likeness:
         for a, b in (("gad", "seqkd"), ("gad", "warmup")):
-            if a in summaries and b in summaries and summaries[a].get(key) is not None:
-                x, y = summaries[a][key], summaries[b][key]
-                sx, sy = (
-                    summaries[a].get(key + "_se" if key == "marker_gap" else "c2st_se"),
-                    summaries[b].get(key + "_se" if key == "marker_gap" else "c2st_se"),
-                )
-                s2 = 2 * math.sqrt((sx or 0) ** 2 + (sy or 0) ** 2)
-                dx = abs(x - 0.5) - abs(y - 0.5) if key == "c2st_accuracy" else abs(x) - abs(y)
-                lines.append(
-                    f"- {label}: {a} {x:+.3f} vs {b} {y:+.3f}; {a} is "
-                    f"{'closer to' if dx < 0 else 'further from'} the teacher "
-                    f"({'beyond' if abs(x - y) > s2 else 'within'} 2 x SE = {s2:.3f}; one seed: see "
-                    "`make study` for the multi-seed comparison)."
-                )
+            if a not in summaries or b not in summaries or summaries[a].get(key) is None:
+                continue
+            x, y = summaries[a][key], summaries[b][key]
+            two_se = 2 * math.hypot(summaries[a].get(se_key) or 0.0, summaries[b].get(se_key) or 0.0)
+            closer = "closer to" if abs(x - ideal) < abs(y - ideal) else "not closer to"
+            lines.append(
+                f"- {label}: {a} {x:+.3f} vs {b} {y:+.3f}; {a} is {closer} "
+                f"the teacher ({'beyond' if abs(x - y) > two_se else 'within'} 2 x SE = {two_se:.3f}; one "
+                "seed: `make study` is the multi-seed comparison)."
+            )
     cmp("gad", "before", "marker_rate", "Marker rate", se=True)
     cmp("seqkd", "before", "marker_rate", "Marker rate", se=True)
     cmp("gad", "seqkd", "marker_rate", "Marker rate, GAD vs the seqkd baseline", se=True)
