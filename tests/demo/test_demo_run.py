@@ -104,7 +104,7 @@ def test_demo_ci_budget_artefacts(tmp_path):
         s = ev["summary"]
         assert 0.0 <= s["marker_rate"] <= 1.0 and 0.0 <= s["rouge_l"] <= 1.0 and s["length_mean"] > 0
         # Distribution metrics: both sides sampled at the teacher's temperature (like with like).
-        assert 0.0 <= s["c2st_accuracy"] <= 1.0 and s["c2st_se"] > 0
+        assert 0.0 <= s["c2st_accuracy"] <= 1.0 and s["c2st_se"] >= 0  # 0 when accuracy is 0 or 1
         assert -1.0 <= s["marker_gap"] <= 1.0 and s["marker_gap_se"] >= 0
         assert ev["metrics"]["likeness"]["decoding"]["temperature"] == 0.7
         assert s["judge_n_ok"] + s["judge_n_failed"] == 2  # the CI budget judges 2 prompts
