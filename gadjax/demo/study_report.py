@@ -316,6 +316,16 @@ def write(out: str, c: Any, records: Sequence[Mapping[str, Any]], state: Mapping
             "![ablation drift](ablation_drift.png)",
             "",
         ]
+    missing = [f"{a}_s{seed}" for seed in s.ablation_seeds for a in s.ablations if f"{a}_s{seed}" not in finals]
+    missing = [f"{arm}_s{seed}" for seed in s.seeds for arm in ("gad", "seqkd") if f"{arm}_s{seed}" not in finals] + missing
+    if missing:
+        lines += [
+            "## Not run yet",
+            "",
+            "Configured but without a final evaluation (the study was stopped before them; `make study` "
+            f"resumes and skips finished runs): {', '.join(missing)}.",
+            "",
+        ]
     lines += [
         "## Files",
         "",
