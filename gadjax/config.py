@@ -1,12 +1,15 @@
 """The training config: defaults (SPEC.md reference hyperparameters) and validation.
 
 Config files in configs/ define `get_config()` that starts from `base_config()` and overrides fields;
-`python -m gadjax.train --config configs/X.py --config.key=value` overrides more. `validate` runs before
+`python -m gadjax.train --config configs/X.py --config.key=value` overrides more (a list key such as
+data.train takes a path, comma-separated paths or a glob: `parse_path_list`). `validate` runs before
 anything is compiled and names the offending key.
 """
 
 from __future__ import annotations
 
+import ast
+import glob
 import os
 from typing import Any
 
@@ -190,6 +193,32 @@ def stage_defaults(c: ConfigDict) -> ConfigDict:
     return c
 
 
+def parse_path_list(value: Any) -> list[Any]:
+    """A list of files from the command line: a path, comma-separated paths and/or globs, or a list.
+
+    Globs are expanded (sorted, like a shell); one that matches nothing stays as written, so `validate`
+    names it as missing. A value that starts with "[" is read as a Python list literal. Lists pass through.
+    """
+    if isinstance(value, list | tuple):
+        return list(value)
+    text = str(value).strip()
+    if text.startswith("["):
+        try:
+            parsed = ast.literal_eval(text)
+        except (SyntaxError, ValueError) as e:
+            raise ValueError(f"not a list literal: {text!r}") from e
+        if not isinstance(parsed, list | tuple):
+            raise ValueError(f"expected a list, got {text!r}")
+        return list(parsed)
+    paths: list[Any] = []
+    for item in (p.strip() for p in text.split(",")):
+        if not item:
+            continue
+        matches = sorted(glob.glob(item)) if any(c in item for c in "*?[") else []
+        paths.extend(matches or [item])
+    return paths
+
+
 def _fail(key: str, msg: str) -> None:
     raise ConfigValidationError(f"config.{key}: {msg}")
 
@@ -232,6 +261,9 @@ def validate(c: ConfigDict) -> ConfigDict:
     for path in c.data.train:
         if not os.path.exists(path):
             _fail("data.train", f"{path!r} does not exist")
+    kinds = sorted({_data_kind(p) for p in c.data.train})
+    if c.data.kind == "auto" and len(kinds) > 1:  # the data source reads one kind, chosen by the first file
+        _fail("data.train", f"mixes {' and '.join(kinds)} files; one kind per run (convert the others)")
     _positive(c, "data.batch_size", "data.max_prompt_tokens", "data.max_response_tokens")
     _positive(c, "rollout.n_samples", "rollout.max_new_tokens", "train.logprob_chunk")
     _positive(c, "train.micro_batches_g", "train.micro_batches_d", "checkpoint.every", "checkpoint.keep")
@@ -275,6 +307,11 @@ def validate(c: ConfigDict) -> ConfigDict:
     if c.init_from and not os.path.isdir(c.init_from):
         _fail("init_from", f"{c.init_from!r} is not a directory (an earlier run_dir)")
     return c
+
+
+def _data_kind(path: str) -> str:
+    """What data.kind='auto' reads `path` as (gadjax.data.sources.open_source)."""
+    return "tfds" if os.path.isdir(path) else ("parquet" if path.endswith(".parquet") else "jsonl")
 
 
 def _positive(c: ConfigDict, *keys: str) -> None:

@@ -169,7 +169,12 @@ def _default_name(model: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """The command line. Usage and input errors raise SystemExit("message") or cli.InputError; run as a
+    program (``run_main``), each is one line on stderr with exit status 2."""
+    from gadjax import cli
+
+    cli.quiet_tpu_start()
+    args = cli.one_line_errors(build_parser(), "gadjax.evaluate").parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.judge_url and not args.judge_model:
         raise SystemExit("--judge-url needs --judge-model")
@@ -200,28 +205,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_retries=args.judge_retries,
             cache_path=cache,
         )
-    settings = EvalSettings(
-        max_prompts=args.max_prompts,
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
-        max_prompt_tokens=args.max_prompt_tokens,
-        marker=args.marker,
-        marker_literal=args.marker_literal,
-        marker_ignore_case=args.marker_ignore_case,
-        judge=judge,
-        rouge_stemmer=args.rouge_stemmer,
-        extra_stop_ids=tuple(args.stop_id),
-        seed=args.seed,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        two_sample=not args.no_two_sample,
-        two_sample_folds=args.two_sample_folds,
-        progress=not args.no_progress,
-    )
+    with cli.input_errors("arguments"):
+        settings = EvalSettings(
+            max_prompts=args.max_prompts,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+            max_prompt_tokens=args.max_prompt_tokens,
+            marker=args.marker,
+            marker_literal=args.marker_literal,
+            marker_ignore_case=args.marker_ignore_case,
+            judge=judge,
+            rouge_stemmer=args.rouge_stemmer,
+            extra_stop_ids=tuple(args.stop_id),
+            seed=args.seed,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            two_sample=not args.no_two_sample,
+            two_sample_folds=args.two_sample_folds,
+            progress=not args.no_progress,
+        )
     if settings.marker:  # fail on a bad regex before loading the model
         from gadjax.eval.markers import compile_marker
 
-        compile_marker(settings.marker, settings.marker_ignore_case, settings.marker_literal)
+        with cli.input_errors("--marker"):
+            compile_marker(settings.marker, settings.marker_ignore_case, settings.marker_literal)
     name = args.name or _default_name(args.model)
 
     # Heavy imports after argument checks: --help and usage errors stay fast.
@@ -232,13 +239,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     from gadjax.models.hf_io import load_decoder
     from gadjax.models.tokenizer import load_tokenizer
 
-    source = open_source(args.data, split=args.split)
-    n = len(source) if args.max_prompts is None else min(len(source), args.max_prompts)
-    rows = [source[i] for i in range(n)]
-    tokenizer = load_tokenizer(args.tokenizer or args.model)
+    with cli.input_errors(f"--data {args.data}"):
+        source = open_source(args.data, split=args.split)
+        n = len(source) if args.max_prompts is None else min(len(source), args.max_prompts)
+        rows = [source[i] for i in range(n)]
+    tokenizer_path = args.tokenizer or args.model
+    with cli.input_errors(f"{'--tokenizer' if args.tokenizer else '--model'} {tokenizer_path}"):
+        tokenizer = load_tokenizer(tokenizer_path)
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
-    model = load_decoder(args.model, dtype=dtype)
-    teacher = load_decoder(args.teacher_model, dtype=dtype) if args.teacher_model else None
+    with cli.input_errors(f"--model {args.model}"):
+        model = load_decoder(args.model, dtype=dtype)
+    teacher = None
+    if args.teacher_model:
+        with cli.input_errors(f"--teacher-model {args.teacher_model}"):
+            teacher = load_decoder(args.teacher_model, dtype=dtype)
     result = evaluate_model(
         model,
         tokenizer,
@@ -261,4 +275,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from gadjax.cli import run_main
+
+    sys.exit(run_main("gadjax.evaluate", main))

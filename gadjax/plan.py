@@ -804,6 +804,10 @@ if __name__ == "__main__":
     from absl import app, flags
     from ml_collections import config_flags
 
+    from gadjax.cli import quiet_tpu_start
+
+    quiet_tpu_start()  # no libtpu start-up noise on a host without a TPU (describing one needs none)
+
     config_flags.DEFINE_config_file("config", None, "config file (configs/*.py)", lock_config=False)
     flags.DEFINE_string(
         "topology",

@@ -81,8 +81,15 @@ def _write_ready_file(path: str, url: str) -> None:
     os.replace(tmp, path)
 
 
+PROG = "gadjax.serve"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    """Serve until SIGTERM / SIGINT. Bad arguments and unreadable inputs: one line on stderr, exit 2."""
+    from gadjax import cli
+
+    cli.quiet_tpu_start()
+    args = cli.one_line_errors(_parser(), PROG).parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
         stream=sys.stderr,
@@ -93,15 +100,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.api_key_env:
         api_key = os.environ.get(args.api_key_env)
         if not api_key:
-            print(
-                f"gadjax.serve: environment variable {args.api_key_env} (--api-key-env) is not set or empty",
-                file=sys.stderr,
+            return cli.report(
+                PROG, f"environment variable {args.api_key_env} (--api-key-env) is not set or empty"
             )
-            return 2
     for name in ("max_batch", "max_new_tokens"):
         if getattr(args, name) < 1:
-            print(f"gadjax.serve: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
-            return 2
+            return cli.report(PROG, f"--{name.replace('_', '-')} must be >= 1")
+    if args.max_prompt_tokens is not None and args.max_prompt_tokens < 1:
+        return cli.report(PROG, "--max-prompt-tokens must be >= 1")
+    if not 0 <= args.port <= 65535:
+        return cli.report(PROG, f"--port must be in [0, 65535] (got {args.port})")
+    try:
+        cli.require_paths(("--model", args.model), ("--tokenizer", args.tokenizer))
+    except cli.InputError as e:
+        return cli.report(PROG, e)
 
     import jax.numpy as jnp  # after argument checks: importing jax takes seconds
 
@@ -111,8 +123,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from gadjax.serving.http import ChatService, make_server
 
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
-    tokenizer = load_tokenizer(args.tokenizer or args.model)
-    model = load_decoder(args.model, dtype=dtype, param_dtype=dtype)
+    try:
+        tokenizer_path = args.tokenizer or args.model
+        with cli.input_errors(f"{'--tokenizer' if args.tokenizer else '--model'} {tokenizer_path}"):
+            tokenizer = load_tokenizer(tokenizer_path)
+        with cli.input_errors(f"--model {args.model}"):
+            model = load_decoder(args.model, dtype=dtype, param_dtype=dtype)
+    except cli.InputError as e:
+        return cli.report(PROG, e)
     cfg = model.config
     max_prompt = args.max_prompt_tokens or max(
         32, min(4096, cfg.max_position_embeddings - args.max_new_tokens)
@@ -129,7 +147,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     name = args.served_model_name or default_model_name(args.model)
     service = ChatService(engine, tokenizer, name, system_prompt=args.system_prompt, api_key=api_key)
-    httpd = make_server(service, args.host, args.port)
+    try:
+        httpd = make_server(service, args.host, args.port)
+    except OSError as e:  # address in use, cannot bind
+        engine.close()
+        return cli.report(PROG, f"cannot listen on {args.host}:{args.port}: {e}")
     host, port = httpd.server_address[:2]
     url = f"http://{host}:{port}/v1"
 
@@ -167,4 +189,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from gadjax.cli import run_main
+
+    sys.exit(run_main(PROG, main))

@@ -494,15 +494,34 @@ def run(config: ConfigDict, on_step: StepHook | None = None) -> dict[str, Any]:
     return Trainer(config).run(on_step)
 
 
+PROG = "gadjax.train"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The command line. Config and input errors are one line on stderr and exit status 2 (gadjax.cli);
+    on a host without a TPU, libtpu is kept quiet."""
+    from gadjax import cli
+
+    cli.quiet_tpu_start()  # jax is imported but its backends have not started yet
     from absl import app, flags
     from ml_collections import config_flags
 
+    cli.register_list_overrides()  # --config.data.train=a.jsonl,b.jsonl or a glob
     config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=False)
     flags.DEFINE_bool(
         "compile_only", False, "Lower + compile the programs for --topology and print the plan."
     )
     flags.DEFINE_string("topology", "", "TPU topology for --compile_only, e.g. v5p-64.")
+
+    def _parse_flags(args: list[str]) -> list[str]:
+        try:
+            return flags.FLAGS(args)
+        except flags.Error as e:  # absl would print two lines and exit 1
+            cli.fail(PROG, e)
+        except (KeyError, AttributeError) as e:  # ml_collections: an override names no config key
+            while e.args and isinstance(e.args[0], BaseException):  # AttributeError(KeyError(message))
+                e = e.args[0]
+            cli.fail(PROG, f"--config.KEY=VALUE: unknown key {e.args[0] if e.args else e}")
 
     def _main(_argv: list[str]) -> None:
         from absl import logging as absl_logging
@@ -512,20 +531,26 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("gadjax").setLevel(logging.INFO)
         cfg = flags.FLAGS.config
         if cfg is None:
-            raise app.UsageError("--config is required, e.g. --config configs/tiny.py")
+            cli.fail(PROG, "--config is required, e.g. --config configs/tiny.py")
+        try:
+            cfg.get("stage")  # a config file that failed to load raises here (ml_collections defers it)
+        except OSError as e:
+            path = config_flags.get_config_filename(flags.FLAGS["config"]).split(":", 1)[0]
+            cli.fail(PROG, f"--config: {e}" if os.path.isfile(path) else f"--config: no such file: {path}")
         if flags.FLAGS.compile_only:
             from gadjax import plan
 
             try:
                 plan.main(cfg, flags.FLAGS.topology or None)
-            except plan.PlanError as e:
-                print(f"gadjax plan: {e}", file=sys.stderr)
+            except plan.PlanDoesNotFitError as e:  # the plan's verdict, not a usage error
+                print(f"gadjax plan: {cli.one_line(e)}", file=sys.stderr)
                 sys.exit(1)
+            except plan.PlanError as e:
+                cli.fail(PROG, e)
             return
         run(cfg)
 
-    app.run(_main, argv=argv or sys.argv)
-    return 0
+    return cli.run_main(PROG, lambda: app.run(_main, argv=argv or sys.argv, flags_parser=_parse_flags))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from gadjax.cli import one_line
 from gadjax.data.rows import BadRowCounter, DataError, read_rows
 from gadjax.teacher.client import TeacherClient, TeacherError
 from gadjax.teacher.config import TeacherConfig, TeacherConfigError
@@ -110,7 +111,7 @@ def collect(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
             for i, row in read_rows(args.prompts, skip_bad_rows=args.skip_bad_rows, counter=bad)
         ]
     except (DataError, OSError) as e:
-        print(f"collect: bad prompts: {e}", file=sys.stderr)
+        print(f"collect: bad prompts: {one_line(e)}", file=sys.stderr)
         return 2, {"error": str(e)}
     try:
         cfg = TeacherConfig(
@@ -134,7 +135,7 @@ def collect(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
         if cfg.api_key_env is not None:
             cfg.api_key()  # fail now, not once per prompt
     except TeacherConfigError as e:
-        print(f"collect: {e}", file=sys.stderr)
+        print(f"collect: {one_line(e)}", file=sys.stderr)
         return 2, {"error": str(e)}
 
     partial = args.out + ".partial"
@@ -201,7 +202,10 @@ def collect(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """The command line; bad input (arguments, prompts, teacher settings) is one line on stderr, exit 2."""
+    from gadjax.cli import one_line_errors
+
+    args = one_line_errors(build_parser(), "collect").parse_args(argv)
     _setup_logging(args.log_file)
     status, summary = collect(args)
     if "prompts" in summary:
