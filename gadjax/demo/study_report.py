@@ -135,7 +135,8 @@ def verdicts(
             se2_txt = "n/a" if se2 is None else f"{se2:.3f}"
             out.append(
                 f"  GAD - its warmup start = {m2:+.3f} (SE {se2_txt}, {n2} seeds): the gad stage "
-                f"moved the student {'towards' if m2 < 0 else 'away from'} the teacher."
+                f"moved the student {'towards' if m2 < 0 else 'away from'} the teacher "
+                f"({'beyond' if se2 is not None and abs(m2) > 2 * se2 else 'within'} 2 x SE)."
             )
     drift = length_drift(runs_dir)
     for name in ("frozen_d", "on_policy_long"):
