@@ -45,7 +45,7 @@ demo-compare: $(STAMP)
 	$(PY) -m gadjax.demo.run --out $(DEMO_OUT) --compare $(DEMO_ARGS)
 
 # The study (issue 12): GAD vs seqkd at equal generator updates over 3 seeds, plus the paper's ablations
-# (frozen D, no D warmup, BCE D loss, oracle reward); about 90 minutes on 2 cores. Writes
+# (frozen D, no D warmup, BCE D loss, oracle reward); over 90 minutes on 2 cores (README). Writes
 # runs/study/study.md. Shares the demo's teacher cache; rerunning skips finished runs.
 STUDY_OUT ?= runs/study
 STUDY_ARGS ?=

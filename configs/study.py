@@ -2,7 +2,7 @@
 ablations, in miniature on the embedded model (SmolLM2-135M-Instruct distilled from itself behind a
 hidden French persona; see configs/demo.py for the shared settings).
 
-`get_config("full")`: 3 seeds, about 90 minutes on a 2-core CPU (measured: see README).
+`get_config("full")`: 3 seeds; main arms ~110 min measured under load 2-5 (~75 min quiet, est.) + ablations.
 `get_config("ci")`: the test-suite run (one seed, a few steps per run). The `study` block holds what
 only the study reads; every other key is the demo's training config, used for each run with the
 per-run changes of gadjax/demo/study.py.
