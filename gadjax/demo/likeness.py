@@ -20,6 +20,10 @@ from typing import Any
 
 from gadjax.demo.persona import marker_hit, persona_messages
 
+# The teacher's view carries the hidden system prompt: a prompt budget that never truncates it away
+# (prompts are truncated from the left, which would drop the system message first).
+TEACHER_PROMPT_TOKENS = 256
+
 
 def teacher_resample_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The rows as the teacher sees them (hidden persona system prompt), keeping the collected teacher

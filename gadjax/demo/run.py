@@ -741,10 +741,10 @@ def _run_training_and_eval(
     with timer("eval_teacher_resample"):
         # A second teacher sample (same weights + hidden persona, the same temperature): the calibration
         # for the distribution metrics (C2ST ~0.5, marker gap ~0 up to noise).
-        from gadjax.demo.likeness import teacher_resample_rows
+        from gadjax.demo.likeness import TEACHER_PROMPT_TOKENS, teacher_resample_rows
 
-        # max 256 prompt tokens: the teacher's view carries the hidden system prompt, never truncated away
-        state["teacher_resample"] = likeness(base, tokenizer, teacher_resample_rows(heldout), d, 256)
+        rows = teacher_resample_rows(heldout)
+        state["teacher_resample"] = likeness(base, tokenizer, rows, d, TEACHER_PROMPT_TOKENS)
         state["teacher_resample"].pop("examples", None)
     del base
 

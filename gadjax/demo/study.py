@@ -53,7 +53,6 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "study.py")
 
 log = logging.getLogger("gadjax.study")
-TEACHER_PROMPT_TOKENS = 256  # room for the persona system prompt + the longest demo prompt
 
 
 # ------------------------------------------------------------------------------------------- results
@@ -160,7 +159,14 @@ class Study:
             folds=int(self.s.c2st_folds),
         )
 
-    def final(self, name: str, model_path: str | None, rows_fn: Any = None, **meta: Any) -> None:
+    def final(
+        self,
+        name: str,
+        model_path: str | None,
+        rows_fn: Any = None,
+        max_prompt: int | None = None,
+        **meta: Any,
+    ) -> None:
         """Held-out teacher-likeness of one model (a run's export, or the base model)."""
         if self.results.final_done(name):
             return
@@ -169,10 +175,7 @@ class Study:
         with self.timer(f"final {name}"):
             model = load_decoder(model_path or self.c.model.path)
             rows = rows_fn(self.heldout) if rows_fn else self.heldout
-            # The teacher's view carries the hidden system prompt: never truncate it away.
-            res = self.likeness(
-                model, rows, meta.get("max_tokens"), TEACHER_PROMPT_TOKENS if rows_fn else None
-            )
+            res = self.likeness(model, rows, meta.get("max_tokens"), max_prompt)
             del model
         say(
             f"held-out {name}: marker gap {res['marker_gap']:+.3f} (se {res['marker_gap_se']:.3f}), "
@@ -374,10 +377,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             state["teacher"].pop("server", None)
         study = Study(c, out, results, timer)
         study.prepare_data()
-        from gadjax.demo.likeness import teacher_resample_rows
+        from gadjax.demo.likeness import TEACHER_PROMPT_TOKENS, teacher_resample_rows
 
         study.final("before", None, arm="before", seed=-1)
-        study.final("teacher_resample", None, teacher_resample_rows, arm="teacher", seed=-1)
+        study.final(
+            "teacher_resample", None, teacher_resample_rows, TEACHER_PROMPT_TOKENS, arm="teacher", seed=-1
+        )
         warm0 = {}
         for seed in c.study.seeds:
             warm0[seed] = study.main_arms(int(seed))
