@@ -2,13 +2,14 @@
 ablations, in miniature on the embedded model (SmolLM2-135M-Instruct distilled from itself behind a
 hidden French persona; see configs/demo.py for the shared settings).
 
-`get_config("full")`: 3 seeds; main arms ~110 min measured under load 2-5 (~75 min quiet, est.) + ablations.
+`get_config("full")`: 3 seeds, main arms and ablations; see README for the measured wall time.
 `get_config("ci")`: the test-suite run (one seed, a few steps per run). The `study` block holds what
 only the study reads; every other key is the demo's training config, used for each run with the
 per-run changes of gadjax/demo/study.py.
 
 Settings (step counts, learning rates) are the demo's, scaled to a longer budget; the reference (SPEC.md)
-uses a 5x smaller G learning rate for the RL stage than for SFT, and so does gad_lr here.
+uses a 5x smaller G learning rate for the RL stage than for SFT, and gad_lr here is 3.3x smaller. The gad
+length and the evaluation cadence were chosen on the first study's validation curves (never on held-out).
 """
 
 import importlib.util
@@ -38,10 +39,19 @@ def get_config(budget: str = "full"):
             budget=budget,
             seeds=(0,) if ci else (0, 1, 2),
             warmup_steps=2 if ci else 24,  # of which train.d_only_steps train D alone
-            gad_steps=2 if ci else 28,
+            # 16, not the 28 of the first study: on its validation curves GAD came closest to the teacher
+            # after 4 gad steps in all 3 seeds and overshot the teacher's marker rate by 16-28 (docs/study).
+            gad_steps=2 if ci else 16,
             gad_lr=6e-6,  # smaller than SFT's, as in the reference (SPEC.md: 1e-6 vs seqkd's 5e-6)
             seqkd_lr=2e-5,
-            eval_every=2 if ci else 12,  # generator updates between teacher-likeness evaluations
+            eval_every=2 if ci else 4,  # generator updates between teacher-likeness evaluations
+            # Checkpoint selection (SPEC.md, the paper's protocol), applied alike to both main arms: the
+            # evaluation with the lowest validation C2ST accuracy (ties: smaller |marker gap|) whose mean
+            # length is within the band (x the teacher's mean on validation) is also evaluated on held-out.
+            # "" = off.
+            select_metric="c2st_accuracy",
+            select_tiebreak=("marker_abs_gap",),
+            select_length_band=(0.8, 1.25),
             validation_every=3 if ci else 5,  # every k-th training prompt is the validation split
             validation_max=10 if ci else 40,  # 0 = all of it
             heldout_max=10 if ci else 0,

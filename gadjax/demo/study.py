@@ -57,8 +57,9 @@ log = logging.getLogger("gadjax.study")
 
 # ------------------------------------------------------------------------------------------- results
 class Results:
-    """Append-only JSONL of finished work: {"kind": "curve" | "final" | "run", ...}. A run's curve points
-    count only once its "run" record exists (an interrupted run is redone from the start)."""
+    """Append-only JSONL of finished work: {"kind": "curve" | "final" | "selection" | "run", ...}. Records
+    that name a "run" (curve points, the evaluation of its selected checkpoint) count only once that run's
+    "run" record exists (an interrupted run is redone from the start)."""
 
     def __init__(self, path: str):
         self.path = path
@@ -67,8 +68,11 @@ class Results:
             with open(path, encoding="utf-8") as f:
                 self.records = [json.loads(line) for line in f if line.strip()]
         done = {r["run"] for r in self.records if r["kind"] == "run"}
-        # Drop curve points of runs that never finished (they are redone).
-        self.records = [r for r in self.records if r["kind"] != "curve" or r["run"] in done]
+        # Drop what runs that never finished recorded (curve points, a selected checkpoint's evaluation):
+        # they are redone from the start.
+        self.records = [
+            r for r in self.records if r["kind"] == "run" or r.get("run", "") in done or "run" not in r
+        ]
         self._rewrite()
 
     def _rewrite(self) -> None:
@@ -121,6 +125,8 @@ class Study:
         self.val: list[dict] = []
         self.heldout: list[dict] = []
         self.d_only = int(c.train.d_only_steps)
+        self.teacher_length: float | None = None  # mean teacher response tokens on validation
+        self._selectors: dict[str, Any] = {}  # run -> (Selector, selected student params)
 
     # ---- data ----------------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -138,7 +144,18 @@ class Study:
         self.val, self.heldout = val, heldout
         self.c.data.train = [os.path.join(self.out, "data", "fit.jsonl")]
         self.tokenizer = load_tokenizer(self.c.model.path)
-        say(f"splits: {len(fit)} training prompts, {len(val)} validation, {len(heldout)} held-out")
+        # +1: the student's length counts its EOS; a truncated teacher response has none, but every
+        # response that ended did, so this is the like-for-like reference for the length band.
+        lengths = [
+            len(self.tokenizer.encode(r["response"], add_special_tokens=False))
+            + (r.get("finish_reason") != "length")
+            for r in val
+        ]
+        self.teacher_length = sum(lengths) / max(1, len(lengths))
+        say(
+            f"splits: {len(fit)} training prompts, {len(val)} validation, {len(heldout)} held-out; "
+            f"teacher mean response length on validation {self.teacher_length:.1f} tokens"
+        )
 
     # ---- evaluation ----------------------------------------------------------------------------
     def likeness(
@@ -165,15 +182,19 @@ class Study:
         model_path: str | None,
         rows_fn: Any = None,
         max_prompt: int | None = None,
+        *,
+        model: Any = None,
         **meta: Any,
     ) -> None:
-        """Held-out teacher-likeness of one model (a run's export, or the base model)."""
+        """Held-out teacher-likeness of one model (a run's export, the base model, or ``model``: weights
+        in memory, such as the checkpoint selected on validation)."""
         if self.results.final_done(name):
             return
         from gadjax.models.hf_io import load_decoder
 
         with self.timer(f"final {name}"):
-            model = load_decoder(model_path or self.c.model.path)
+            if model is None:
+                model = load_decoder(model_path or self.c.model.path)
             rows = rows_fn(self.heldout) if rows_fn else self.heldout
             res = self.likeness(model, rows, meta.get("max_tokens"), max_prompt)
             del model
@@ -184,9 +205,37 @@ class Study:
         self.results.add({"kind": "final", "name": name, **meta, **res})
 
     # ---- training ------------------------------------------------------------------------------
-    def _hook(self, run: str, meta: dict[str, Any], offset: int, d_only: int, total: int, max_tokens: int):
-        """Trainer hook: teacher-likeness on the validation split every eval_every generator updates."""
+    def _selector(self) -> Any:
+        from gadjax.eval.selection import Selector
+
+        band = tuple(self.s.select_length_band) if self.s.select_length_band else None
+        return Selector(
+            metric=str(self.s.select_metric),
+            mode="min",
+            tiebreak=tuple(self.s.select_tiebreak),
+            length_band=band,
+            reference_length=self.teacher_length if band else None,
+        )
+
+    def _hook(
+        self,
+        run: str,
+        meta: dict[str, Any],
+        offset: int,
+        d_only: int,
+        total: int,
+        max_tokens: int,
+        select: bool,
+    ):
+        """Trainer hook: teacher-likeness on the validation split every eval_every generator updates; with
+        ``select``, the best in-band evaluation's student weights are kept (the paper's checkpoint
+        selection, on validation)."""
+        import jax
+        import jax.numpy as jnp
+
         every = int(self.s.eval_every)
+        if select:
+            self._selectors[run] = [self._selector(), None]
 
         def on_step(steps_done: int, trainer: Any) -> None:
             updates = offset + max(0, steps_done - d_only)
@@ -200,6 +249,10 @@ class Study:
                 {"kind": "curve", "run": run, **meta, "step": steps_done, "updates": updates, **res}
             )
             log.info("%s updates %d: eval %.1f s", run, updates, time.perf_counter() - t0)
+            if select and self._selectors[run][0].consider(updates, res):
+                graphdef, params = trainer.student_params()
+                # A copy: the train step donates its state buffers.
+                self._selectors[run][1] = (graphdef, jax.tree.map(jnp.copy, params))
 
         return on_step
 
@@ -215,8 +268,11 @@ class Study:
         offset: int = 0,
         init_from: str = "",
         overrides: dict[str, Any] | None = None,
+        select: bool = False,
     ) -> str:
-        """One gadjax.train run with the eval hook; returns its run_dir. Skipped when already done."""
+        """One gadjax.train run with the eval hook; returns its run_dir. Skipped when already done.
+        ``select``: also evaluate, on the held-out split, the checkpoint selected on validation
+        (final record ``<arm>_sel_s<seed>``) before the run counts as done."""
         from gadjax import train
 
         run_dir = os.path.join(self.out, "runs", run)
@@ -237,9 +293,25 @@ class Study:
         if os.path.isdir(run_dir):
             shutil.rmtree(run_dir)  # an interrupted earlier attempt
         with self.timer(run):
-            train.run(c, on_step=self._hook(run, meta, offset, d_only, steps, max_tokens))
+            train.run(c, on_step=self._hook(run, meta, offset, d_only, steps, max_tokens, select))
+        if select:
+            self._final_selected(run, meta)
         self.results.add({"kind": "run", "run": run, **meta, "stage": stage, "steps": steps, "lr": lr})
         return run_dir
+
+    def _final_selected(self, run: str, meta: dict[str, Any]) -> None:
+        selector, model = self._selectors.pop(run)
+        summary = selector.summary()
+        name = f"{meta['arm']}_sel_s{meta['seed']}"
+        if model is None:  # every evaluation out of band: nothing to report, and the report says so
+            self.results.add({"kind": "selection", "run": run, "name": name, **meta, **summary})
+            say(f"{run}: no in-band evaluation to select ({summary})")
+            return
+        say(f"{run}: selected on validation at {summary['selected_step']} generator updates")
+        # Tagged with the run: an interrupted run's selected evaluation is dropped and redone with it.
+        self.final(
+            name, None, model=model, arm=f"{meta['arm']}_sel", seed=meta["seed"], run=run, selection=summary
+        )
 
     # ---- the arms ------------------------------------------------------------------------------
     def budget(self) -> tuple[int, int, int]:
@@ -257,11 +329,11 @@ class Study:
         )  # fmt: skip
         self.train(
             f"gad_s{seed}", "gad", g, float(s.gad_lr), seed, init_from=warm, offset=w - self.d_only,
-            meta={"arm": "gad", "seed": seed, "stage": "gad"},
+            meta={"arm": "gad", "seed": seed, "stage": "gad"}, select=bool(s.select_metric),
         )  # fmt: skip
         self.train(
             f"seqkd_s{seed}", "seqkd", updates, float(s.seqkd_lr), seed,
-            meta={"arm": "seqkd", "seed": seed, "stage": "seqkd"},
+            meta={"arm": "seqkd", "seed": seed, "stage": "seqkd"}, select=bool(s.select_metric),
         )  # fmt: skip
         for name in (f"warmup_s{seed}", f"gad_s{seed}", f"seqkd_s{seed}"):
             arm = name.rsplit("_", 1)[0]

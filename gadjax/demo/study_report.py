@@ -73,8 +73,10 @@ def main_table(finals: Mapping[str, Mapping[str, Any]]) -> list[str]:
     rows: list[tuple[str, list[Mapping[str, Any]]]] = [
         ("before (untrained student)", [finals["before"]] if "before" in finals else []),
         ("warmup (GAD's start)", _by_arm(finals, "warmup")),
-        ("seqkd", _by_arm(finals, "seqkd")),
-        ("gad", _by_arm(finals, "gad")),
+        ("seqkd, last step", _by_arm(finals, "seqkd")),
+        ("gad, last step", _by_arm(finals, "gad")),
+        ("seqkd, selected on validation", _by_arm(finals, "seqkd_sel")),
+        ("gad, selected on validation", _by_arm(finals, "gad_sel")),
         (
             "teacher, second sample (calibration)",
             [finals["teacher_resample"]] if "teacher_resample" in finals else [],
@@ -113,31 +115,47 @@ def paired(
     return m, se, len(diffs)
 
 
+VERDICT_PAIRS = (
+    ("gad", "seqkd", "last step"),
+    ("gad_sel", "seqkd_sel", "checkpoints selected on validation (the paper's protocol)"),
+)
+
+
 def verdicts(
     finals: Mapping[str, Mapping[str, Any]], curves: Sequence[Mapping[str, Any]], runs_dir: str
 ) -> list[str]:
-    """Issue 12's criteria, applied to the held-out numbers, each as a plain sentence."""
+    """Issue 12's criteria, applied to the held-out numbers, each as a plain sentence: GAD vs seqkd
+    (paired by seed) and GAD vs its own warmup start, for the last step and for the selected checkpoints."""
     out = []
-    for key, label in HEADLINE:
-        m, se, n = paired(finals, "gad", "seqkd", key)
-        if m is None:
+    for gad, seqkd, what in VERDICT_PAIRS:
+        if not _by_arm(finals, gad):
             continue
-        se_txt = "n/a" if se is None else f"{se:.3f}"
-        beyond = se is not None and abs(m) > 2 * se
-        word = "closer to" if m < 0 else "further from" if m > 0 else "as close to"
-        sig = "beyond 2 x SE" if beyond else "within 2 x SE (not distinguishable at this size)"
-        out.append(
-            f"- {label}: GAD - seqkd = {m:+.3f} (SE {se_txt}, {n} paired seeds): GAD is {word} the "
-            f"teacher than seqkd, {sig}."
-        )
-        m2, se2, n2 = paired(finals, "gad", "warmup", key)
-        if m2 is not None:
-            se2_txt = "n/a" if se2 is None else f"{se2:.3f}"
+        out.append(f"{what[0].upper()}{what[1:]}:")
+        for key, label in HEADLINE:
+            m, se, n = paired(finals, gad, seqkd, key)
+            if m is None:
+                continue
+            se_txt = "n/a" if se is None else f"{se:.3f}"
+            beyond = se is not None and abs(m) > 2 * se
+            word = "closer to" if m < 0 else "further from" if m > 0 else "as close to"
+            sig = "beyond 2 x SE" if beyond else "within 2 x SE (not distinguishable at this size)"
             out.append(
-                f"  GAD - its warmup start = {m2:+.3f} (SE {se2_txt}, {n2} seeds): the gad stage "
-                f"moved the student {'towards' if m2 < 0 else 'away from'} the teacher "
-                f"({'beyond' if se2 is not None and abs(m2) > 2 * se2 else 'within'} 2 x SE)."
+                f"- {label}: GAD - seqkd = {m:+.3f} (SE {se_txt}, {n} paired seeds): GAD is {word} the "
+                f"teacher than seqkd, {sig}."
             )
+            m2, se2, n2 = paired(finals, gad, "warmup", key)
+            if m2 is not None:
+                se2_txt = "n/a" if se2 is None else f"{se2:.3f}"
+                out.append(
+                    f"  GAD - its warmup start = {m2:+.3f} (SE {se2_txt}, {n2} seeds): the gad stage "
+                    f"moved the student {'towards' if m2 < 0 else 'away from'} the teacher "
+                    f"({'beyond' if se2 is not None and abs(m2) > 2 * se2 else 'within'} 2 x SE)."
+                )
+        sel = [r.get("selection", {}).get("selected_step") for r in _by_arm(finals, gad)]
+        sel_s = [r.get("selection", {}).get("selected_step") for r in _by_arm(finals, seqkd)]
+        if any(x is not None for x in sel + sel_s):
+            out.append(f"- selected at generator updates: GAD {sel}, seqkd {sel_s} (by seed).")
+        out.append("")
     drift = length_drift(runs_dir)
     for name in ("frozen_d", "on_policy_long"):
         if name in drift:
@@ -278,6 +296,19 @@ def write(out: str, c: Any, records: Sequence[Mapping[str, Any]], state: Mapping
         f"(every training prompt at a position divisible by {s.validation_every}, never trained on); the table below uses the held-out split, "
         "evaluated once at the end. No setting was tuned on the held-out split.",
         "",
+        *(
+            [
+                f"Checkpoint selection (SPEC.md; the paper keeps the best evaluation whose length is in band): in each "
+                f"main-arm run, the validation evaluation with the lowest {s.select_metric} (ties: "
+                f"{', '.join(s.select_tiebreak) or 'none'}) whose mean length is within "
+                f"{list(s.select_length_band) if s.select_length_band else 'any'} x the teacher's mean validation length "
+                "is kept and evaluated once on held-out. Both arms are selected the same way, every "
+                f"{s.eval_every} generator updates; the last-step rows are shown as well."
+            ]
+            if s.get("select_metric")
+            else []
+        ),
+        "",
         "## Held-out: final models",
         "",
         *main_table(finals),
@@ -317,8 +348,12 @@ def write(out: str, c: Any, records: Sequence[Mapping[str, Any]], state: Mapping
             "![ablation drift](ablation_drift.png)",
             "",
         ]
-    missing = [f"{a}_s{seed}" for seed in s.ablation_seeds for a in s.ablations if f"{a}_s{seed}" not in finals]
-    missing = [f"{arm}_s{seed}" for seed in s.seeds for arm in ("gad", "seqkd") if f"{arm}_s{seed}" not in finals] + missing
+    missing = [
+        f"{a}_s{seed}" for seed in s.ablation_seeds for a in s.ablations if f"{a}_s{seed}" not in finals
+    ]
+    missing = [
+        f"{arm}_s{seed}" for seed in s.seeds for arm in ("gad", "seqkd") if f"{arm}_s{seed}" not in finals
+    ] + missing
     if missing:
         lines += [
             "## Not run yet",
