@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any
 
 import jax
@@ -80,6 +81,52 @@ class RunCheckpointer:
         restored = self._mngr.restore(step, args=ocp.args.Composite(**args))
         trees = {name: _unflatten(tmpl, restored[name]) for name, tmpl in templates.items()}
         return trees, dict(restored["meta"])
+
+    def restore_newest_good(self, templates: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], int]:
+        """Restore the newest checkpoint that CAN be restored; returns (trees, meta, step).
+
+        A step that fails to restore (files truncated by a full disk, removed by hand) is logged with what
+        was wrong, renamed to ``<step>.damaged-<time>`` (kept for inspection, and out of orbax's way:
+        it would otherwise refuse to save any step up to it) and the next older one is tried. Raises
+        ValueError naming every failure when none restores. Multi-host: assumes every host sees the same
+        files (a shared filesystem such as GCS), so all fall back to the same step.
+        """
+        steps = sorted(self._mngr.all_steps(), reverse=True)
+        if not steps:
+            raise FileNotFoundError(f"{self.directory}: no checkpoint to restore")
+        problems, failed = [], []
+        for step in steps:
+            try:
+                trees, meta = self.restore(step, templates)
+            except Exception as e:  # noqa: BLE001  orbax / tensorstore raise many kinds for damaged files
+                why = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+                problems.append(f"step {step}: {why}")
+                failed.append(step)
+                log.warning(
+                    "checkpoint %s/%d cannot be restored (%s); trying an older one", self.directory, step, why
+                )
+                continue
+            if problems:
+                self._set_aside(failed)
+                log.warning(
+                    "resumed from checkpoint %d, not the newest: %s (set aside as *.damaged-*)",
+                    step,
+                    "; ".join(problems),
+                )
+            return trees, meta, step
+        raise ValueError(f"{self.directory}: no checkpoint can be restored: " + "; ".join(problems))
+
+    def _set_aside(self, steps: list[int]) -> None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        if jax.process_index() == 0:
+            for step in steps:
+                src = os.path.join(self.directory, str(step))
+                if os.path.isdir(src):
+                    os.replace(src, f"{src}.damaged-{stamp}")
+        from gadjax.parallel.distributed import sync_global_devices
+
+        sync_global_devices("gadjax_checkpoint_set_aside")
+        self._mngr.reload()
 
     def read_meta(self, step: int | None = None) -> dict[str, Any]:
         step = self.latest_step() if step is None else step

@@ -155,6 +155,7 @@ def base_config() -> ConfigDict:
             logprob_chunk=256,
             max_bad_steps=3,  # consecutive non-finite steps before the run stops
             debug_kill_at_step=0,  # tests: SIGKILL this process right after this step's checkpoint
+            debug_signal_at_step=0,  # tests: SIGTERM this process after this step (a preemption notice)
         )
     )
     c.checkpoint = ConfigDict(dict(every=50, keep=3, dir=""))  # dir default: <run_dir>/checkpoints
@@ -169,6 +170,31 @@ def base_config() -> ConfigDict:
         )
     )
     c.export = ConfigDict(dict(hf=True, discriminator=False))
+    # Evaluation during training (gadjax.trainer.evaluation): SPEC.md evaluates every 50 steps.
+    c.eval = ConfigDict(
+        dict(
+            every=0,  # steps between evaluations (and at the last step); 0 = off
+            data=[],  # held-out rows with teacher responses: jsonl / parquet files or a tfds dir
+            max_prompts=0,  # the first N rows; 0 = all
+            batch_size=8,
+            max_new_tokens=0,  # 0 = rollout.max_new_tokens
+            temperature=0.0,  # 0 = greedy (SPEC.md); > 0 samples from eval.seed (never a training stream)
+            seed=0,
+            marker="",  # a regex whose rate (and gap to the teacher's) is logged, e.g. a persona marker
+            two_sample=True,  # the C2ST accuracy (student vs teacher texts)
+        )
+    )
+    # Checkpoint selection (SPEC.md: best judge score whose length stays in band).
+    c.select = ConfigDict(
+        dict(
+            # An eval metric without the eval/ prefix (rouge_l, c2st_accuracy, judge_score); "" = off.
+            metric="",
+            mode="max",
+            length_band=(),  # (low, high) x the reference length; () = any length
+            # "teacher": teacher_length_mean on eval.data; "first": the run's first evaluation.
+            length_reference="teacher",
+        )
+    )
     c.peak_flops_per_device = 0.0  # 0: look up the device kind; used for MFU
     return c
 
@@ -306,6 +332,9 @@ def validate(c: ConfigDict) -> ConfigDict:
         _fail("teacher.base_url", "teacher.enabled needs teacher.base_url and teacher.model")
     if c.init_from and not os.path.isdir(c.init_from):
         _fail("init_from", f"{c.init_from!r} is not a directory (an earlier run_dir)")
+    from gadjax.trainer import evaluation
+
+    evaluation.validate(c, _fail)
     return c
 
 

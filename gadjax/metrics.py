@@ -40,7 +40,11 @@ class MetricsWriter:
         wandb_project: str = "gadjax",
         config: dict[str, Any] | None = None,
         primary: bool = True,
+        resume_step: int | None = None,
     ):
+        """``resume_step``: the run resumes after this step; records of later steps (written before a
+        crash or preemption, and about to be redone) move to metrics.replaced.jsonl, so metrics.jsonl
+        holds each step once."""
         self.primary = primary
         self.path = os.path.join(run_dir, "metrics.jsonl")
         self._file = None
@@ -49,6 +53,8 @@ class MetricsWriter:
         if not primary:
             return
         os.makedirs(run_dir, exist_ok=True)
+        if resume_step is not None and os.path.exists(self.path):
+            self._drop_after(resume_step)
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
         if tensorboard:
             from tensorboardX import SummaryWriter
@@ -58,6 +64,20 @@ class MetricsWriter:
             import wandb as wb  # optional dependency
 
             self._wandb = wb.init(project=wandb_project, dir=run_dir, config=config or {})
+
+    def _drop_after(self, step: int) -> None:
+        with open(self.path, encoding="utf-8") as f:
+            lines = [line for line in f if line.strip()]
+        keep = [line for line in lines if json.loads(line).get("step", 0) <= step]
+        if len(keep) == len(lines):
+            return
+        with open(
+            os.path.join(os.path.dirname(self.path), "metrics.replaced.jsonl"), "a", encoding="utf-8"
+        ) as f:
+            f.writelines(line for line in lines if json.loads(line).get("step", 0) > step)
+        with open(self.path + ".tmp", "w", encoding="utf-8") as f:
+            f.writelines(keep)
+        os.replace(self.path + ".tmp", self.path)
 
     def write(self, step: int, metrics: dict[str, Any], *, stage: str) -> dict[str, Any]:
         """Write the scalar metrics of `step`; returns the record written."""

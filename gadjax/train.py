@@ -50,8 +50,10 @@ from gadjax.parallel.programs import jit_forward, jit_step, shard_batch, train_s
 from gadjax.parallel.rules import use_mesh
 from gadjax.rollout.sampler import Sampler
 from gadjax.trainer import build
+from gadjax.trainer.evaluation import TrainingEvaluator
 from gadjax.trainer.flops import device_peak_flops, forward_flops_per_token, train_flops
 from gadjax.trainer.guards import DriftWatch, NonFiniteGuard
+from gadjax.trainer.preemption import PREEMPTED_EXIT_CODE, Preempted, StopRequest
 
 log = logging.getLogger("gadjax.train")
 StepHook = Callable[[int, "Trainer"], None]
@@ -151,7 +153,16 @@ class Trainer:
             wandb_project=c.metrics.wandb_project,
             config=c.to_dict(),
             primary=self.primary,
+            resume_step=self.start_step if c.resume else None,
         )
+        self.evaluator = None
+        self.best_ckpt = None
+        if c.eval.every:
+            self.evaluator = TrainingEvaluator(c, self.tokenizer, self.mesh, self.primary)
+            if c.resume:
+                self.evaluator.forget_after(self.start_step)
+            if c.select.metric:  # one slot, outside the keep-N rotation; saved rarely, so synchronously
+                self.best_ckpt = RunCheckpointer(os.path.join(c.run_dir, "best"), keep=1, async_save=False)
         self.nonfinite = NonFiniteGuard(c.train.max_bad_steps)
         g = c.guards
         self.drift = DriftWatch(g.response_length_max_ratio, g.d_acc_low, g.d_acc_high, g.window)
@@ -184,7 +195,7 @@ class Trainer:
         templates = {"g_params": self.g_state.params, "g_opt": self.g_state.opt_state}
         if self.d_state is not None:
             templates.update(d_params=self.d_state.params, d_opt=self.d_state.opt_state)
-        trees, meta = self.ckpt.restore(None, templates)
+        trees, meta, _ = self.ckpt.restore_newest_good(templates)
         if meta["stage"] != self.stage:
             raise ValueError(
                 f"config.resume: the checkpoint in {self.ckpt.directory} is from stage {meta['stage']!r}, "
@@ -412,7 +423,10 @@ class Trainer:
     def run(self, on_step: StepHook | None = None) -> dict[str, Any]:
         """Train to the end. ``on_step(steps_done, trainer)`` runs after each step's metrics are written
         (e.g. an evaluation of ``trainer.student_params()``); it must draw no randomness from the
-        training streams, so a run with a hook trains exactly as one without."""
+        training streams, so a run with a hook trains exactly as one without.
+
+        SIGTERM / SIGINT (gadjax.trainer.preemption): the current step finishes, its checkpoint is saved
+        and metrics flushed, and ``Preempted`` is raised (the CLI exits with PREEMPTED_EXIT_CODE)."""
         c = self.config
         bar = None
         if c.metrics.progress and self.primary:
@@ -423,40 +437,83 @@ class Trainer:
             )
         last: dict[str, Any] = {}
         done = self.start_step
+        stop = StopRequest()
         try:
-            for step in range(self.start_step, self.total_steps):
-                try:
-                    metrics = self.step(step)
-                except StopIteration:
-                    log.info("data exhausted at step %d", step)
-                    break
-                done = step + 1
-                self.nonfinite.update(step, metrics)
-                metrics["drift_warnings"] = len(self.drift.update(step, metrics))
-                last = self.metrics.write(step + 1, metrics, stage=self.stage)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(bar_postfix(last))
-                if on_step is not None:
-                    on_step(step + 1, self)
-                if (step + 1) % c.checkpoint.every == 0 and step + 1 < self.total_steps:
-                    self._save(step + 1)
-                if c.train.debug_kill_at_step and step + 1 == c.train.debug_kill_at_step:
-                    self.ckpt.wait()  # the kill lands after the checkpoint is committed
-                    os.kill(os.getpid(), signal.SIGKILL)
-            if self.ckpt.latest_step() != done:
-                self._save(done, force=True)
-            self.ckpt.wait()
-            if c.export.hf:
-                self.export()
+            with stop:
+                for step in range(self.start_step, self.total_steps):
+                    try:
+                        metrics = self.step(step)
+                    except StopIteration:
+                        log.info("data exhausted at step %d", step)
+                        break
+                    done = step + 1
+                    if self.evaluator is not None and self.evaluator.due(done, self.total_steps):
+                        metrics.update(self._evaluate(done))
+                    self.nonfinite.update(step, metrics)
+                    metrics["drift_warnings"] = len(self.drift.update(step, metrics))
+                    last = self.metrics.write(step + 1, metrics, stage=self.stage)
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(bar_postfix(last))
+                    if on_step is not None:
+                        on_step(step + 1, self)
+                    if (step + 1) % c.checkpoint.every == 0 and step + 1 < self.total_steps:
+                        self._save(step + 1)
+                    if c.train.debug_kill_at_step and step + 1 == c.train.debug_kill_at_step:
+                        self.ckpt.wait()  # the kill lands after the checkpoint is committed
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    if c.train.debug_signal_at_step and step + 1 == c.train.debug_signal_at_step:
+                        os.kill(os.getpid(), signal.SIGTERM)  # as a preemption notice would, mid-run
+                    signame = stop.agreed() if step + 1 < self.total_steps else None
+                    if signame is not None:  # every host stops after the same step
+                        if self.ckpt.latest_step() != done:
+                            self._save(done, force=True)
+                        self.ckpt.wait()
+                        raise Preempted(done, signame)
+                if self.ckpt.latest_step() != done:
+                    self._save(done, force=True)
+                self.ckpt.wait()
+                if c.export.hf:
+                    self.export()
+                    if self.best_ckpt is not None and self.best_ckpt.latest_step() is not None:
+                        self.export_best()
         finally:
             if bar is not None:
                 bar.close()
             self.metrics.close()
             self.ckpt.close()
+            if self.best_ckpt is not None:
+                self.best_ckpt.close()
             if self.teacher is not None:
                 self.teacher.close()
         return last
+
+    def _evaluate(self, steps_done: int) -> dict[str, Any]:
+        """eval.* on the current student; a new best (select.*) is saved to <run_dir>/best."""
+        t0 = time.perf_counter()
+        metrics, new_best = self.evaluator.evaluate(steps_done, self.student_params())
+        if new_best and self.best_ckpt is not None:
+            self.best_ckpt.save(
+                steps_done,
+                {"g_params": self.g_state.params},
+                {"stage": self.stage, "step": steps_done},
+                force=True,
+            )
+            log.info("step %d: new best %s", steps_done, self.config.select.metric)
+        self.evaluator.write_selection()  # after the checkpoint it names is committed
+        log.info("step %d: evaluation %.1f s", steps_done, time.perf_counter() - t0)
+        return metrics
+
+    def export_best(self) -> None:
+        """HF export of the selected student to export/best (selection.json says which step and why)."""
+        from gadjax.models.hf_io import save_hf_checkpoint
+
+        trees, meta = self.best_ckpt.restore(None, {"g_params": self.g_state.params})
+        student = nnx.merge(self.g_graphdef, trees["g_params"])
+        out = os.path.join(self.config.run_dir, "export", "best")
+        save_hf_checkpoint(student, out, tokenizer=self.tokenizer)
+        if self.primary:
+            log.info("exported the selected student (step %d) to %s", meta["step"], out)
 
     def student_params(self) -> tuple[Any, Any]:
         """(graphdef, params) of the current student, for evaluation between steps (read-only)."""
@@ -548,7 +605,11 @@ def main(argv: list[str] | None = None) -> int:
             except plan.PlanError as e:
                 cli.fail(PROG, e)
             return
-        run(cfg)
+        try:
+            run(cfg)
+        except Preempted as e:
+            print(f"gadjax.train: {e}", file=sys.stderr)
+            sys.exit(PREEMPTED_EXIT_CODE)
 
     return cli.run_main(PROG, lambda: app.run(_main, argv=argv or sys.argv, flags_parser=_parse_flags))
 

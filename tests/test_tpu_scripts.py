@@ -107,6 +107,7 @@ def test_help_documents_every_flag(script):
         ("launch.sh", ["--name", "a", "--zone", ZONE, "--key-env", "K", "--key-secret", "s", "--key-file",
                        "f", "--", "true"], "exclusive"),
         ("launch.sh", ["--name", "a", "--zone", ZONE, "--stop"], "--stop needs --run-name"),
+        ("launch.sh", ["--name", "a", "--zone", ZONE, "--max-restarts", "x", "--", "true"], "--max-restarts"),
         ("launch.sh", ["--name", "a", "--zone", ZONE, "--run-name", "a b", "--", "true"], "--run-name"),
         ("logs.sh", ["--name", "a", "--zone", ZONE], "--run-name is required"),
         ("logs.sh", ["--name", "a", "--zone", ZONE, "--run-name", "r", "--lines", "-3"],
@@ -263,6 +264,31 @@ def test_launch_logs_stop_with_pushed_key(fake):
     else:
         os.kill(pid, 9)
         raise AssertionError("--stop did not end the job")
+
+
+def test_job_exiting_75_is_resumed_until_it_finishes(fake):
+    """Exit 75 (gadjax.train saved a checkpoint on SIGTERM): the job runs the command again with
+    --config.resume=true; --max-restarts bounds it."""
+    env, home, _ = fake
+    host = socket.gethostname()
+    job = ("import os, sys; p = os.path.expanduser('~/count'); n = int(open(p).read()) if os.path.exists(p) "
+           "else 0; open(p, 'w').write(str(n + 1)); print('attempt', n, sys.argv[1:], flush=True); "
+           "sys.exit(75 if n < 2 else 0)")
+    r = _run([TPU / "launch.sh", "--name", "gad", "--zone", ZONE, "--run-name", "r1", "--",
+              "python", "-c", job, "--config=x"], env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    log = home / "gadjax" / "logs" / "r1" / f"{host}.log"
+    content = _wait_for(log, "exit 0 at")
+    assert "attempt 0 ['--config=x']" in content
+    assert "attempt 2 ['--config=x', '--config.resume=true']" in content
+    assert "restart 2 of 3" in content and "after 2 restart(s)" in content
+
+    (home / "count").unlink()
+    r = _run([TPU / "launch.sh", "--name", "gad", "--zone", ZONE, "--run-name", "r2", "--max-restarts", "1",
+              "--", "python", "-c", job], env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    content = _wait_for(home / "gadjax" / "logs" / "r2" / f"{host}.log", "exit 75 at")
+    assert "attempt 1" in content and "attempt 2" not in content
 
 
 def test_world_readable_key_file_is_refused(fake):

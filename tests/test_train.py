@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -129,6 +130,48 @@ def test_exact_resume_after_sigkill(tmp_path):
     pa = load_file(str(straight / "export" / "student" / "model.safetensors"))
     pb = load_file(str(killed / "export" / "student" / "model.safetensors"))
     assert pa.keys() == pb.keys()
+    for k in pa:
+        np.testing.assert_array_equal(pa[k], pb[k], err_msg=k)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_at_a_step_boundary_and_resume_survives_a_damaged_checkpoint(tmp_path):
+    """SIGTERM after step 3 (as a preemption notice): the step finishes, checkpoint 3 is saved although
+    checkpoint.every is 2, and the process exits PREEMPTED_EXIT_CODE. Then checkpoint 3 loses its G weights
+    (removed by hand, a full disk): resume says which and why, sets it aside, continues from checkpoint 2,
+    and ends bitwise where an uninterrupted run does, with each step once in metrics.jsonl."""
+    import shutil
+
+    from gadjax.trainer.preemption import PREEMPTED_EXIT_CODE
+
+    common = ["--config.stage=seqkd", "--config.train.steps=4", "--config.checkpoint.every=2"]
+    straight = tmp_path / "straight"
+    run_cli(tmp_path, *common, f"--config.run_dir={straight}")
+    run = tmp_path / "stopped"
+    proc = run_cli(
+        tmp_path, *common, f"--config.run_dir={run}", "--config.train.debug_signal_at_step=3", check=False
+    )
+    assert proc.returncode == PREEMPTED_EXIT_CODE, proc.stderr[-2000:]
+    assert "stopped by SIGTERM after step 3" in proc.stderr and "--config.resume=true" in proc.stderr
+    assert len(read_metrics(str(run))) == 3
+    assert sorted(os.listdir(run / "checkpoints")) == ["2", "3"]
+    assert not (run / "export").exists()  # not the end of training: nothing exported
+
+    shutil.rmtree(run / "checkpoints" / "3" / "g_params")
+    proc = run_cli(tmp_path, *common, f"--config.run_dir={run}", "--config.resume=true")
+    assert "3 cannot be restored" in proc.stderr, proc.stderr[-3000:]
+    assert "resumed from checkpoint 2, not the newest" in proc.stderr
+    assert any(n.startswith("3.damaged-") for n in os.listdir(run / "checkpoints"))  # kept, set aside
+    a, b = read_metrics(str(straight)), read_metrics(str(run))
+    assert [r["step"] for r in b] == [1, 2, 3, 4]  # each step once; the replayed step 3 moved aside:
+    with open(run / "metrics.replaced.jsonl", encoding="utf-8") as f:
+        assert [json.loads(line)["step"] for line in f] == [3]
+    for ra, rb in zip(a, b, strict=True):
+        assert _compared(ra) == _compared(rb), ra["step"]
+    from safetensors.numpy import load_file
+
+    pa = load_file(str(straight / "export" / "student" / "model.safetensors"))
+    pb = load_file(str(run / "export" / "student" / "model.safetensors"))
     for k in pa:
         np.testing.assert_array_equal(pa[k], pb[k], err_msg=k)
 
@@ -288,6 +331,63 @@ def test_stages_draw_their_own_streams_and_an_eval_hook_changes_nothing(tmp_path
     # Step 1 of both stages samples from the same (seed-0) weights before any update.
     keys = ("rollout_logprob_mean", "response_length_mean", "student_score_mean")
     assert any(gad[0][k] != warm[0][k] for k in keys), [(gad[0][k], warm[0][k]) for k in keys]
+
+
+@pytest.mark.slow
+def test_evaluation_during_training_selects_and_exports_the_best(tmp_path):
+    """eval.every=2 on held-out rows: eval/ metrics in the step records, generations per evaluation,
+    training metrics bitwise equal to the same run without evaluation; select.*: the best in-band
+    evaluation is saved outside the keep-N rotation, explained in selection.json and exported."""
+    from transformers import AutoModelForCausalLM
+
+    from gadjax.train import run
+
+    common = {"stage": "gad", "train.steps": 4, "mesh.shape": (1, 1, 1), "metrics.tensorboard": False}
+    common.update({"checkpoint.every": 1, "checkpoint.keep": 1})
+    run(tiny_config(tmp_path / "plain", **common))
+    data = os.path.join(REPO, "configs", "tiny_assets", "train.jsonl")
+    c = tiny_config(
+        tmp_path / "evald",
+        **common,
+        **{"eval.every": 2, "eval.data": [data], "eval.max_prompts": 12, "eval.marker": "Indeed"},
+        **{"select.metric": "rouge_l", "select.mode": "max", "select.length_band": (0.0, 50.0)},
+    )
+    run(c)
+    plain, evald = read_metrics(str(tmp_path / "plain" / "run")), read_metrics(c.run_dir)
+    for a, b in zip(plain, evald, strict=True):
+        assert _compared(a) == {k: v for k, v in _compared(b).items() if not k.startswith("eval/")}
+    evals = {r["step"]: r for r in evald if "eval/rouge_l" in r}
+    assert sorted(evals) == [2, 4]
+    for r in evals.values():
+        assert {
+            "eval/length_mean",
+            "eval/marker_rate",
+            "eval/c2st_accuracy",
+            "eval/teacher_length_mean",
+        } <= set(r)
+    with open(os.path.join(c.run_dir, "eval", "step_2.jsonl"), encoding="utf-8") as f:
+        lines = [json.loads(line) for line in f]
+    assert lines[0]["step"] == 2 and len(lines) == 1 + 12 and "student_response" in lines[1]
+
+    with open(os.path.join(c.run_dir, "selection.json"), encoding="utf-8") as f:
+        sel = json.load(f)
+    best = max(evals, key=lambda s: (evals[s]["eval/rouge_l"], -s))  # ties: the earlier step
+    assert sel["selected_step"] == best and sel["candidates"] == 2 and sel["out_of_band_steps"] == []
+    assert sel["selected_value"] == pytest.approx(evals[best]["eval/rouge_l"])
+    assert os.listdir(os.path.join(c.run_dir, "best")) == [str(best)]
+    assert os.listdir(os.path.join(c.run_dir, "checkpoints")) == ["4"]  # rotation kept one; best is apart
+    AutoModelForCausalLM.from_pretrained(os.path.join(c.run_dir, "export", "best"))
+
+
+def test_evaluation_settings_are_validated(tmp_path):
+    with pytest.raises(config_lib.ConfigValidationError, match="eval.data"):
+        config_lib.validate(tiny_config(tmp_path, **{"eval.every": 5}))
+    with pytest.raises(config_lib.ConfigValidationError, match="select.metric"):
+        config_lib.validate(tiny_config(tmp_path, **{"select.metric": "rouge_l"}))
+    with pytest.raises(config_lib.ConfigValidationError, match="select.length_band"):
+        config_lib.validate(tiny_config(tmp_path, **{"select.length_band": (2.0, 1.0)}))
+    with pytest.raises(config_lib.ConfigValidationError, match="does not exist"):
+        config_lib.validate(tiny_config(tmp_path, **{"eval.every": 5, "eval.data": ["/no/such.jsonl"]}))
 
 
 @pytest.mark.slow

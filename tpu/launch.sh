@@ -46,14 +46,18 @@ Options:
   --tmux                   Run in a detached tmux session gadjax-RUN (attach on a worker with
                            `tmux attach -t gadjax-RUN`) instead of nohup.
   --stop                   Stop the run RUN on the workers (SIGTERM to its process group) instead of
-                           starting one; no COMMAND needed.
+                           starting one; no COMMAND needed. The trainer finishes its step, saves a
+                           checkpoint and exits 75; a stopped run is not restarted.
+  --max-restarts N         When COMMAND exits 75 (gadjax.train: stopped by SIGTERM/SIGINT after saving
+                           a checkpoint, e.g. a preemption notice) and the run was not --stop'ped,
+                           run it again with --config.resume=true, at most N times (default 3; 0 = never).
   --dry-run                Print the gcloud commands and the scripts that would run on the workers.
   -h, --help               Show this help.
 EOF
 }
 
 NAME="" ZONE="" PROJECT="" WORKER=all REMOTE_DIR=$GADJAX_REMOTE_DIR_DEFAULT RUN_NAME="" KEY_ENV=""
-KEY_SECRET="" KEY_FILE="" PUSH_KEY=0 USE_TMUX=0 STOP=0
+KEY_SECRET="" KEY_FILE="" PUSH_KEY=0 USE_TMUX=0 STOP=0 MAX_RESTARTS=3
 ENVS=()
 CMD=()
 
@@ -74,6 +78,7 @@ while [[ $# -gt 0 ]]; do
     --push-key) PUSH_KEY=1; shift ;;
     --tmux) USE_TMUX=1; shift ;;
     --stop) STOP=1; shift ;;
+    --max-restarts) need_value "$@"; MAX_RESTARTS=$2; shift 2 ;;
     --dry-run) DRY_RUN=1; shift ;;
     -h | --help) usage; exit 0 ;;
     --) shift; CMD=("$@"); break ;;
@@ -97,6 +102,7 @@ if [[ $STOP == 0 && ${#CMD[@]} -eq 0 ]]; then
   die "no command: put it after --, e.g. -- python -m gadjax.train --config configs/v5p.py"
 fi
 [[ $STOP == 1 && ${#CMD[@]} -gt 0 ]] && die "--stop takes no command"
+[[ $MAX_RESTARTS =~ ^[0-9]+$ ]] || die "--max-restarts '$MAX_RESTARTS' must be a non-negative integer"
 for kv in "${ENVS[@]}"; do
   [[ $kv == *=* ]] || die "--env '$kv' must be NAME=VALUE"
   validate_env_name --env "${kv%%=*}"
@@ -148,6 +154,7 @@ ssh_all() {
 if [[ $STOP == 1 ]]; then
   ssh_all "stop" "$(cat <<EOF
 cd ~/$REMOTE_DIR/$RUN_DIR 2>/dev/null || { echo "[gadjax launch] \$(hostname): no run $RUN_NAME"; exit 0; }
+touch "\$(hostname).stop"  # the job's restart loop reads it: a stopped run stays stopped
 tmux kill-session -t gadjax-$RUN_NAME 2>/dev/null || true
 pid=\$(cat "\$(hostname).pid" 2>/dev/null || true)
 if [ -n "\$pid" ] && kill -0 "\$pid" 2>/dev/null; then
@@ -199,7 +206,19 @@ fi
 JOB+="echo \"[gadjax launch] host=\$(hostname) run=$RUN_NAME pid=\$\$ start=\$(date -Is)\"
 echo \$\$ > ~/$REMOTE_DIR/$RUN_DIR/\$(hostname).pid
 echo $(printf '%q' "[gadjax launch] command: $(quote_cmd "${CMD[@]}")")
-exec $(quote_cmd "${CMD[@]}")"
+# Exit 75 = the trainer saved a checkpoint at a step boundary on SIGTERM/SIGINT: resume it, unless
+# tpu/launch.sh --stop asked for the stop (it leaves HOSTNAME.stop in the run directory).
+restarts=0 resume=()
+while :; do
+  rc=0
+  $(quote_cmd "${CMD[@]}") \"\${resume[@]}\" || rc=\$?
+  if [ \"\$rc\" -ne 75 ] || [ -e ~/$REMOTE_DIR/$RUN_DIR/\$(hostname).stop ] || [ \"\$restarts\" -ge $MAX_RESTARTS ]; then
+    echo \"[gadjax launch] exit \$rc at \$(date -Is) after \$restarts restart(s)\"
+    exit \"\$rc\"
+  fi
+  restarts=\$((restarts + 1)) resume=(--config.resume=true)
+  echo \"[gadjax launch] stopped with a checkpoint (exit 75): restart \$restarts of $MAX_RESTARTS with --config.resume=true\"
+done"
 
 JOB_FILE="$RUN_DIR/job.sh"
 if [[ $USE_TMUX == 1 ]]; then

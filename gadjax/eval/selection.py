@@ -65,6 +65,7 @@ class Selector:
     def consider(self, step: int, metrics: Mapping[str, Any]) -> bool:
         """Record one evaluation; True when it is the new best (strictly better; the earlier step wins
         ties, so a longer run never replaces an equally good earlier checkpoint)."""
+        key = self._key(metrics)  # checks the metrics are there first
         ok = self.in_band(metrics)
         entry = {"step": int(step), "in_band": ok, self.metric: float(metrics[self.metric])}
         if self.length_band is not None:
@@ -72,8 +73,8 @@ class Selector:
         self.history.append(entry)
         if not ok:
             return False
-        if self.best is None or self._key(metrics) < self.best["_key"]:
-            self.best = {"step": int(step), "_key": self._key(metrics), "metrics": dict(metrics)}
+        if self.best is None or key < self.best["_key"]:
+            self.best = {"step": int(step), "_key": key, "metrics": dict(metrics)}
             return True
         return False
 
