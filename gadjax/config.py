@@ -119,6 +119,10 @@ def base_config() -> ConfigDict:
             concurrency=8,
             cache_path="",  # default: <run_dir>/teacher_cache.sqlite
             max_ahead=512,
+            # Spending limits per process (0 = none): at the limit the run stops (exit 3); what was
+            # received is in the cache, and a resume with a higher limit does not pay for it again.
+            max_requests=0,
+            max_total_tokens=0,
         )
     )
     c.rollout = ConfigDict(

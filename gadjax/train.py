@@ -49,11 +49,14 @@ from gadjax.parallel.mesh import make_mesh
 from gadjax.parallel.programs import jit_forward, jit_step, shard_batch, train_state_shardings
 from gadjax.parallel.rules import use_mesh
 from gadjax.rollout.sampler import Sampler
+from gadjax.teacher.client import SpendingLimitReached
 from gadjax.trainer import build
 from gadjax.trainer.evaluation import TrainingEvaluator
 from gadjax.trainer.flops import device_peak_flops, forward_flops_per_token, train_flops
 from gadjax.trainer.guards import DriftWatch, NonFiniteGuard
 from gadjax.trainer.preemption import PREEMPTED_EXIT_CODE, Preempted, StopRequest
+
+SPENDING_LIMIT_EXIT_CODE = 3  # teacher.max_requests / max_total_tokens reached (as gadjax.teacher.collect)
 
 log = logging.getLogger("gadjax.train")
 StepHook = Callable[[int, "Trainer"], None]
@@ -446,6 +449,14 @@ class Trainer:
                     except StopIteration:
                         log.info("data exhausted at step %d", step)
                         break
+                    except SpendingLimitReached:
+                        # Step `step` never happened; its batch may be half-read, so no checkpoint here.
+                        log.error(
+                            "teacher spending limit during step %d; resume continues from checkpoint %s",
+                            step + 1,
+                            self.ckpt.latest_step(),
+                        )
+                        raise
                     done = step + 1
                     if self.evaluator is not None and self.evaluator.due(done, self.total_steps):
                         metrics.update(self._evaluate(done))
@@ -610,6 +621,9 @@ def main(argv: list[str] | None = None) -> int:
         except Preempted as e:
             print(f"gadjax.train: {e}", file=sys.stderr)
             sys.exit(PREEMPTED_EXIT_CODE)
+        except SpendingLimitReached as e:
+            print(f"gadjax.train: {cli.one_line(e)}", file=sys.stderr)
+            sys.exit(SPENDING_LIMIT_EXIT_CODE)
 
     return cli.run_main(PROG, lambda: app.run(_main, argv=argv or sys.argv, flags_parser=_parse_flags))
 

@@ -177,6 +177,37 @@ def test_sigterm_saves_at_a_step_boundary_and_resume_survives_a_damaged_checkpoi
 
 
 @pytest.mark.slow
+def test_online_teacher_spending_limit_stops_and_the_resume_pays_only_the_rest(tmp_path):
+    """teacher.max_requests=K with prompts the teacher must answer (a real loopback server): exactly K
+    requests are paid, the run exits 3 with what was spent; a resume with a higher limit completes
+    without paying again for the K cached answers."""
+    sys.path.insert(0, os.path.join(REPO, "tests", "teacher"))
+    from fake_server import FakeOpenAI
+
+    prompts = tmp_path / "prompts.jsonl"
+    with open(os.path.join(REPO, "configs", "tiny_assets", "train.jsonl"), encoding="utf-8") as src:
+        rows = [json.loads(line) for line in src][:24]
+    prompts.write_text("".join(json.dumps({"messages": r["messages"]}) + "\n" for r in rows))
+    run_dir = tmp_path / "run"
+    with FakeOpenAI() as srv:
+        common = [
+            "--config.stage=seqkd", "--config.train.steps=2", f"--config.data.train={prompts}",
+            "--config.teacher.enabled=true", f"--config.teacher.base_url={srv.base_url}",
+            "--config.teacher.model=fake", "--config.teacher.api_key_env=", "--config.teacher.max_tokens=8",
+            f"--config.run_dir={run_dir}", "--config.checkpoint.every=1",
+        ]  # fmt: skip
+        proc = run_cli(tmp_path, *common, "--config.teacher.max_requests=5", check=False)
+        assert proc.returncode == 3, proc.stderr[-3000:]
+        assert "spending limit reached: 5 requests" in proc.stderr, proc.stderr[-3000:]
+        assert len(srv.prompts_seen()) == 5
+        paid_first = set(srv.prompts_seen())
+        srv.clear()
+        run_cli(tmp_path, *common, "--config.teacher.max_requests=100", "--config.resume=true")
+        assert not paid_first & set(srv.prompts_seen())  # nothing paid twice
+    assert [r["step"] for r in read_metrics(str(run_dir))] == [1, 2]
+
+
+@pytest.mark.slow
 def test_one_device_and_eight_devices_give_the_same_losses(tmp_path):
     from gadjax.train import run
 

@@ -50,6 +50,22 @@ class TeacherError(RuntimeError):
         self.retryable = retryable
 
 
+class SpendingLimitReached(TeacherError):
+    """``max_requests`` / ``max_total_tokens`` reached: no further request is sent. Not a failure of the
+    prompt: the run should stop (responses already received are in the cache) rather than go on."""
+
+    def __init__(self, prompt_id: str, spent: dict[str, int], limits: dict[str, int], cache: str | None):
+        where = f"in the cache {cache}" if cache else "not cached (no cache configured)"
+        super().__init__(
+            prompt_id,
+            f"spending limit reached: {spent['requests']} requests, {spent['tokens']} tokens spent "
+            f"(max_requests={limits['max_requests'] or 'unlimited'}, "
+            f"max_total_tokens={limits['max_total_tokens'] or 'unlimited'}); every response received is "
+            f"{where}; raise the limit and run again to continue (cached responses are not paid again)",
+        )
+        self.spent, self.limits = spent, limits
+
+
 @dataclasses.dataclass(frozen=True)
 class TeacherResponse:
     text: str
@@ -230,6 +246,27 @@ class TeacherClient:
             for k, v in kv.items():
                 self._c[k] += v
 
+    def _reserve_request(self, prompt_id: str) -> None:
+        """Count one request, or raise SpendingLimitReached when a limit is reached (under the lock, so
+        concurrent workers never send more than max_requests)."""
+        cfg = self.config
+        with self._lock:
+            requests = self._c["requests"]
+            tokens = int(self._c["prompt_tokens"] + self._c["completion_tokens"])
+            over = (cfg.max_requests and requests >= cfg.max_requests) or (
+                cfg.max_total_tokens and tokens >= cfg.max_total_tokens
+            )
+            if not over:
+                self._c["requests"] += 1
+                return
+            self._c["limit_refusals"] += 1
+        raise SpendingLimitReached(
+            prompt_id,
+            {"requests": requests, "tokens": tokens},
+            {"max_requests": cfg.max_requests, "max_total_tokens": cfg.max_total_tokens},
+            cfg.cache_path,
+        )
+
     def _executor(self) -> cf.ThreadPoolExecutor:
         with self._lock:
             if self._pool is None:
@@ -276,9 +313,10 @@ class TeacherClient:
         attempts = cfg.max_retries + 1
         last: _Retry | None = None
         for attempt in range(attempts):
+            self._reserve_request(prompt_id)  # the spending limits; counts the request
             est = self._estimate_tokens(sent)
             waited = self._limiter.acquire(est)
-            self._count(requests=1, rate_limit_wait_s=waited)
+            self._count(rate_limit_wait_s=waited)
             try:
                 text, finish, usage = self._post_once(prompt_id, body, headers, key)
             except _Retry as r:

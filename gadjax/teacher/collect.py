@@ -15,7 +15,9 @@ Output rows: ``{"messages", "response", "prompt_id", "sample_index", "finish_rea
 sample, in prompt order; ``messages`` are the prompt as read (the hidden ``--system-prompt`` is not
 included: the student must not see the teacher's persona). The summary goes to stderr and, as one
 JSON line, to stdout. Exit status: 0 done, 1 some prompts failed (no corpus unless
-``--allow-failures``), 2 bad input.
+``--allow-failures``), 2 bad input, 3 a spending limit (``--max-requests`` / ``--max-total-tokens``) was
+reached: no corpus, every response received is in the cache, and a rerun with a higher limit continues
+from it without paying again.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from tqdm import tqdm
 
 from gadjax.cli import one_line
 from gadjax.data.rows import BadRowCounter, DataError, read_rows
-from gadjax.teacher.client import TeacherClient, TeacherError
+from gadjax.teacher.client import SpendingLimitReached, TeacherClient, TeacherError
 from gadjax.teacher.config import TeacherConfig, TeacherConfigError
 
 log = logging.getLogger("gadjax.teacher")
@@ -62,6 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--tokens-per-min", type=float, default=0.0, help="0 = unlimited")
     ap.add_argument("--timeout", type=float, default=120.0, help="per-request timeout, seconds")
     ap.add_argument("--max-retries", type=int, default=8)
+    ap.add_argument("--max-requests", type=int, default=0, help="spending limit: HTTP requests (0 = none)")
+    ap.add_argument(
+        "--max-total-tokens",
+        type=int,
+        default=0,
+        help="spending limit: prompt + completion tokens (0 = none)",
+    )
     ap.add_argument("--backoff-base", type=float, default=0.5)
     ap.add_argument("--backoff-max", type=float, default=30.0)
     ap.add_argument("--max-ahead", type=int, default=0, help="prompts in flight (default 4 x concurrency)")
@@ -131,6 +140,8 @@ def collect(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
             backoff_base_s=args.backoff_base,
             backoff_max_s=args.backoff_max,
             cache_path=args.cache or args.out + ".cache.sqlite",
+            max_requests=args.max_requests,
+            max_total_tokens=args.max_total_tokens,
         )
         if cfg.api_key_env is not None:
             cfg.api_key()  # fail now, not once per prompt
@@ -141,6 +152,7 @@ def collect(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
     partial = args.out + ".partial"
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     failed: list[TeacherError] = []
+    limit: SpendingLimitReached | None = None
     written = 0
     max_ahead = args.max_ahead or 4 * cfg.concurrency
     with (
@@ -149,6 +161,9 @@ def collect(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
         tqdm(total=len(rows), unit="prompt", disable=args.no_progress, file=sys.stderr) as bar,
     ):
         for pid, messages, result in client.iter_results(rows, max_ahead=max_ahead):
+            if isinstance(result, SpendingLimitReached):
+                limit = result  # stop: what was received is in the cache; the rest waits for a rerun
+                break
             if isinstance(result, TeacherError):
                 failed.append(result)
             else:
@@ -177,7 +192,10 @@ def collect(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
         counters = client.counters
 
     status = 0
-    if failed and not args.allow_failures:
+    if limit is not None:
+        os.remove(partial)
+        status = 3
+    elif failed and not args.allow_failures:
         os.remove(partial)
         status = 1
     else:
@@ -197,6 +215,7 @@ def collect(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
         "bad_rows": bad.report(),
         "seconds": round(time.perf_counter() - t0, 3),
         "out": args.out if status == 0 else None,
+        "spending_limit": str(limit).split(": ", 1)[1] if limit is not None else None,
     }
     return status, summary
 
@@ -222,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"collect: {summary['failures']} prompts failed; no corpus written (rerun to retry: "
                 "cached responses are not requested again, or pass --allow-failures)"
             )
+        if status == 3:
+            lines.append(f"collect: stopped, no corpus written: {summary['spending_limit']}")
         for line in lines:
             print(line, file=sys.stderr)
             log.info("%s", line)

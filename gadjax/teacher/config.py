@@ -45,6 +45,11 @@ class TeacherConfig:
         ``sleep = uniform(0, min(backoff_max_s, backoff_base_s * 2**attempt))``.
       retry_after_max_s: a server's Retry-After is honoured up to this many seconds.
       cache_path: SQLite response cache file, or None for no cache.
+      max_requests, max_total_tokens: spending limits of this client (one process): HTTP attempts
+        sent, and prompt + completion tokens reported; 0 = unlimited. At the limit no new request is
+        sent (``SpendingLimitReached``); responses already received stay in the cache, so a second run
+        continues from it without paying for them again. Requests already in flight when the token
+        limit is crossed still complete (at most ``concurrency`` x ``max_tokens`` over).
     """
 
     base_url: str
@@ -64,6 +69,8 @@ class TeacherConfig:
     backoff_max_s: float = 30.0
     retry_after_max_s: float = 300.0
     cache_path: str | None = None
+    max_requests: int = 0
+    max_total_tokens: int = 0
 
     def __post_init__(self) -> None:
         def bad(field: str, why: str) -> TeacherConfigError:
@@ -92,6 +99,8 @@ class TeacherConfig:
         _number(self, "tokens_per_min", lo=0.0)
         _number(self, "timeout_s", lo=0.0, lo_open=True)
         _integer(self, "max_retries", lo=0)
+        _integer(self, "max_requests", lo=0)
+        _integer(self, "max_total_tokens", lo=0)
         _number(self, "backoff_base_s", lo=0.0)
         _number(self, "backoff_max_s", lo=0.0)
         _number(self, "retry_after_max_s", lo=0.0)

@@ -145,6 +145,8 @@ def build_teacher(config: ConfigDict):
             max_tokens=t.max_tokens,
             concurrency=t.concurrency,
             cache_path=cache,
+            max_requests=t.max_requests,
+            max_total_tokens=t.max_total_tokens,
         )
     )
 

@@ -162,3 +162,37 @@ def test_failures_without_allow_write_no_corpus(tmp_path):
     assert res.returncode == 1 and "p.jsonl:2" in res.stderr and "no corpus written" in res.stderr
     assert out.read_text() == "previous corpus\n"  # untouched, never half-replaced
     assert not (tmp_path / "o.jsonl.partial").exists()
+
+
+def test_spending_limit_pays_exactly_k_and_a_rerun_continues_from_the_cache(tmp_path):
+    """--max-requests K: exactly K requests reach the server, exit 3 with what was spent and how to go
+    on; the rerun with a higher limit pays only for the prompts not answered yet."""
+    prompts, out, cache = tmp_path / "p.jsonl", tmp_path / "o.jsonl", tmp_path / "c.sqlite"
+    texts = write_prompts(prompts, 12)
+    with FakeOpenAI() as srv:
+        argv = cli(srv, prompts, out, "--cache", str(cache), "--concurrency", "4", "--max-requests", "5")
+        res = subprocess.run(argv, env=env(), capture_output=True, text=True, timeout=60)
+        assert res.returncode == 3, res.stderr
+        assert len(srv.prompts_seen()) == 5
+        assert "spending limit reached: 5 requests" in res.stderr and "raise the limit" in res.stderr
+        assert not out.exists() and len(cached_prompt_ids(cache)) == 5  # all 5 paid answers kept
+        summary = json.loads(res.stdout.strip().splitlines()[-1])
+        assert summary["requests"] == 5 and summary["spending_limit"]
+        srv.clear()
+        argv = cli(srv, prompts, out, "--cache", str(cache), "--max-requests", "7")
+        res = subprocess.run(argv, env=env(), capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        assert len(srv.prompts_seen()) == 7  # only the 7 not paid for before
+    responses = [json.loads(line)["response"] for line in out.read_text().splitlines()]
+    assert responses == [answer_for(t) for t in texts]
+
+
+def test_token_limit_stops_before_the_next_request(tmp_path):
+    prompts, out, cache = tmp_path / "p.jsonl", tmp_path / "o.jsonl", tmp_path / "c.sqlite"
+    write_prompts(prompts, 6)
+    with FakeOpenAI() as srv:
+        argv = cli(srv, prompts, out, "--cache", str(cache), "--concurrency", "1", "--max-total-tokens", "1")
+        res = subprocess.run(argv, env=env(), capture_output=True, text=True, timeout=60)
+        assert res.returncode == 3, res.stderr
+        assert len(srv.prompts_seen()) == 1  # the first request crossed the limit; none after it
+    assert "max_total_tokens=1" in res.stderr
