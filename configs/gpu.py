@@ -16,37 +16,17 @@ Prompts per step are scaled down from SPEC.md's 256 (one GPU does ~1/30 of a v5p
 SPEC.md hyperparameters (N = 8, lr 1e-6, clip 0.2, KL 0.001, temperature 0.8) are unchanged.
 """
 
+import importlib.util
 import os
 
 from gadjax.config import base_config
 
-QWEN25_05B_INSTRUCT = dict(
-    architectures=["Qwen2ForCausalLM"],
-    model_type="qwen2",
-    vocab_size=151936,
-    hidden_size=896,
-    intermediate_size=4864,
-    num_hidden_layers=24,
-    num_attention_heads=14,
-    num_key_value_heads=2,
-    max_position_embeddings=32768,
-    rope_theta=1000000.0,
-    rms_norm_eps=1e-6,
-    tie_word_embeddings=True,
-    use_sliding_window=False,
-    hidden_act="silu",
-    bos_token_id=151643,
-    eos_token_id=151645,
-    torch_dtype="bfloat16",
-)
-QWEN25_15B_INSTRUCT = dict(
-    QWEN25_05B_INSTRUCT,
-    hidden_size=1536,
-    intermediate_size=8960,
-    num_hidden_layers=28,
-    num_attention_heads=12,
-    num_key_value_heads=2,
-)
+_QWEN25 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_qwen25.py")
+_spec = importlib.util.spec_from_file_location("gadjax_configs_qwen25_for_gpu", _QWEN25)
+_qwen25 = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_qwen25)
+QWEN25_05B_INSTRUCT = _qwen25.QWEN25_05B_INSTRUCT
+QWEN25_15B_INSTRUCT = _qwen25.QWEN25_15B_INSTRUCT
 MODELS = {
     "0.5b": ("Qwen2.5-0.5B-Instruct", QWEN25_05B_INSTRUCT),
     "1.5b": ("Qwen2.5-1.5B-Instruct", QWEN25_15B_INSTRUCT),

@@ -17,6 +17,7 @@ chip on v5p-64. Activations dominate: attention scores are float32 [heads, T, T]
 so rows live at once per chip are kept small with micro-batches and full rematerialisation.
 """
 
+import importlib.util
 import os
 
 from gadjax.config import base_config
@@ -24,26 +25,13 @@ from gadjax.config import base_config
 MODEL_DIR = os.environ.get("GADJAX_MODEL_DIR", os.path.expanduser("~/gadjax/models/Qwen2.5-7B-Instruct"))
 DATA_DIR = os.environ.get("GADJAX_DATA_DIR", os.path.expanduser("~/gadjax/data"))
 
-# Qwen/Qwen2.5-7B-Instruct config.json (the fields gadjax reads, values as published).
-QWEN25_7B_INSTRUCT = dict(
-    architectures=["Qwen2ForCausalLM"],
-    model_type="qwen2",
-    vocab_size=152064,
-    hidden_size=3584,
-    intermediate_size=18944,
-    num_hidden_layers=28,
-    num_attention_heads=28,
-    num_key_value_heads=4,
-    max_position_embeddings=32768,
-    rope_theta=1000000.0,
-    rms_norm_eps=1e-6,
-    tie_word_embeddings=False,
-    use_sliding_window=False,
-    hidden_act="silu",
-    bos_token_id=151643,
-    eos_token_id=151645,
-    torch_dtype="bfloat16",
-)
+# Qwen/Qwen2.5-7B-Instruct config.json (the fields gadjax reads, values as published): configs/_qwen25.py,
+# loaded by path (configs/ is not a package).
+_QWEN25 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_qwen25.py")
+_spec = importlib.util.spec_from_file_location("gadjax_configs_qwen25_for_v5p", _QWEN25)
+_qwen25 = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_qwen25)
+QWEN25_7B_INSTRUCT = _qwen25.QWEN25_7B_INSTRUCT
 
 
 def get_config():

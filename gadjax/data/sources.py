@@ -18,7 +18,7 @@ in memory and re-parse the line on access; parquet sources keep the (memory-mapp
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -40,6 +40,11 @@ def _as_paths(paths: PathLike | Sequence[PathLike]) -> list[str]:
     return out
 
 
+def _jsonl_row(line: bytes, where: str, require_response: bool):
+    """One JSONL line decoded and validated (a :class:`gadjax.data.rows.Row`)."""
+    return normalize_row(decode_jsonl_line(line, where), where, require_response)
+
+
 def _record(i: int, row) -> dict[str, Any]:
     return {
         "example_id": i,
@@ -49,8 +54,9 @@ def _record(i: int, row) -> dict[str, Any]:
     }
 
 
-class JsonlSource:
-    """Rows of one or more JSONL files; indexes (file, byte offset, line number) of good lines once."""
+class _FileSource:
+    """What the JSONL and parquet sources share: their files are checked, then every row is validated
+    once (:meth:`_index`); a bad row raises, or with ``skip_bad_rows`` is counted and left out."""
 
     def __init__(
         self,
@@ -61,24 +67,41 @@ class JsonlSource:
         self.paths = _as_paths(paths)
         self.require_response = require_response
         self.bad_rows = BadRowCounter()
+        self._index(skip_bad_rows)
+
+    def _index(self, skip_bad_rows: bool) -> None:
+        """Validate every row of ``self.paths`` and index the good ones."""
+        raise NotImplementedError
+
+    def _is_good_row(self, skip_bad_rows: bool, check: Callable[..., Any], *args) -> bool:
+        """Validate one row with ``check(*args)``: True for a good row; a bad row raises its
+        :class:`DataError`, or with ``skip_bad_rows`` is counted in ``self.bad_rows`` and gives False."""
+        try:
+            check(*args)
+        except DataError as e:
+            if not skip_bad_rows:
+                raise
+            self.bad_rows.add(e)
+            return False
+        return True
+
+
+class JsonlSource(_FileSource):
+    """Rows of one or more JSONL files; indexes (file, byte offset, line number) of good lines once."""
+
+    def _index(self, skip_bad_rows: bool) -> None:
         files, offsets, lengths, lines = [], [], [], []
         for fi, path in enumerate(self.paths):
             with open(path, "rb") as f:
                 offset = 0
                 for lineno, line in enumerate(f, start=1):
-                    if line.strip():
-                        where = f"{path}:{lineno}"
-                        try:
-                            normalize_row(decode_jsonl_line(line, where), where, require_response)
-                        except DataError as e:
-                            if not skip_bad_rows:
-                                raise
-                            self.bad_rows.add(e)
-                        else:
-                            files.append(fi)
-                            offsets.append(offset)
-                            lengths.append(len(line))
-                            lines.append(lineno)
+                    if line.strip() and self._is_good_row(
+                        skip_bad_rows, _jsonl_row, line, f"{path}:{lineno}", self.require_response
+                    ):
+                        files.append(fi)
+                        offsets.append(offset)
+                        lengths.append(len(line))
+                        lines.append(lineno)
                     offset += len(line)
         self._file = np.asarray(files, np.int32)
         self._offset = np.asarray(offsets, np.int64)
@@ -101,8 +124,7 @@ class JsonlSource:
         if fd is None:
             fd = self._fds.setdefault(fi, os.open(self.paths[fi], os.O_RDONLY))
         line = os.pread(fd, int(self._length[i]), int(self._offset[i]))
-        where = self.where(i)
-        return _record(i, normalize_row(decode_jsonl_line(line, where), where, self.require_response))
+        return _record(i, _jsonl_row(line, self.where(i), self.require_response))
 
     def __del__(self):
         for fd in getattr(self, "_fds", {}).values():
@@ -120,20 +142,12 @@ class JsonlSource:
         return f"JsonlSource({self.paths}, rows={len(self)}, skipped={self.bad_rows.total})"
 
 
-class ParquetSource:
+class ParquetSource(_FileSource):
     """Rows of one or more parquet files (pyarrow); the 'line' in messages is the 0-based row index."""
 
-    def __init__(
-        self,
-        paths: PathLike | Sequence[PathLike],
-        skip_bad_rows: bool = False,
-        require_response: bool = False,
-    ):
+    def _index(self, skip_bad_rows: bool) -> None:
         import pyarrow.parquet as pq
 
-        self.paths = _as_paths(paths)
-        self.require_response = require_response
-        self.bad_rows = BadRowCounter()
         self._tables = []
         files, rows = [], []
         for fi, path in enumerate(self.paths):
@@ -143,13 +157,9 @@ class ParquetSource:
                 raise DataError(path, f"not a readable parquet file: {e}", "bad_file") from None
             self._tables.append(table)
             for ri, raw in enumerate(table.to_pylist()):
-                try:
-                    normalize_row(raw, f"{path}:{ri}", require_response)
-                except DataError as e:
-                    if not skip_bad_rows:
-                        raise
-                    self.bad_rows.add(e)
-                else:
+                if self._is_good_row(
+                    skip_bad_rows, normalize_row, raw, f"{path}:{ri}", self.require_response
+                ):
                     files.append(fi)
                     rows.append(ri)
         self._file = np.asarray(files, np.int32)

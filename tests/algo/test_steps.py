@@ -17,23 +17,11 @@ from gadjax.algo.steps import (
     make_policy_step,
     make_sft_step,
 )
-from gadjax.models.config import ModelConfig
 from gadjax.models.decoder import Decoder
 from gadjax.models.discriminator import Discriminator
+from tests.tiny_models import tiny_model_config
 
-CFG = ModelConfig(
-    model_type="qwen2",
-    vocab_size=64,
-    hidden_size=32,
-    intermediate_size=48,
-    num_layers=2,
-    num_heads=4,
-    num_kv_heads=2,
-    head_dim=8,
-    rms_norm_eps=1e-6,
-    rope_theta=1e4,
-    attention_bias=True,
-)
+CFG = tiny_model_config(model_type="qwen2", vocab_size=64, attention_bias=True)
 B, N, P, R = 4, 2, 6, 5
 
 

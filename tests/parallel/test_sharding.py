@@ -8,13 +8,13 @@ import numpy as np
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from gadjax.models.config import ModelConfig
 from gadjax.models.decoder import Decoder
 from gadjax.models.hf_io import load_decoder
 from gadjax.models.sharding import init_sharded
 from gadjax.parallel.mesh import make_mesh
 from gadjax.parallel.rules import logical_to_mesh_axes, use_mesh
 from tests.models.hf_fixtures import left_padded_batch, make_hf_model
+from tests.tiny_models import tiny_model_config
 
 # Written out by hand from DEFAULT_RULES (embed -> fsdp; heads/kv_heads/mlp/vocab -> tensor).
 EXPECTED = {
@@ -73,18 +73,7 @@ def test_every_parameter_sharded_per_rule_table_and_forward_matches(tmp_path):
 
 
 def test_init_sharded_creates_params_in_place_and_replicates_indivisible_dims():
-    cfg = ModelConfig(
-        model_type="llama",
-        vocab_size=96,
-        hidden_size=32,
-        intermediate_size=48,
-        num_layers=2,
-        num_heads=3,
-        num_kv_heads=3,
-        head_dim=8,
-        rms_norm_eps=1e-6,
-        rope_theta=1e4,
-    )
+    cfg = tiny_model_config(num_heads=3, num_kv_heads=3)
     mesh = make_mesh((1, 4, 2))
     model = init_sharded(lambda: Decoder(cfg, rngs=nnx.Rngs(0)), mesh)
     q = model.blocks.q[...]
@@ -102,18 +91,7 @@ def test_adam_moments_are_sharded_like_their_parameters():
     from gadjax.models.sharding import state_shardings
     from gadjax.parallel.programs import train_state_shardings
 
-    cfg = ModelConfig(
-        model_type="llama",
-        vocab_size=96,
-        hidden_size=32,
-        intermediate_size=48,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=8,
-        rms_norm_eps=1e-6,
-        rope_theta=1e4,
-    )
+    cfg = tiny_model_config()
     mesh = make_mesh((1, 4, 2))
     _, params = nnx.split(nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0))), nnx.Param)
     opt = make_optimizer(1e-3)
