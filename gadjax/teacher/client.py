@@ -31,39 +31,16 @@ import requests
 
 from gadjax.teacher.cache import ResponseCache, cache_key
 from gadjax.teacher.config import TeacherConfig
+from gadjax.teacher.errors import SpendingLimitReached, TeacherError, _Retry
 from gadjax.teacher.ratelimit import RateLimiter
 from gadjax.teacher.retry import backoff_seconds, is_retryable_status, parse_retry_after
 
 log = logging.getLogger("gadjax.teacher")
 
 Messages = Sequence[Mapping[str, str]]
+__all__ = ["SpendingLimitReached", "TeacherClient", "TeacherError", "TeacherResponse"]
+
 _MAX_DETAIL = 300  # characters of a server message kept in errors and logs
-
-
-class TeacherError(RuntimeError):
-    """A prompt the teacher could not answer. ``str()`` names the prompt id and the (last) failure."""
-
-    def __init__(self, prompt_id: str, message: str, status: int | None = None, retryable: bool = False):
-        super().__init__(f"teacher request for prompt {prompt_id!r} failed: {message}")
-        self.prompt_id = prompt_id
-        self.status = status
-        self.retryable = retryable
-
-
-class SpendingLimitReached(TeacherError):
-    """``max_requests`` / ``max_total_tokens`` reached: no further request is sent. Not a failure of the
-    prompt: the run should stop (responses already received are in the cache) rather than go on."""
-
-    def __init__(self, prompt_id: str, spent: dict[str, int], limits: dict[str, int], cache: str | None):
-        where = f"in the cache {cache}" if cache else "not cached (no cache configured)"
-        super().__init__(
-            prompt_id,
-            f"spending limit reached: {spent['requests']} requests, {spent['tokens']} tokens spent "
-            f"(max_requests={limits['max_requests'] or 'unlimited'}, "
-            f"max_total_tokens={limits['max_total_tokens'] or 'unlimited'}); every response received is "
-            f"{where}; raise the limit and run again to continue (cached responses are not paid again)",
-        )
-        self.spent, self.limits = spent, limits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,14 +49,6 @@ class TeacherResponse:
     finish_reason: str | None
     usage: dict[str, Any]
     cached: bool
-
-
-class _Retry(Exception):
-    """One failed attempt that may be retried."""
-
-    def __init__(self, cause: str, detail: str, retry_after: float | None = None):
-        super().__init__(f"{cause}: {detail}")
-        self.cause, self.detail, self.retry_after = cause, detail, retry_after
 
 
 class TeacherClient:

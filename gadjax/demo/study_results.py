@@ -1,0 +1,69 @@
+"""The study's bookkeeping: the resumable results file (every finished run, curve point and final
+evaluation) and the validation split carved from the training prompts."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+
+# ------------------------------------------------------------------------------------------- results
+class Results:
+    """Append-only JSONL of finished work: {"kind": "curve" | "final" | "selection" | "run", ...}. Records
+    that name a "run" (curve points, the evaluation of its selected checkpoint) count only once that run's
+    "run" record exists (an interrupted run is redone from the start)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.records: list[dict[str, Any]] = []
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                self.records = [json.loads(line) for line in f if line.strip()]
+        done = {r["run"] for r in self.records if r["kind"] == "run"}
+        # Drop what runs that never finished recorded (curve points, a selected checkpoint's evaluation):
+        # they are redone from the start.
+        self.records = [
+            r for r in self.records if r["kind"] == "run" or r.get("run", "") in done or "run" not in r
+        ]
+        self._rewrite()
+
+    def _rewrite(self) -> None:
+        with open(self.path + ".tmp", "w", encoding="utf-8") as f:
+            for r in self.records:
+                f.write(json.dumps(r) + "\n")
+        os.replace(self.path + ".tmp", self.path)
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def run_done(self, run: str) -> bool:
+        return any(r["kind"] == "run" and r["run"] == run for r in self.records)
+
+    def final_done(self, name: str) -> bool:
+        return any(r["kind"] == "final" and r["name"] == name for r in self.records)
+
+
+# ------------------------------------------------------------------------------------------- splits
+def split_validation(rows: Sequence[dict[str, Any]], every: int) -> tuple[list[dict], list[dict]]:
+    """(train, validation): every `every`-th row (1-based position every, 2*every, ...) is validation."""
+    if every < 2:
+        raise ValueError(f"study.validation_every={every}: must be >= 2")
+    train = [r for i, r in enumerate(rows) if (i + 1) % every]
+    val = [r for i, r in enumerate(rows) if (i + 1) % every == 0]
+    return train, val
+
+
+def _read_jsonl(path: str) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _write_jsonl(path: str, rows: Sequence[dict[str, Any]]) -> None:
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    os.replace(path + ".tmp", path)

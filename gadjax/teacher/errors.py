@@ -1,0 +1,39 @@
+"""What can go wrong with a teacher request: a prompt the teacher could not answer (TeacherError), a
+spending limit reached (SpendingLimitReached: stop, do not count it as a failure), and one failed
+attempt that may be retried (_Retry, internal to the client)."""
+
+from __future__ import annotations
+
+
+class TeacherError(RuntimeError):
+    """A prompt the teacher could not answer. ``str()`` names the prompt id and the (last) failure."""
+
+    def __init__(self, prompt_id: str, message: str, status: int | None = None, retryable: bool = False):
+        super().__init__(f"teacher request for prompt {prompt_id!r} failed: {message}")
+        self.prompt_id = prompt_id
+        self.status = status
+        self.retryable = retryable
+
+
+class SpendingLimitReached(TeacherError):
+    """``max_requests`` / ``max_total_tokens`` reached: no further request is sent. Not a failure of the
+    prompt: the run should stop (responses already received are in the cache) rather than go on."""
+
+    def __init__(self, prompt_id: str, spent: dict[str, int], limits: dict[str, int], cache: str | None):
+        where = f"in the cache {cache}" if cache else "not cached (no cache configured)"
+        super().__init__(
+            prompt_id,
+            f"spending limit reached: {spent['requests']} requests, {spent['tokens']} tokens spent "
+            f"(max_requests={limits['max_requests'] or 'unlimited'}, "
+            f"max_total_tokens={limits['max_total_tokens'] or 'unlimited'}); every response received is "
+            f"{where}; raise the limit and run again to continue (cached responses are not paid again)",
+        )
+        self.spent, self.limits = spent, limits
+
+
+class _Retry(Exception):
+    """One failed attempt that may be retried."""
+
+    def __init__(self, cause: str, detail: str, retry_after: float | None = None):
+        super().__init__(f"{cause}: {detail}")
+        self.cause, self.detail, self.retry_after = cause, detail, retry_after

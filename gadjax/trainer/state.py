@@ -1,0 +1,128 @@
+"""The trainer's state: train states, initialisation from an earlier run, resume, save and export.
+
+A mixin of gadjax.trainer.loop.Trainer (it reads the attributes Trainer.__init__ sets: config, mesh,
+g_/d_state, g_/d_graphdef, ckpt, data_iter, tokenizer). Checkpoint layout: gadjax/checkpoint.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from gadjax.algo.steps import (
+    TrainState,
+)
+from gadjax.checkpoint import RunCheckpointer
+from gadjax.models.sharding import state_shardings
+from gadjax.parallel.distributed import allgather_json
+from gadjax.parallel.programs import train_state_shardings
+from gadjax.parallel.rules import use_mesh
+
+log = logging.getLogger("gadjax.train")
+
+
+class RunStateMixin:
+    """Train states, init_from, resume, save and HF export of a Trainer."""
+
+    # ---- state ------------------------------------------------------------------------------------
+    def _train_state(self, params: Any, optimizer: Any) -> tuple[TrainState, TrainState]:
+        param_sh = state_shardings(params, self.mesh)
+        abstract = jax.eval_shape(lambda p: TrainState.create(p, optimizer), params)
+        shardings = train_state_shardings(abstract, param_sh, self.mesh)
+        with use_mesh(self.mesh):
+            state = jax.jit(lambda p: TrainState.create(p, optimizer), out_shardings=shardings)(params)
+        return state, shardings
+
+    def _init_from(self, run_dir: str, g_params: Any, d_params: Any) -> tuple[Any, Any]:
+        """G (and D) parameters from an earlier run's latest checkpoint (e.g. warmup -> gad)."""
+        src = RunCheckpointer(os.path.join(run_dir, "checkpoints"))
+        step = src.latest_step()
+        templates = {"g_params": g_params}
+        meta = src.read_meta(step)
+        if d_params is not None and meta.get("has_d") and self.config.disc.from_init_run:
+            templates["d_params"] = d_params
+        trees, meta = src.restore(step, templates)
+        src.close()
+        self.reference_source["init_from_step"] = step
+        log.info("initialised from %s step %d (stage %s)", run_dir, step, meta.get("stage"))
+        return trees["g_params"], trees.get("d_params", d_params)
+
+    def _resume(self) -> None:
+        templates = {"g_params": self.g_state.params, "g_opt": self.g_state.opt_state}
+        if self.d_state is not None:
+            templates.update(d_params=self.d_state.params, d_opt=self.d_state.opt_state)
+        trees, meta, _ = self.ckpt.restore_newest_good(templates)
+        if meta["stage"] != self.stage:
+            raise ValueError(
+                f"config.resume: the checkpoint in {self.ckpt.directory} is from stage {meta['stage']!r}, "
+                f"the config says {self.stage!r}"
+            )
+        if meta.get("reference_source") != self.reference_source:
+            raise ValueError(
+                f"config.resume: the reference source changed (checkpoint {meta.get('reference_source')}, "
+                f"config {self.reference_source}); resume with the same model.path / init_from"
+            )
+        g_step = jnp.asarray(meta["g_step"], jnp.int32)
+        self.g_state = TrainState(step=g_step, params=trees["g_params"], opt_state=trees["g_opt"])
+        if self.d_state is not None:
+            d_step = jnp.asarray(meta["d_step"], jnp.int32)
+            self.d_state = TrainState(step=d_step, params=trees["d_params"], opt_state=trees["d_opt"])
+        self.start_step = int(meta["step"])
+        states = meta["data_states"]
+        if len(states) != jax.process_count():
+            raise ValueError(
+                f"config.resume: the checkpoint holds data states of {len(states)} processes, this run has "
+                f"{jax.process_count()}; resume with the same number of processes"
+            )
+        self.data_state = states[jax.process_index()]
+        log.info("resumed from step %d", self.start_step)
+
+    def _save(self, step: int, *, force: bool = False) -> None:
+        trees = {"g_params": self.g_state.params, "g_opt": self.g_state.opt_state}
+        if self.d_state is not None:
+            trees.update(d_params=self.d_state.params, d_opt=self.d_state.opt_state)
+        meta = {
+            "stage": self.stage,
+            "step": step,
+            "seed": self.config.seed,
+            "has_d": self.d_state is not None,
+            "g_step": int(self.g_state.step),
+            "d_step": int(self.d_state.step) if self.d_state is not None else 0,
+            # Each host's own iterator position (hosts read different shards; process 0 writes meta).
+            "data_states": allgather_json(self.data_iter.get_state()),
+            "reference_source": self.reference_source,
+        }
+        self.ckpt.save(step, trees, meta, force=force)
+
+    def export_best(self) -> None:
+        """HF export of the selected student to export/best (selection.json says which step and why)."""
+        from gadjax.models.hf_io import save_hf_checkpoint
+
+        trees, meta = self.best_ckpt.restore(None, {"g_params": self.g_state.params})
+        student = nnx.merge(self.g_graphdef, trees["g_params"])
+        out = os.path.join(self.config.run_dir, "export", "best")
+        save_hf_checkpoint(student, out, tokenizer=self.tokenizer)
+        if self.primary:
+            log.info("exported the selected student (step %d) to %s", meta["step"], out)
+
+    def student_params(self) -> tuple[Any, Any]:
+        """(graphdef, params) of the current student, for evaluation between steps (read-only)."""
+        return self.g_graphdef, self.g_state.params
+
+    def export(self) -> None:
+        """HF export of the student (and the discriminator when export.discriminator)."""
+        from gadjax.models.hf_io import save_hf_checkpoint
+
+        out = os.path.join(self.config.run_dir, "export")
+        student = nnx.merge(self.g_graphdef, self.g_state.params)
+        save_hf_checkpoint(student, os.path.join(out, "student"), tokenizer=self.tokenizer)
+        if self.config.export.discriminator and self.d_state is not None:
+            disc = nnx.merge(self.d_graphdef, self.d_state.params)
+            save_hf_checkpoint(disc, os.path.join(out, "discriminator"), tokenizer=self.tokenizer)
+        if self.primary:
+            log.info("exported the student to %s", os.path.join(out, "student"))

@@ -1,0 +1,241 @@
+"""One training step per stage (SPEC.md "Stages") and the compiled programs it runs.
+
+seqkd: SFT of G. warmup: rollout -> D step (-> SFT of G after train.d_only_steps). gad: rollout -> D scores
+(pre-update) -> D step -> GRPO advantages -> G policy step (PPO clip + k3 KL to the reference). The jitted
+programs (gadjax.algo.steps, sharded by gadjax.parallel.programs) are built once per batch shape. A mixin of
+gadjax.trainer.loop.Trainer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gadjax.algo.steps import (
+    PolicyLossConfig,
+    group_advantages,
+    make_discriminator_step,
+    make_logprob_fn,
+    make_policy_step,
+    make_sft_step,
+)
+from gadjax.parallel.programs import jit_forward, jit_step, shard_batch
+from gadjax.parallel.rules import use_mesh
+from gadjax.trainer import build
+from gadjax.trainer.flops import forward_flops_per_token, train_flops
+
+log = logging.getLogger("gadjax.train")
+
+
+class _Timer:
+    """Wall time of named phases within one step (each phase ends with a blocking fetch)."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        yield
+        self.times[f"time_{name}_s"] = self.times.get(f"time_{name}_s", 0.0) + time.perf_counter() - t0
+
+
+def _prefixed(metrics: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """Name a step's generic update metrics by model (g_loss, d_grad_norm, ...); others keep their name."""
+    return {(prefix + k if k in ("loss", "grad_norm", "skipped", "lr") else k): v for k, v in metrics.items()}
+
+
+def _block(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Fetch a step's metrics: blocks on the step (DESIGN.md: on CPU, never queue collective programs)."""
+    return {k: np.asarray(v) for k, v in metrics.items()}
+
+
+class StageStepsMixin:
+    """The per-stage step of a Trainer and its program cache."""
+
+    # ---- compiled programs (one per batch shape, cached) --------------------------------------------
+    def _program(self, name: str, batch: dict[str, np.ndarray]):
+        key = (name,) + tuple((k, v.shape) for k, v in sorted(batch.items()))
+        if key not in self._programs:
+            c = self.config
+            chunk = c.train.logprob_chunk
+            if name == "sft":
+                fn = make_sft_step(
+                    self.g_graphdef, self.g_opt, micro_batches=c.train.micro_batches_g, chunk_size=chunk
+                )
+                prog = jit_step(fn, self.g_shardings, self.mesh, batch)
+            elif name == "disc":
+                fn = make_discriminator_step(
+                    self.d_graphdef,
+                    self.d_opt,
+                    n_samples=self.n,
+                    loss_type=c.disc.loss,
+                    micro_batches=c.train.micro_batches_d,
+                    update=not self.d_frozen,
+                )
+                prog = jit_step(fn, self.d_shardings, self.mesh, batch)
+            elif name == "policy":
+                loss_cfg = PolicyLossConfig(**c.loss.to_dict())
+                fn = make_policy_step(
+                    self.g_graphdef,
+                    self.g_opt,
+                    loss_cfg,
+                    micro_batches=c.train.micro_batches_g,
+                    chunk_size=chunk,
+                    temperature=self.logprob_temperature,
+                )
+                prog = jit_step(fn, self.g_shardings, self.mesh, batch)
+            elif name == "ref_logprobs":
+                prog = jit_forward(
+                    make_logprob_fn(self.g_graphdef, chunk_size=chunk, temperature=self.logprob_temperature),
+                    self.g_shardings.params,
+                    self.mesh,
+                    batch,
+                )
+            else:
+                raise KeyError(name)
+            self._programs[key] = prog
+        return self._programs[key]
+
+    def _run(self, name: str, state: Any, batch: dict[str, np.ndarray], rng: jax.Array):
+        with use_mesh(self.mesh):
+            return self._program(name, batch)(state, shard_batch(batch, self.mesh), rng)
+
+    # ---- one step per stage -------------------------------------------------------------------------
+    def _rollout(self, batch: dict[str, np.ndarray], rng: jax.Array, timer: _Timer) -> tuple[Any, dict]:
+        with timer("rollout"):
+            out = self.sampler.generate(
+                batch["prompt_ids"], batch["prompt_mask"], rng, state=self.g_state.params, as_numpy=False
+            )
+            out.response_ids = build.host_array(out.response_ids)
+            out.response_mask = build.host_array(out.response_mask)
+            lengths = build.host_array(out.response_lengths)
+            truncated = build.host_array(out.truncated)
+            logprobs = build.host_array(out.logprobs)
+        m = {
+            "response_length_mean": float(lengths.mean()),
+            "response_length_max": float(lengths.max()),
+            "truncation_rate": float(truncated.mean()),
+            "rollout_logprob_mean": float(
+                (logprobs * out.response_mask).sum() / max(1, out.response_mask.sum())
+            ),
+            "rollout_decode_steps": out.decode_steps,
+            "rollout_tokens": float(lengths.sum()),
+        }
+        return out, m
+
+    def _disc_step(self, batch: dict[str, np.ndarray], roll: Any, rng: jax.Array, timer: _Timer) -> dict:
+        d_batch = {
+            "prompt_ids": batch["prompt_ids"],
+            "prompt_mask": batch["prompt_mask"],
+            "response_ids": batch["response_ids"],
+            "response_mask": batch["response_mask"],
+            "student_ids": roll.response_ids,
+            "student_mask": roll.response_mask,
+        }
+        with timer("d_step"):
+            self.d_state, m = self._run("disc", self.d_state, d_batch, rng)
+            m = _block(m)
+        return _prefixed(m, "d_")
+
+    def _sft_step(self, batch: dict[str, np.ndarray], rng: jax.Array, timer: _Timer) -> dict:
+        sft_batch = {k: batch[k] for k in ("prompt_ids", "prompt_mask", "response_ids", "response_mask")}
+        with timer("g_step"):
+            self.g_state, m = self._run("sft", self.g_state, sft_batch, rng)
+            m = _block(m)
+        return _prefixed(m, "g_")
+
+    def _policy_step(self, roll: Any, scores: np.ndarray, rng: jax.Array, timer: _Timer) -> dict:
+        adv, adv_m = group_advantages(jnp.asarray(scores), self.n)
+        pol = {
+            "prompt_ids": roll.prompt_ids,
+            "prompt_mask": roll.prompt_mask,
+            "response_ids": roll.response_ids,
+            "response_mask": roll.response_mask,
+            "advantages": np.asarray(adv, np.float32),
+        }
+        with timer("ref"), use_mesh(self.mesh):
+            ref = self._program("ref_logprobs", pol)(self.ref_params, shard_batch(pol, self.mesh))
+            pol["ref_logprobs"] = build.host_array(ref)
+        with timer("g_step"):
+            self.g_state, m = self._run("policy", self.g_state, pol, rng)
+            m = _block(m)
+        out = _prefixed(m, "g_")
+        out.update({k: float(v) for k, v in adv_m.items()})
+        return out
+
+    def _flops(self, batch: dict[str, np.ndarray], roll: Any, metrics: dict) -> float:
+        """Estimated FLOPs of this step (rollout forward + D and G forward/backward + reference)."""
+        cfg = self.model_config
+        p, r = batch["prompt_ids"].shape[1], batch["response_ids"].shape[1]
+        rows = batch["prompt_ids"].shape[0]
+        total = 0.0
+        if self.stage == "seqkd" or "sft_loss" in metrics:
+            total += train_flops(cfg, rows * (p + r), (p + r) // 2)
+        if roll is not None:
+            rs = roll.response_ids.shape[1]
+            gen = float(metrics["rollout_tokens"])
+            total += (
+                forward_flops_per_token(cfg, p // 2) * rows * p
+                + forward_flops_per_token(cfg, p + rs // 2) * gen
+            )
+            total += train_flops(cfg, rows * (p + r) + rows * self.n * (p + rs), p + max(r, rs) // 2)
+        if self.stage == "gad":
+            rs = roll.response_ids.shape[1]
+            g_tokens = rows * self.n * (p + rs)
+            total += (
+                train_flops(cfg, g_tokens, (p + rs) // 2)
+                + forward_flops_per_token(cfg, (p + rs) // 2) * g_tokens
+            )
+        return total
+
+    def step(self, step: int) -> dict[str, Any]:
+        c = self.config
+        timer = _Timer()
+        rng = jax.random.fold_in(jax.random.key(self.stream_seed), step)
+        k_roll, k_d, k_g = jax.random.split(rng, 3)
+        with timer("data"):
+            local = next(self.data_iter)
+            batch = build.global_host_batch(local, self.data.pad_id, self.config.data.process_sharding)
+        metrics: dict[str, Any] = {}
+        roll = None
+        if self.stage == "seqkd":
+            metrics.update(self._sft_step(batch, k_g, timer))
+        elif self.stage == "warmup":
+            roll, rm = self._rollout(batch, k_roll, timer)
+            metrics.update(rm)
+            metrics.update(self._disc_step(batch, roll, k_d, timer))
+            metrics.pop("student_scores", None)
+            if step >= c.train.d_only_steps:
+                metrics.update(self._sft_step(batch, k_g, timer))
+        else:  # gad
+            roll, rm = self._rollout(batch, k_roll, timer)
+            metrics.update(rm)
+            metrics.update(self._disc_step(batch, roll, k_d, timer))
+            scores = metrics.pop("student_scores")  # rewards from the PRE-update D (SPEC.md)
+            if self.reward_fn is not None:  # an oracle reward (a control), D only logged
+                scores = self.reward_fn(roll.response_ids, roll.response_mask)
+                metrics["oracle_reward_mean"] = float(np.mean(scores))
+            metrics.update(self._policy_step(roll, scores, k_g, timer))
+        metrics.update(timer.times)
+        step_time = sum(timer.times.values())
+        metrics["time_step_s"] = step_time
+        teacher = getattr(self.teacher, "wait_seconds", None)
+        if teacher is not None:
+            metrics["time_teacher_wait_total_s"] = float(teacher)
+        tokens = int(batch["prompt_mask"].sum() + batch["response_mask"].sum())
+        if roll is not None:
+            tokens += int(metrics["rollout_tokens"])
+        metrics["tokens_per_s"] = tokens / max(step_time, 1e-9)
+        flops = self._flops(batch, roll, metrics)
+        metrics["flops_per_s"] = flops / max(step_time, 1e-9)
+        if self.peak:
+            metrics["mfu"] = metrics["flops_per_s"] / (self.peak * jax.device_count())
+        metrics["epoch"] = self.data_iter.stats.as_dict()["epoch"]
+        return metrics
