@@ -51,7 +51,7 @@ def get_config(budget: str = "full"):
             # "" = off.
             select_metric="c2st_accuracy",
             select_tiebreak=("marker_abs_gap",),
-            select_length_band=(0.8, 1.25),
+            select_length_band=(0.25, 4.0) if ci else (0.8, 1.25),  # ci: 2 steps, lengths not the point
             validation_every=3 if ci else 5,  # every k-th training prompt is the validation split
             validation_max=10 if ci else 40,  # 0 = all of it
             heldout_max=10 if ci else 0,

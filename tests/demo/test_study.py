@@ -87,9 +87,16 @@ def test_study_ci_budget_end_to_end(tmp_path):
     end = {arm: max(r["updates"] for r in curves if r["arm"] == arm) for arm in ("gad", "seqkd")}
     assert end["gad"] == end["seqkd"] == 2 - 1 + 2
     assert finals["frozen_d_s0"]["length_mean"] >= 0
+    # Checkpoint selection on validation, both main arms: the selected step is one of the run's own
+    # evaluations, and its held-out evaluation is recorded apart from the last step's.
+    for arm in ("gad", "seqkd"):
+        sel = finals[f"{arm}_sel_s0"]["selection"]
+        steps = [r["updates"] for r in curves if r["run"] == f"{arm}_s0"]
+        assert sel["selected_step"] in steps and sel["candidates"] == len(steps), (arm, sel, steps)
     report = open(os.path.join(out, "study.md"), encoding="utf-8").read()
     assert "## Held-out: final models" in report and "## Verdict" in report
     assert "teacher, second sample (calibration)" in report
+    assert "gad, selected on validation" in report and "selected at generator updates" in report
     import matplotlib.image as mpimg
 
     for name in ("curves_main.png", "curves_ablations.png", "ablation_drift.png"):
