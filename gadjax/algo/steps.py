@@ -128,9 +128,14 @@ def _accumulate(
 
 
 def _apply_update(
-    state: TrainState, loss: jax.Array, grads: Any, optimizer: optax.GradientTransformation
+    state: TrainState,
+    loss: jax.Array,
+    grads: Any,
+    optimizer: optax.GradientTransformation,
+    **extra: jax.Array,
 ) -> tuple[TrainState, Metrics]:
-    """Optimizer update, skipped (state kept) when the loss or gradients are not finite."""
+    """Optimizer update, skipped (state kept) when the loss or gradients are not finite. Metrics: loss,
+    grad_norm, skipped, lr, then the step's own `extra` metrics."""
     grad_norm = optax.tree.norm(grads)
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, new_opt = optimizer.update(grads, state.opt_state, state.params)
@@ -146,7 +151,14 @@ def _apply_update(
         "grad_norm": grad_norm,
         "skipped": (~ok).astype(jnp.float32),
         "lr": current_lr(new_opt).astype(jnp.float32),
+        **extra,
     }
+
+
+def _sequence_inputs(b: Batch) -> tuple[jax.Array, ...]:
+    """(prompt_ids, prompt_mask, response_ids, response_mask): the sequence arguments of
+    `sequence_logprobs` / `sequence_scores`."""
+    return b["prompt_ids"], b["prompt_mask"], b["response_ids"], b["response_mask"]
 
 
 # --- SFT (seqkd, and G's warmup) -------------------------------------------------------------------
@@ -167,23 +179,12 @@ def make_sft_step(
 
         def loss_fn(params, b):
             model = nnx.merge(graphdef, params)
-            logp, _ = sequence_logprobs(
-                model,
-                b["prompt_ids"],
-                b["prompt_mask"],
-                b["response_ids"],
-                b["response_mask"],
-                chunk_size=chunk_size,
-            )
+            logp, _ = sequence_logprobs(model, *_sequence_inputs(b), chunk_size=chunk_size)
             loss = sft_loss(logp, b["response_mask"], num_tokens=num_tokens)
             return loss, {"sft_nll_sum": -jnp.sum(logp * b["response_mask"])}
 
-        loss, grads, aux = _accumulate(loss_fn, state.params, batch, micro_batches)
-        state, metrics = _apply_update(state, loss, grads, optimizer)
-        metrics["sft_loss"] = loss
-        metrics["sft_tokens"] = num_tokens
-        del aux
-        return state, metrics
+        loss, grads, _ = _accumulate(loss_fn, state.params, batch, micro_batches)
+        return _apply_update(state, loss, grads, optimizer, sft_loss=loss, sft_tokens=num_tokens)
 
     return step
 
@@ -226,9 +227,7 @@ def make_discriminator_step(
         def loss_fn(params, b):
             model = nnx.merge(graphdef, params)
             bp = b["prompt_ids"].shape[0]
-            t = sequence_scores(
-                model, b["prompt_ids"], b["prompt_mask"], b["response_ids"], b["response_mask"]
-            )
+            t = sequence_scores(model, *_sequence_inputs(b))
             rep = lambda x: jnp.repeat(x, n, axis=0)
             s = sequence_scores(
                 model,
@@ -247,24 +246,20 @@ def make_discriminator_step(
                 "student_scores": s.reshape(bp, n),
             }
 
-        if not update:
-            loss, aux = loss_fn(state.params, grouped)
-            scores = aux["student_scores"]
-            metrics: Metrics = {}
-        else:
-            loss, grads, aux = _accumulate(
-                loss_fn, state.params, grouped, micro_batches, row_keys=("student_scores",)
-            )
-            scores = aux["student_scores"]
-            state, metrics = _apply_update(state, loss, grads, optimizer)
-        metrics.update(
+        d_metrics = lambda loss, aux: dict(
             d_loss=loss,
             d_acc=aux["d_acc"],
             teacher_score_mean=aux["teacher_score_mean"],
             student_score_mean=aux["student_score_mean"],
-            student_scores=scores.reshape(-1),
+            student_scores=aux["student_scores"].reshape(-1),
         )
-        return state, metrics
+        if not update:
+            loss, aux = loss_fn(state.params, grouped)
+            return state, d_metrics(loss, aux)
+        loss, grads, aux = _accumulate(
+            loss_fn, state.params, grouped, micro_batches, row_keys=("student_scores",)
+        )
+        return _apply_update(state, loss, grads, optimizer, **d_metrics(loss, aux))
 
     return step
 
@@ -305,10 +300,7 @@ def make_policy_step(
             model = nnx.merge(graphdef, params)
             logp, entropy = sequence_logprobs(
                 model,
-                b["prompt_ids"],
-                b["prompt_mask"],
-                b["response_ids"],
-                b["response_mask"],
+                *_sequence_inputs(b),
                 chunk_size=chunk_size,
                 return_entropy=True,
                 temperature=temperature,
@@ -338,9 +330,12 @@ def make_policy_step(
             }
 
         loss, grads, aux = _accumulate(loss_fn, state.params, batch, micro_batches)
-        state, metrics = _apply_update(state, loss, grads, optimizer)
         den = jnp.maximum(num_tokens, 1.0)
-        metrics.update(
+        return _apply_update(
+            state,
+            loss,
+            grads,
+            optimizer,
             pg_loss=aux["pg_loss"],
             kl_loss=aux["kl_loss"],
             entropy=aux["entropy_sum"] / den,
@@ -349,7 +344,6 @@ def make_policy_step(
             ppo_kl=aux["ppo_kl_sum"] / den,
             response_tokens=num_tokens,
         )
-        return state, metrics
 
     return step
 

@@ -132,17 +132,12 @@ def token_log_ratios(
     student_prompts: Sequence[Sequence[int]],
     teacher_prompts: Sequence[Sequence[int]],
     responses: Sequence[Sequence[int]],
-    *,
-    temperature: float = 1.0,
-    batch_size: int = 8,
-    pad_id: int = 0,
-    mesh: Mesh | None = None,
-    rules: Rules = DEFAULT_RULES,
+    **kw: Any,
 ) -> list[np.ndarray]:
     """Per-token log p_s(y_t | x_s, y_<t) - log p_t(y_t | x_t, y_<t) at ``temperature``, one array per
     row. Summed over a row: log p_s(y | x_s) - log p_t(y | x_t), whose expectation under y ~ p_s is the
-    sequence KL(p_s || p_t)."""
-    kw = dict(temperature=temperature, batch_size=batch_size, pad_id=pad_id, mesh=mesh, rules=rules)
+    sequence KL(p_s || p_t). Keyword arguments (``temperature``, ``batch_size``, ``pad_id``, ``mesh``,
+    ``rules``) and their defaults are those of :func:`response_logprobs`, which scores both sides."""
     ls = response_logprobs(student_model, student_prompts, responses, **kw)
     lt = response_logprobs(teacher_model, teacher_prompts, responses, **kw)
     return [a - b for a, b in zip(ls, lt, strict=True)]

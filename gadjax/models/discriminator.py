@@ -28,21 +28,23 @@ def last_valid_index(mask: jax.Array) -> jax.Array:
 
 
 class Discriminator(nnx.Module):
-    """Backbone (a Decoder without LM head) + scalar head; `__call__` returns float32 scores [B]."""
+    """Backbone (a Decoder without LM head) + scalar head; `__call__` returns float32 scores [B].
+
+    `param_dtype` is the head's and the backbone's; the other keyword arguments (`dtype`, `remat`) go to
+    the backbone's `Decoder`, with its defaults."""
 
     def __init__(
         self,
         config: ModelConfig,
         *,
         rngs: nnx.Rngs,
-        dtype: Any = jnp.float32,
         param_dtype: Any = jnp.float32,
-        remat: str = "none",
         head_init: str = "normal",
         head_std: float = 0.02,
+        **backbone_kwargs: Any,
     ):
         self.backbone = Decoder(
-            config, rngs=rngs, dtype=dtype, param_dtype=param_dtype, remat=remat, with_lm_head=False
+            config, rngs=rngs, param_dtype=param_dtype, with_lm_head=False, **backbone_kwargs
         )
         self.head = param(fresh_head(config, rngs.params(), head_init, head_std, param_dtype), ("embed",))
 

@@ -58,22 +58,27 @@ _BLOCK_RE = re.compile(r"^blk\.(\d+)\.(.+)$")
 _ROPE_FREQS = "rope_freqs.weight"
 
 
+def gguf_field(reader: GGUFReader, key: str, default: Any = None) -> Any:
+    """The value of GGUF metadata ``key`` (strings decoded as UTF-8), or ``default`` when it is absent."""
+    field = reader.fields.get(key)
+    if field is None:
+        return default
+    value = field.contents()
+    if field.types and field.types[0] == GGUFValueType.STRING and isinstance(value, bytes):
+        value = value.decode("utf-8")
+    return value
+
+
 class _Metadata:
     """Typed access to a GGUF file's key/value metadata with errors that name the file and key."""
 
     def __init__(self, path: str, reader: GGUFReader):
         self.path = path
-        self.fields = reader.fields
+        self.reader = reader
         self.arch = self.get("general.architecture")
 
     def get(self, key: str, default: Any = None) -> Any:
-        field = self.fields.get(key)
-        if field is None:
-            return default
-        value = field.contents()
-        if field.types and field.types[0] == GGUFValueType.STRING and isinstance(value, bytes):
-            value = value.decode("utf-8")
-        return value
+        return gguf_field(self.reader, key, default)
 
     def arch_key(self, suffix: str, default: Any = None) -> Any:
         return self.get(f"{self.arch}.{suffix}", default)

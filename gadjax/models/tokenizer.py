@@ -16,11 +16,12 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from typing import Any
 
-from gguf import GGUFReader, GGUFValueType
+from gguf import GGUFReader
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from gadjax.models.gguf import gguf_field
 
 # llama.cpp token types (gguf TokenType): only these two become added tokens matched whole in the text.
 _CONTROL, _USER_DEFINED = 3, 4
@@ -67,16 +68,6 @@ def _bytes_to_unicode() -> dict[int, str]:
     return {b: chr(c) for b, c in zip(bs, cs, strict=True)}
 
 
-def _field(reader: GGUFReader, key: str, default: Any = None) -> Any:
-    field = reader.fields.get(key)
-    if field is None:
-        return default
-    value = field.contents()
-    if field.types and field.types[0] == GGUFValueType.STRING and isinstance(value, bytes):
-        value = value.decode("utf-8")
-    return value
-
-
 def _pre_tokenizer(path: str, pre: str | None, add_prefix_space: bool) -> pre_tokenizers.PreTokenizer:
     pre = pre or "default"
     if pre in _SPLIT_PRE:
@@ -96,7 +87,7 @@ def _pre_tokenizer(path: str, pre: str | None, add_prefix_space: bool) -> pre_to
 
 
 def _token_id_name(reader: GGUFReader, tokens: Sequence[str], key: str) -> str | None:
-    token_id = _field(reader, f"tokenizer.ggml.{key}_token_id")
+    token_id = gguf_field(reader, f"tokenizer.ggml.{key}_token_id")
     return None if token_id is None else tokens[int(token_id)]
 
 
@@ -112,15 +103,15 @@ def tokenizer_from_gguf(path: str | os.PathLike) -> PreTrainedTokenizerFast:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"GGUF file not found: {path}")
     reader = GGUFReader(path)
-    kind = _field(reader, "tokenizer.ggml.model")
+    kind = gguf_field(reader, "tokenizer.ggml.model")
     if kind != "gpt2":
         raise ValueError(
             f"{path}: unsupported GGUF tokenizer model {kind!r} (tokenizer.ggml.model); only byte-level BPE "
             "'gpt2' (Llama 3, SmolLM2, Qwen) is supported"
         )
-    tokens: list[str] = _field(reader, "tokenizer.ggml.tokens")
-    types: list[int] = _field(reader, "tokenizer.ggml.token_type") or [1] * len(tokens)
-    merges: list[str] | None = _field(reader, "tokenizer.ggml.merges")
+    tokens: list[str] = gguf_field(reader, "tokenizer.ggml.tokens")
+    types: list[int] = gguf_field(reader, "tokenizer.ggml.token_type") or [1] * len(tokens)
+    merges: list[str] | None = gguf_field(reader, "tokenizer.ggml.merges")
     if not tokens or merges is None:
         raise ValueError(f"{path}: GGUF metadata lacks tokenizer.ggml.tokens or tokenizer.ggml.merges")
     if len(types) != len(tokens):
@@ -138,8 +129,8 @@ def tokenizer_from_gguf(path: str | os.PathLike) -> PreTrainedTokenizerFast:
             raise ValueError(f"{path}: token {token!r} appears twice (ids {vocab[token]} and {index})")
         vocab[token] = index
 
-    pre = _field(reader, "tokenizer.ggml.pre")
-    add_prefix_space = bool(_field(reader, "tokenizer.ggml.add_space_prefix", False))
+    pre = gguf_field(reader, "tokenizer.ggml.pre")
+    add_prefix_space = bool(gguf_field(reader, "tokenizer.ggml.add_space_prefix", False))
     bpe = models.BPE(
         vocab=vocab,
         merges=[tuple(m.split(" ", 1)) for m in merges],
@@ -162,8 +153,8 @@ def tokenizer_from_gguf(path: str | os.PathLike) -> PreTrainedTokenizerFast:
 
     bos = _token_id_name(reader, tokens, "bos")
     eos = _token_id_name(reader, tokens, "eos")
-    add_bos = bool(_field(reader, "tokenizer.ggml.add_bos_token", False))
-    add_eos = bool(_field(reader, "tokenizer.ggml.add_eos_token", False))
+    add_bos = bool(gguf_field(reader, "tokenizer.ggml.add_bos_token", False))
+    add_eos = bool(gguf_field(reader, "tokenizer.ggml.add_eos_token", False))
     for flag, name, token in ((add_bos, "bos", bos), (add_eos, "eos", eos)):
         if flag and token is None:
             raise ValueError(f"{path}: tokenizer.ggml.add_{name}_token is set but no {name} token id is")
@@ -172,14 +163,14 @@ def tokenizer_from_gguf(path: str | os.PathLike) -> PreTrainedTokenizerFast:
     specials = [(bos, vocab[bos])] * add_bos + [(eos, vocab[eos])] * add_eos
     backend.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=specials)
 
-    context = _field(reader, f"{_field(reader, 'general.architecture')}.context_length")
+    context = gguf_field(reader, f"{gguf_field(reader, 'general.architecture')}.context_length")
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         bos_token=bos,
         eos_token=eos,
         unk_token=_token_id_name(reader, tokens, "unknown"),
         pad_token=_token_id_name(reader, tokens, "padding") or eos,
-        chat_template=_field(reader, "tokenizer.chat_template"),
+        chat_template=gguf_field(reader, "tokenizer.chat_template"),
         model_max_length=int(context) if context else int(1e30),
         clean_up_tokenization_spaces=False,
         add_bos_token=add_bos,
