@@ -78,6 +78,23 @@ class Selector:
             return True
         return False
 
+    def state(self) -> dict[str, Any]:
+        """What `restore` needs to continue the selection (JSON-serialisable): the history and the best."""
+        best = None if self.best is None else {"step": self.best["step"], "metrics": self.best["metrics"]}
+        return {"history": list(self.history), "best": best}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Continue from a `state()` (e.g. read back from selection.json on resume)."""
+        self.history = list(state.get("history", []))
+        best = state.get("best")
+        self.best = None
+        if best is not None:
+            self.best = {
+                "step": int(best["step"]),
+                "_key": self._key(best["metrics"]),
+                "metrics": dict(best["metrics"]),
+            }
+
     def summary(self) -> dict[str, Any]:
         """What was chosen and why (for selection.json / a results record)."""
         return {

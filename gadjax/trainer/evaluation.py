@@ -108,14 +108,7 @@ class TrainingEvaluator:
             with open(self.selection_path, encoding="utf-8") as f:
                 state = json.load(f)
             self.selector = self._new_selector(state.get("reference_length"))
-            self.selector.history = list(state.get("history", []))
-            best = state.get("best")
-            if best is not None:
-                self.selector.best = {
-                    "step": best["step"],
-                    "_key": self.selector._key(best["metrics"]),
-                    "metrics": best["metrics"],
-                }
+            self.selector.restore(state)
             return
         # The reference length is known after the first evaluation ("first") or from its teacher lengths.
         self._pending_reference = bool(tuple(self.c.select.length_band))
@@ -183,8 +176,7 @@ class TrainingEvaluator:
         sel = self.selector
         state = {
             **sel.summary(),
-            "history": sel.history,
-            "best": None if sel.best is None else {"step": sel.best["step"], "metrics": sel.best["metrics"]},
+            **sel.state(),
             "why": (
                 "best "
                 + ("lowest" if sel.mode == "min" else "highest")

@@ -63,3 +63,17 @@ def test_bad_settings_and_missing_metric_are_clear_errors():
         Selector(metric="x", length_band=(1.5, 1.2), reference_length=3.0)
     with pytest.raises(KeyError, match="'judge'"):
         Selector(metric="judge").consider(1, {"c2st_accuracy": 0.5})
+
+
+def test_state_round_trip_continues_the_selection():
+    """A resumed run (selection.json read back) keeps its best and compares new evaluations against it."""
+    import json
+
+    sel = Selector(metric="score", mode="max", length_band=(0.5, 2.0), reference_length=10.0)
+    sel.consider(2, {"score": 0.3, "length_mean": 10.0})
+    sel.consider(4, {"score": 0.6, "length_mean": 12.0})
+    again = Selector(metric="score", mode="max", length_band=(0.5, 2.0), reference_length=10.0)
+    again.restore(json.loads(json.dumps(sel.state())))
+    assert again.history == sel.history and again.best["step"] == 4
+    assert not again.consider(6, {"score": 0.6, "length_mean": 11.0})  # a tie keeps step 4
+    assert again.consider(8, {"score": 0.7, "length_mean": 11.0})
