@@ -68,13 +68,14 @@ class MetricsWriter:
     def _drop_after(self, step: int) -> None:
         with open(self.path, encoding="utf-8") as f:
             lines = [line for line in f if line.strip()]
-        keep = [line for line in lines if json.loads(line).get("step", 0) <= step]
-        if len(keep) == len(lines):
+        later = [json.loads(line).get("step", 0) > step for line in lines]
+        if not any(later):
             return
+        keep = [line for line, after in zip(lines, later, strict=True) if not after]
         with open(
             os.path.join(os.path.dirname(self.path), "metrics.replaced.jsonl"), "a", encoding="utf-8"
         ) as f:
-            f.writelines(line for line in lines if json.loads(line).get("step", 0) > step)
+            f.writelines(line for line, after in zip(lines, later, strict=True) if after)
         with open(self.path + ".tmp", "w", encoding="utf-8") as f:
             f.writelines(keep)
         os.replace(self.path + ".tmp", self.path)
