@@ -31,7 +31,7 @@ import collections
 import dataclasses
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 ROLES = ("system", "user", "assistant")
@@ -195,6 +195,22 @@ class BadRowCounter:
     def report(self) -> dict[str, Any]:
         return {"skipped": self.total, "by_reason": dict(self.by_reason), "examples": list(self.examples)}
 
+    def checked(self, skip_bad_rows: bool, parse: Callable[..., Any], *args: Any) -> Any | None:
+        """``parse(*args)``, the one validate-or-count rule of every reader: a bad row raises its
+        :class:`DataError`, or with ``skip_bad_rows`` is counted here and gives None."""
+        try:
+            return parse(*args)
+        except DataError as e:
+            if not skip_bad_rows:
+                raise
+            self.add(e)
+            return None
+
+
+def parse_jsonl_line(line: bytes, where: str, require_response: bool = False) -> Row:
+    """One JSONL line decoded and validated."""
+    return normalize_row(decode_jsonl_line(line, where), where, require_response)
+
 
 def read_jsonl(
     path: str | os.PathLike,
@@ -207,18 +223,15 @@ def read_jsonl(
     Lines are read as bytes and decoded one by one, so an invalid UTF-8 sequence is reported on its
     own line. Bad rows raise :class:`DataError` unless ``skip_bad_rows``; then they go to ``counter``.
     """
+    counter = BadRowCounter() if counter is None else counter
     with open(path, "rb") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             where = f"{os.fspath(path)}:{lineno}"
-            try:
-                yield lineno, normalize_row(decode_jsonl_line(line, where), where, require_response)
-            except DataError as e:
-                if not skip_bad_rows:
-                    raise
-                if counter is not None:
-                    counter.add(e)
+            row = counter.checked(skip_bad_rows, parse_jsonl_line, line, where, require_response)
+            if row is not None:
+                yield lineno, row
 
 
 def read_parquet(
@@ -234,17 +247,15 @@ def read_parquet(
         pf = pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises several types for a non-parquet file
         raise DataError(os.fspath(path), f"not a readable parquet file: {e}", "bad_file") from None
+    counter = BadRowCounter() if counter is None else counter
     index = 0
     for batch in pf.iter_batches(batch_size=1024):
         for raw in batch.to_pylist():
-            where = f"{os.fspath(path)}:{index}"
-            try:
-                yield index, normalize_row(raw, where, require_response)
-            except DataError as e:
-                if not skip_bad_rows:
-                    raise
-                if counter is not None:
-                    counter.add(e)
+            row = counter.checked(
+                skip_bad_rows, normalize_row, raw, f"{os.fspath(path)}:{index}", require_response
+            )
+            if row is not None:
+                yield index, row
             index += 1
 
 

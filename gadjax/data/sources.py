@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from gadjax.data.rows import BadRowCounter, DataError, decode_jsonl_line, normalize_row
+from gadjax.data.rows import BadRowCounter, DataError, normalize_row, parse_jsonl_line
 
 PathLike = str | os.PathLike
 
@@ -38,11 +38,6 @@ def _as_paths(paths: PathLike | Sequence[PathLike]) -> list[str]:
         if not os.path.isfile(p):
             raise FileNotFoundError(f"data file not found: {p}")
     return out
-
-
-def _jsonl_row(line: bytes, where: str, require_response: bool):
-    """One JSONL line decoded and validated (a :class:`gadjax.data.rows.Row`)."""
-    return normalize_row(decode_jsonl_line(line, where), where, require_response)
 
 
 def _record(i: int, row) -> dict[str, Any]:
@@ -76,14 +71,7 @@ class _FileSource:
     def _is_good_row(self, skip_bad_rows: bool, check: Callable[..., Any], *args) -> bool:
         """Validate one row with ``check(*args)``: True for a good row; a bad row raises its
         :class:`DataError`, or with ``skip_bad_rows`` is counted in ``self.bad_rows`` and gives False."""
-        try:
-            check(*args)
-        except DataError as e:
-            if not skip_bad_rows:
-                raise
-            self.bad_rows.add(e)
-            return False
-        return True
+        return self.bad_rows.checked(skip_bad_rows, check, *args) is not None
 
 
 class JsonlSource(_FileSource):
@@ -96,7 +84,7 @@ class JsonlSource(_FileSource):
                 offset = 0
                 for lineno, line in enumerate(f, start=1):
                     if line.strip() and self._is_good_row(
-                        skip_bad_rows, _jsonl_row, line, f"{path}:{lineno}", self.require_response
+                        skip_bad_rows, parse_jsonl_line, line, f"{path}:{lineno}", self.require_response
                     ):
                         files.append(fi)
                         offsets.append(offset)
@@ -124,7 +112,7 @@ class JsonlSource(_FileSource):
         if fd is None:
             fd = self._fds.setdefault(fi, os.open(self.paths[fi], os.O_RDONLY))
         line = os.pread(fd, int(self._length[i]), int(self._offset[i]))
-        return _record(i, _jsonl_row(line, self.where(i), self.require_response))
+        return _record(i, parse_jsonl_line(line, self.where(i), self.require_response))
 
     def __del__(self):
         for fd in getattr(self, "_fds", {}).values():

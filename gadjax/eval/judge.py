@@ -159,17 +159,10 @@ class JudgeSettings:
     cache_path: str | None = None
 
     def client_config(self, max_tokens: int) -> TeacherConfig:
-        return TeacherConfig(
-            base_url=self.base_url,
-            model=self.model,
-            api_key_env=self.api_key_env,
-            temperature=self.temperature,
-            max_tokens=max_tokens,
-            concurrency=self.concurrency,
-            timeout_s=self.timeout_s,
-            max_retries=self.max_retries,
-            cache_path=self.cache_path,
-        )
+        """The chat client's settings: every field the two share, and this call's ``max_tokens``."""
+        client_fields = {f.name for f in dataclasses.fields(TeacherConfig)}
+        shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name in client_fields}
+        return TeacherConfig(**shared, max_tokens=max_tokens)
 
     def describe(self) -> dict[str, Any]:
         """The settings as saved in eval JSON (the key's variable name, never its value)."""

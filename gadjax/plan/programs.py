@@ -142,14 +142,7 @@ def program_specs(config: ConfigDict, run: AbstractRun) -> list[ProgramSpec]:
     )
 
     # policy step.
-    loss_cfg = PolicyLossConfig(
-        clip_eps=config.loss.clip_eps,
-        clip_ratio_c=config.loss.clip_ratio_c,
-        loss_agg_mode=config.loss.loss_agg_mode,
-        kl_beta=config.loss.kl_beta,
-        kl_kind=config.loss.kl_kind,
-        entropy_coeff=config.loss.entropy_coeff,
-    )
+    loss_cfg = PolicyLossConfig(**config.loss.to_dict())
     g_step = make_policy_step(
         run.g_graphdef,
         _optimizer(config.optim_g, 1000),

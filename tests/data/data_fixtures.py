@@ -4,11 +4,11 @@ The tokenizer is built with the `tokenizers` library and wrapped in transformers
 PreTrainedTokenizerFast, so chat templating and encoding are the libraries' own code, not ours.
 """
 
-import dataclasses
 import json
 import queue
 import threading
-from typing import Any
+
+from gadjax.teacher.client import TeacherResponse
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -55,14 +55,6 @@ def gad_rows(n, prompt_words=3, response_words=2):
 
 # A tiny stand-in for gadjax.teacher.TeacherClient with the same ``prefetch`` interface: it answers
 # in a background thread (the real client works ahead too) and records every request.
-
-
-@dataclasses.dataclass(frozen=True)
-class TeacherResponse:
-    text: str
-    finish_reason: str | None
-    usage: dict[str, Any]
-    cached: bool
 
 
 def echo_answer(messages) -> str:
