@@ -186,6 +186,23 @@ def base_config() -> ConfigDict:
             seed=0,
             marker="",  # a regex whose rate (and gap to the teacher's) is logged, e.g. a persona marker
             two_sample=True,  # the C2ST accuracy (student vs teacher texts)
+            # The judge (SPEC.md "Evaluation") is slow and paid: its own cadence, a multiple of eval.every
+            # (and the last step); 0 = never. Process 0 asks it; every host gets the same scores.
+            judge_every=0,
+            judge=ConfigDict(
+                dict(
+                    base_url="",  # an OpenAI-compatible endpoint
+                    model="",
+                    api_key_env="OPENAI_API_KEY",  # the NAME of the variable holding the key; "" = none
+                    temperature=0.0,
+                    reference_max_tokens=1024,
+                    rating_max_tokens=512,
+                    concurrency=4,
+                    timeout_s=120.0,
+                    max_retries=4,
+                    cache_path="",  # "" = <run_dir>/judge_cache.sqlite (a resumed run does not pay twice)
+                )
+            ),
         )
     )
     # Checkpoint selection (SPEC.md: best judge score whose length stays in band).

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -14,9 +11,9 @@ import pytest
 
 from gadjax import config as config_lib
 from gadjax.metrics import read_metrics
+from tests.trainer.train_helpers import comparable as _compared
+from tests.trainer.train_helpers import run_cli, tiny_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(REPO, "configs", "tiny.py")
 # Keys every stage must log (issue 6); per-stage extras below.
 COMMON_KEYS = {"g_loss", "g_grad_norm", "g_lr", "time_step_s", "time_data_s", "tokens_per_s", "flops_per_s"}
 D_KEYS = {
@@ -44,36 +41,6 @@ GAD_KEYS = {
     "time_ref_s",
     "time_g_step_s",
 }
-NOT_COMPARED = ("time", "tokens_per_s", "flops_per_s", "mfu")
-
-
-def tiny_config(tmp_path, **overrides):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("tiny_cfg", TINY)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config()
-    c.run_dir = str(tmp_path / "run")
-    for key, value in overrides.items():
-        node = c
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node[p]
-        node[parts[-1]] = value
-    return c
-
-
-def run_cli(tmp_path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "gadjax.train", "--config", TINY, *args]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=os.environ.copy())
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-    return proc
-
-
-def _compared(record: dict) -> dict:
-    return {k: v for k, v in record.items() if not (k.startswith("time") or k in NOT_COMPARED)}
 
 
 @pytest.mark.slow
@@ -132,79 +99,6 @@ def test_exact_resume_after_sigkill(tmp_path):
     assert pa.keys() == pb.keys()
     for k in pa:
         np.testing.assert_array_equal(pa[k], pb[k], err_msg=k)
-
-
-@pytest.mark.slow
-def test_sigterm_saves_at_a_step_boundary_and_resume_survives_a_damaged_checkpoint(tmp_path):
-    """SIGTERM after step 3 (as a preemption notice): the step finishes, checkpoint 3 is saved although
-    checkpoint.every is 2, and the process exits PREEMPTED_EXIT_CODE. Then checkpoint 3 loses its G weights
-    (removed by hand, a full disk): resume says which and why, sets it aside, continues from checkpoint 2,
-    and ends bitwise where an uninterrupted run does, with each step once in metrics.jsonl."""
-    import shutil
-
-    from gadjax.trainer.preemption import PREEMPTED_EXIT_CODE
-
-    common = ["--config.stage=seqkd", "--config.train.steps=4", "--config.checkpoint.every=2"]
-    straight = tmp_path / "straight"
-    run_cli(tmp_path, *common, f"--config.run_dir={straight}")
-    run = tmp_path / "stopped"
-    proc = run_cli(
-        tmp_path, *common, f"--config.run_dir={run}", "--config.train.debug_signal_at_step=3", check=False
-    )
-    assert proc.returncode == PREEMPTED_EXIT_CODE, proc.stderr[-2000:]
-    assert "stopped by SIGTERM after step 3" in proc.stderr and "--config.resume=true" in proc.stderr
-    assert len(read_metrics(str(run))) == 3
-    assert sorted(os.listdir(run / "checkpoints")) == ["2", "3"]
-    assert not (run / "export").exists()  # not the end of training: nothing exported
-
-    shutil.rmtree(run / "checkpoints" / "3" / "g_params")
-    proc = run_cli(tmp_path, *common, f"--config.run_dir={run}", "--config.resume=true")
-    assert "3 cannot be restored" in proc.stderr, proc.stderr[-3000:]
-    assert "resumed from checkpoint 2, not the newest" in proc.stderr
-    assert any(n.startswith("3.damaged-") for n in os.listdir(run / "checkpoints"))  # kept, set aside
-    a, b = read_metrics(str(straight)), read_metrics(str(run))
-    assert [r["step"] for r in b] == [1, 2, 3, 4]  # each step once; the replayed step 3 moved aside:
-    with open(run / "metrics.replaced.jsonl", encoding="utf-8") as f:
-        assert [json.loads(line)["step"] for line in f] == [3]
-    for ra, rb in zip(a, b, strict=True):
-        assert _compared(ra) == _compared(rb), ra["step"]
-    from safetensors.numpy import load_file
-
-    pa = load_file(str(straight / "export" / "student" / "model.safetensors"))
-    pb = load_file(str(run / "export" / "student" / "model.safetensors"))
-    for k in pa:
-        np.testing.assert_array_equal(pa[k], pb[k], err_msg=k)
-
-
-@pytest.mark.slow
-def test_online_teacher_spending_limit_stops_and_the_resume_pays_only_the_rest(tmp_path):
-    """teacher.max_requests=K with prompts the teacher must answer (a real loopback server): exactly K
-    requests are paid, the run exits 3 with what was spent; a resume with a higher limit completes
-    without paying again for the K cached answers."""
-    sys.path.insert(0, os.path.join(REPO, "tests", "teacher"))
-    from fake_server import FakeOpenAI
-
-    prompts = tmp_path / "prompts.jsonl"
-    with open(os.path.join(REPO, "configs", "tiny_assets", "train.jsonl"), encoding="utf-8") as src:
-        rows = [json.loads(line) for line in src][:24]
-    prompts.write_text("".join(json.dumps({"messages": r["messages"]}) + "\n" for r in rows))
-    run_dir = tmp_path / "run"
-    with FakeOpenAI() as srv:
-        common = [
-            "--config.stage=seqkd", "--config.train.steps=2", f"--config.data.train={prompts}",
-            "--config.teacher.enabled=true", f"--config.teacher.base_url={srv.base_url}",
-            "--config.teacher.model=fake", "--config.teacher.api_key_env=", "--config.teacher.max_tokens=8",
-            f"--config.run_dir={run_dir}", "--config.checkpoint.every=1",
-        ]  # fmt: skip
-        proc = run_cli(tmp_path, *common, "--config.teacher.max_requests=5", check=False)
-        assert proc.returncode == 3, proc.stderr[-3000:]
-        assert "spending limit reached: 5 requests" in proc.stderr, proc.stderr[-3000:]
-        assert len(srv.prompts_seen()) == 5
-        paid_first = set(srv.prompts_seen())
-        srv.clear()
-        run_cli(tmp_path, *common, "--config.teacher.max_requests=100", "--config.resume=true")
-        assert not paid_first & set(srv.prompts_seen())  # nothing paid twice
-    assert [r["step"] for r in read_metrics(str(run_dir))] == [1, 2]
 
 
 @pytest.mark.slow
@@ -363,63 +257,6 @@ def test_stages_draw_their_own_streams_and_an_eval_hook_changes_nothing(tmp_path
     # Step 1 of both stages samples from the same (seed-0) weights before any update.
     keys = ("rollout_logprob_mean", "response_length_mean", "student_score_mean")
     assert any(gad[0][k] != warm[0][k] for k in keys), [(gad[0][k], warm[0][k]) for k in keys]
-
-
-@pytest.mark.slow
-def test_evaluation_during_training_selects_and_exports_the_best(tmp_path):
-    """eval.every=2 on held-out rows: eval/ metrics in the step records, generations per evaluation,
-    training metrics bitwise equal to the same run without evaluation; select.*: the best in-band
-    evaluation is saved outside the keep-N rotation, explained in selection.json and exported."""
-    from transformers import AutoModelForCausalLM
-
-    from gadjax.train import run
-
-    common = {"stage": "gad", "train.steps": 4, "mesh.shape": (1, 1, 1), "metrics.tensorboard": False}
-    common.update({"checkpoint.every": 1, "checkpoint.keep": 1})
-    run(tiny_config(tmp_path / "plain", **common))
-    data = os.path.join(REPO, "configs", "tiny_assets", "train.jsonl")
-    c = tiny_config(
-        tmp_path / "evald",
-        **common,
-        **{"eval.every": 2, "eval.data": [data], "eval.max_prompts": 12, "eval.marker": "Indeed"},
-        **{"select.metric": "rouge_l", "select.mode": "max", "select.length_band": (0.0, 50.0)},
-    )
-    run(c)
-    plain, evald = read_metrics(str(tmp_path / "plain" / "run")), read_metrics(c.run_dir)
-    for a, b in zip(plain, evald, strict=True):
-        assert _compared(a) == {k: v for k, v in _compared(b).items() if not k.startswith("eval/")}
-    evals = {r["step"]: r for r in evald if "eval/rouge_l" in r}
-    assert sorted(evals) == [2, 4]
-    for r in evals.values():
-        assert {
-            "eval/length_mean",
-            "eval/marker_rate",
-            "eval/c2st_accuracy",
-            "eval/teacher_length_mean",
-        } <= set(r)
-    with open(os.path.join(c.run_dir, "eval", "step_2.jsonl"), encoding="utf-8") as f:
-        lines = [json.loads(line) for line in f]
-    assert lines[0]["step"] == 2 and len(lines) == 1 + 12 and "student_response" in lines[1]
-
-    with open(os.path.join(c.run_dir, "selection.json"), encoding="utf-8") as f:
-        sel = json.load(f)
-    best = max(evals, key=lambda s: (evals[s]["eval/rouge_l"], -s))  # ties: the earlier step
-    assert sel["selected_step"] == best and sel["candidates"] == 2 and sel["out_of_band_steps"] == []
-    assert sel["selected_value"] == pytest.approx(evals[best]["eval/rouge_l"])
-    assert os.listdir(os.path.join(c.run_dir, "best")) == [str(best)]
-    assert os.listdir(os.path.join(c.run_dir, "checkpoints")) == ["4"]  # rotation kept one; best is apart
-    AutoModelForCausalLM.from_pretrained(os.path.join(c.run_dir, "export", "best"))
-
-
-def test_evaluation_settings_are_validated(tmp_path):
-    with pytest.raises(config_lib.ConfigValidationError, match="eval.data"):
-        config_lib.validate(tiny_config(tmp_path, **{"eval.every": 5}))
-    with pytest.raises(config_lib.ConfigValidationError, match="select.metric"):
-        config_lib.validate(tiny_config(tmp_path, **{"select.metric": "rouge_l"}))
-    with pytest.raises(config_lib.ConfigValidationError, match="select.length_band"):
-        config_lib.validate(tiny_config(tmp_path, **{"select.length_band": (2.0, 1.0)}))
-    with pytest.raises(config_lib.ConfigValidationError, match="does not exist"):
-        config_lib.validate(tiny_config(tmp_path, **{"eval.every": 5, "eval.data": ["/no/such.jsonl"]}))
 
 
 @pytest.mark.slow

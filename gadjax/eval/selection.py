@@ -58,7 +58,7 @@ class Selector:
         for k in (self.metric, *self.tiebreak):
             if k not in metrics:
                 raise KeyError(f"selection metric {k!r} is not among the evaluation's: {sorted(metrics)}")
-            v = float(metrics[k])
+            v = _number(metrics[k])
             vals.append(sign * v if math.isfinite(v) else math.inf)
         return tuple(vals)
 
@@ -67,7 +67,7 @@ class Selector:
         ties, so a longer run never replaces an equally good earlier checkpoint)."""
         key = self._key(metrics)  # checks the metrics are there first
         ok = self.in_band(metrics)
-        entry = {"step": int(step), "in_band": ok, self.metric: float(metrics[self.metric])}
+        entry = {"step": int(step), "in_band": ok, self.metric: _number(metrics[self.metric])}
         if self.length_band is not None:
             entry[self.length_key] = float(metrics[self.length_key])
         self.history.append(entry)
@@ -108,3 +108,8 @@ class Selector:
             "candidates": len(self.history),
             "out_of_band_steps": [h["step"] for h in self.history if not h["in_band"]],
         }
+
+
+def _number(v: Any) -> float:
+    """A metric as a float; None (e.g. a judge score with every item failed) is NaN: it never wins."""
+    return math.nan if v is None else float(v)

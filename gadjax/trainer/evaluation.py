@@ -16,6 +16,7 @@ evaluations were out of band). The selection state is in selection.json, so it s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ from gadjax.eval.selection import Selector
 log = logging.getLogger(__name__)
 
 LENGTH_REFERENCES = ("teacher", "first")
+JUDGE_SUMMARY_KEYS = ("judge_score", "judge_n_ok", "judge_n_failed")
 
 
 def validate(c: ConfigDict, fail: Any) -> None:
@@ -42,6 +44,14 @@ def validate(c: ConfigDict, fail: Any) -> None:
             fail("eval.data", f"{path!r} does not exist")
     if e.temperature < 0:
         fail("eval.temperature", "must be >= 0 (0 = greedy)")
+    if not isinstance(e.judge_every, int) or e.judge_every < 0:
+        fail("eval.judge_every", f"must be an integer >= 0 (got {e.judge_every!r}; 0 = never)")
+    if e.judge_every and (not e.every or e.judge_every % e.every):
+        fail("eval.judge_every", f"{e.judge_every} must be a multiple of eval.every ({e.every})")
+    if e.judge_every and not (e.judge.base_url and e.judge.model):
+        fail("eval.judge", "eval.judge_every > 0 needs eval.judge.base_url and eval.judge.model")
+    if str(s.metric).startswith("judge_") and not e.judge_every:
+        fail("select.metric", f"{s.metric!r} needs the judge: set eval.judge_every > 0")
     if s.metric and not e.every:
         fail("select.metric", "selection needs evaluations: set eval.every > 0")
     if s.mode not in ("min", "max"):
@@ -51,6 +61,16 @@ def validate(c: ConfigDict, fail: Any) -> None:
         fail("select.length_band", f"{band} must be () or (low, high) with 0 <= low <= high")
     if s.length_reference not in LENGTH_REFERENCES:
         fail("select.length_reference", f"{s.length_reference!r} is not one of {LENGTH_REFERENCES}")
+
+
+def _judge_settings(c: ConfigDict) -> Any:
+    """eval.judge.* as JudgeSettings (the config keys are its fields; "" means None)."""
+    from gadjax.eval.judge import JudgeSettings
+
+    kw = {f.name: c.eval.judge[f.name] for f in dataclasses.fields(JudgeSettings)}
+    kw["api_key_env"] = kw["api_key_env"] or None
+    kw["cache_path"] = kw["cache_path"] or os.path.join(c.run_dir, "judge_cache.sqlite")
+    return JudgeSettings(**kw)
 
 
 def _settings(c: ConfigDict) -> Any:
@@ -79,7 +99,9 @@ class TrainingEvaluator:
 
         self.c, self.tokenizer, self.mesh, self.primary = c, tokenizer, mesh, primary
         self.every = int(c.eval.every)
+        self.judge_every = int(c.eval.judge_every)
         self.settings = _settings(c)
+        self.judge = _judge_settings(c) if self.judge_every else None
         source = open_source(list(c.eval.data), split="test")
         n = len(source) if not self.settings.max_prompts else min(len(source), self.settings.max_prompts)
         self.rows = [source[i] for i in range(n)]
@@ -129,13 +151,25 @@ class TrainingEvaluator:
     def due(self, steps_done: int, total_steps: int) -> bool:
         return self.every > 0 and (steps_done % self.every == 0 or steps_done == total_steps)
 
-    def evaluate(self, steps_done: int, student: Any) -> tuple[dict[str, Any], bool]:
-        """Evaluate ``student`` ((graphdef, params)); returns (``eval/``-prefixed scalars for the step's
-        metrics record, whether this evaluation is the new best)."""
-        from gadjax.eval.runner import evaluate_model
+    def judge_due(self, steps_done: int, total_steps: int) -> bool:
+        return self.judge_every > 0 and (steps_done % self.judge_every == 0 or steps_done == total_steps)
 
-        res = evaluate_model(student, self.tokenizer, self.rows, self.settings, mesh=self.mesh)
+    def evaluate(
+        self, steps_done: int, student: Any, with_judge: bool = False
+    ) -> tuple[dict[str, Any], bool]:
+        """Evaluate ``student`` ((graphdef, params)); returns (``eval/``-prefixed scalars for the step's
+        metrics record, whether this evaluation is the new best). ``with_judge``: process 0 also runs the
+        judge protocol (through its cache) and every process gets its scores, so all select alike."""
+        from gadjax.eval.runner import evaluate_model
+        from gadjax.parallel.distributed import allgather_json
+
+        settings = self.settings
+        if with_judge and self.primary:
+            settings = dataclasses.replace(settings, judge=self.judge)
+        res = evaluate_model(student, self.tokenizer, self.rows, settings, mesh=self.mesh)
         summary = res["summary"]
+        if with_judge:
+            summary.update(allgather_json({k: summary.get(k) for k in JUDGE_SUMMARY_KEYS})[0])
         if self.primary:
             self._write_generations(steps_done, res)
         new_best = False
@@ -149,7 +183,9 @@ class TrainingEvaluator:
                 )
             self.selector = self._new_selector(float(reference))
             self._pending_reference = False
-        if self.selector is not None:
+        # A judge metric is only there on judge evaluations; the others are not candidates.
+        judge_metric_missing = self.c.select.metric in JUDGE_SUMMARY_KEYS and not with_judge
+        if self.selector is not None and not judge_metric_missing:
             new_best = self.selector.consider(steps_done, summary)
         flat = {f"eval/{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None}
         flat["eval/time_s"] = float(res["timing_s"]["total"])

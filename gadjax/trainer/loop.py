@@ -168,7 +168,7 @@ class Trainer(RunStateMixin, StageStepsMixin):
                         raise
                     done = step + 1
                     if self.evaluator is not None and self.evaluator.due(done, self.total_steps):
-                        metrics.update(self._evaluate(done))
+                        metrics.update(self._evaluate(done, self.evaluator.judge_due(done, self.total_steps)))
                     self.nonfinite.update(step, metrics)
                     metrics["drift_warnings"] = len(self.drift.update(step, metrics))
                     last = self.metrics.write(step + 1, metrics, stage=self.stage)
@@ -208,10 +208,10 @@ class Trainer(RunStateMixin, StageStepsMixin):
                 self.teacher.close()
         return last
 
-    def _evaluate(self, steps_done: int) -> dict[str, Any]:
+    def _evaluate(self, steps_done: int, with_judge: bool) -> dict[str, Any]:
         """eval.* on the current student; a new best (select.*) is saved to <run_dir>/best."""
         t0 = time.perf_counter()
-        metrics, new_best = self.evaluator.evaluate(steps_done, self.student_params())
+        metrics, new_best = self.evaluator.evaluate(steps_done, self.student_params(), with_judge)
         if new_best and self.best_ckpt is not None:
             self.best_ckpt.save(
                 steps_done,

@@ -1,0 +1,88 @@
+"""A long run that looks after itself (gadjax.trainer.loop): preemption with resume, a damaged checkpoint,
+the teacher's spending limit; the train CLI in a subprocess on configs/tiny.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from gadjax.metrics import read_metrics
+from tests.trainer.train_helpers import REPO, run_cli
+from tests.trainer.train_helpers import comparable as _compared
+
+
+@pytest.mark.slow
+def test_sigterm_saves_at_a_step_boundary_and_resume_survives_a_damaged_checkpoint(tmp_path):
+    """SIGTERM after step 3 (as a preemption notice): the step finishes, checkpoint 3 is saved although
+    checkpoint.every is 2, and the process exits PREEMPTED_EXIT_CODE. Then checkpoint 3 loses its G weights
+    (removed by hand, a full disk): resume says which and why, sets it aside, continues from checkpoint 2,
+    and ends bitwise where an uninterrupted run does, with each step once in metrics.jsonl."""
+    import shutil
+
+    from gadjax.trainer.preemption import PREEMPTED_EXIT_CODE
+
+    common = ["--config.stage=seqkd", "--config.train.steps=4", "--config.checkpoint.every=2"]
+    straight = tmp_path / "straight"
+    run_cli(tmp_path, *common, f"--config.run_dir={straight}")
+    run = tmp_path / "stopped"
+    proc = run_cli(
+        tmp_path, *common, f"--config.run_dir={run}", "--config.train.debug_signal_at_step=3", check=False
+    )
+    assert proc.returncode == PREEMPTED_EXIT_CODE, proc.stderr[-2000:]
+    assert "stopped by SIGTERM after step 3" in proc.stderr and "--config.resume=true" in proc.stderr
+    assert len(read_metrics(str(run))) == 3
+    assert sorted(os.listdir(run / "checkpoints")) == ["2", "3"]
+    assert not (run / "export").exists()  # not the end of training: nothing exported
+
+    shutil.rmtree(run / "checkpoints" / "3" / "g_params")
+    proc = run_cli(tmp_path, *common, f"--config.run_dir={run}", "--config.resume=true")
+    assert "3 cannot be restored" in proc.stderr, proc.stderr[-3000:]
+    assert "resumed from checkpoint 2, not the newest" in proc.stderr
+    assert any(n.startswith("3.damaged-") for n in os.listdir(run / "checkpoints"))  # kept, set aside
+    a, b = read_metrics(str(straight)), read_metrics(str(run))
+    assert [r["step"] for r in b] == [1, 2, 3, 4]  # each step once; the replayed step 3 moved aside:
+    with open(run / "metrics.replaced.jsonl", encoding="utf-8") as f:
+        assert [json.loads(line)["step"] for line in f] == [3]
+    for ra, rb in zip(a, b, strict=True):
+        assert _compared(ra) == _compared(rb), ra["step"]
+    from safetensors.numpy import load_file
+
+    pa = load_file(str(straight / "export" / "student" / "model.safetensors"))
+    pb = load_file(str(run / "export" / "student" / "model.safetensors"))
+    for k in pa:
+        np.testing.assert_array_equal(pa[k], pb[k], err_msg=k)
+
+
+@pytest.mark.slow
+def test_online_teacher_spending_limit_stops_and_the_resume_pays_only_the_rest(tmp_path):
+    """teacher.max_requests=K with prompts the teacher must answer (a real loopback server): exactly K
+    requests are paid, the run exits 3 with what was spent; a resume with a higher limit completes
+    without paying again for the K cached answers."""
+    sys.path.insert(0, os.path.join(REPO, "tests", "teacher"))
+    from fake_server import FakeOpenAI
+
+    prompts = tmp_path / "prompts.jsonl"
+    with open(os.path.join(REPO, "configs", "tiny_assets", "train.jsonl"), encoding="utf-8") as src:
+        rows = [json.loads(line) for line in src][:24]
+    prompts.write_text("".join(json.dumps({"messages": r["messages"]}) + "\n" for r in rows))
+    run_dir = tmp_path / "run"
+    with FakeOpenAI() as srv:
+        common = [
+            "--config.stage=seqkd", "--config.train.steps=2", f"--config.data.train={prompts}",
+            "--config.teacher.enabled=true", f"--config.teacher.base_url={srv.base_url}",
+            "--config.teacher.model=fake", "--config.teacher.api_key_env=", "--config.teacher.max_tokens=8",
+            f"--config.run_dir={run_dir}", "--config.checkpoint.every=1",
+        ]  # fmt: skip
+        proc = run_cli(tmp_path, *common, "--config.teacher.max_requests=5", check=False)
+        assert proc.returncode == 3, proc.stderr[-3000:]
+        assert "spending limit reached: 5 requests" in proc.stderr, proc.stderr[-3000:]
+        assert len(srv.prompts_seen()) == 5
+        paid_first = set(srv.prompts_seen())
+        srv.clear()
+        run_cli(tmp_path, *common, "--config.teacher.max_requests=100", "--config.resume=true")
+        assert not paid_first & set(srv.prompts_seen())  # nothing paid twice
+    assert [r["step"] for r in read_metrics(str(run_dir))] == [1, 2]
