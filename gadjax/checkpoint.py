@@ -14,13 +14,17 @@ restore places every array directly in the sharding of the abstract target.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+from gadjax.storage import StorageWriteError, write_failure
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +64,37 @@ class RunCheckpointer:
             max_to_keep=keep, create=True, enable_async_checkpointing=async_save
         )
         self._mngr = ocp.CheckpointManager(self.directory, options=options)
+        self._pending: int | None = None  # the step whose background write is not yet committed
+        self._failure: StorageWriteError | None = None  # a failed write, reported once
 
     def latest_step(self) -> int | None:
         return self._mngr.latest_step()
 
     def save(self, step: int, trees: dict[str, Any], meta: dict[str, Any], *, force: bool = False) -> None:
-        """trees: any of ARRAY_ITEMS -> pytree of jax.Arrays; meta: JSON-serialisable."""
+        """trees: any of ARRAY_ITEMS -> pytree of jax.Arrays; meta: JSON-serialisable. The write runs in
+        the background; its failure (a full disk) is raised as StorageWriteError here at the next save,
+        or by `wait`."""
         args = {name: ocp.args.StandardSave(_flatten(tree)) for name, tree in trees.items()}
         args["meta"] = ocp.args.JsonSave(meta)
-        self._mngr.save(step, args=ocp.args.Composite(**args), force=force)
+        with self._write_errors():
+            self._mngr.save(step, args=ocp.args.Composite(**args), force=force)
+        self._pending = step
+
+    @contextlib.contextmanager
+    def _write_errors(self) -> Iterator[None]:
+        """Any failure of orbax's (background) write is a StorageWriteError that says what is intact.
+        The keep-N rotation deletes old steps only after a new one commits, so every committed step is."""
+        try:
+            yield
+        except Exception as e:  # noqa: BLE001  tensorstore reports a full disk as ValueError, orbax wraps it
+            if self._failure is None:
+                self._mngr.reload()
+                kept = (
+                    f"Committed checkpoints {list(self._mngr.all_steps())} are intact; the partial write "
+                    "(*.orbax-checkpoint-tmp) can be deleted."
+                )
+                self._failure = write_failure(f"checkpoint {self._pending}", self.directory, e, kept)
+            raise self._failure from e
 
     def restore(self, step: int | None, templates: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """Restore the items named in `templates` (pytrees of arrays or ShapeDtypeStructs with the target
@@ -136,8 +162,16 @@ class RunCheckpointer:
         return dict(restored["meta"])
 
     def wait(self) -> None:
-        self._mngr.wait_until_finished()
+        """Block until the background save is committed (StorageWriteError if it failed)."""
+        with self._write_errors():
+            self._mngr.wait_until_finished()
+        self._pending = None
 
     def close(self) -> None:
-        self._mngr.wait_until_finished()
-        self._mngr.close()
+        """Wait and release; a failed write already raised by save / wait is not raised again."""
+        try:
+            if self._failure is None:
+                self.wait()
+        finally:
+            with contextlib.suppress(Exception) if self._failure is not None else contextlib.nullcontext():
+                self._mngr.close()

@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
             raise cli.InputError(f"--tokenizer {args.tokenizer}: no tokenizer files ({files} or a .gguf)")
 
         # After the argument checks: importing jax takes seconds.
-        from gadjax.models.hf_io import load_decoder, load_discriminator, save_hf_checkpoint
+        from gadjax.models.hf_export import save_hf_checkpoint
+        from gadjax.models.hf_io import load_decoder, load_discriminator
         from gadjax.models.tokenizer import load_tokenizer
 
         with cli.input_errors(f"SRC {args.src}"):

@@ -3,8 +3,9 @@
 The command line. The loop lives in gadjax/trainer/: loop.py (Trainer, the stage loop, preemption and
 evaluation), steps.py (one step per stage and its compiled programs), state.py (train states, resume,
 save, export), build.py (model, data, optimizer, teacher), guards.py, flops.py, evaluation.py and
-preemption.py. Exit status: 0 done, 2 a config or input error, 3 a teacher spending limit, 75 stopped by
-SIGTERM / SIGINT after saving a checkpoint (resume with --config.resume=true).
+preemption.py. Exit status: 0 done, 2 a config or input error, 3 a teacher spending limit, 74 a checkpoint
+or export could not be written (a full disk; committed checkpoints are intact), 75 stopped by SIGTERM /
+SIGINT after saving a checkpoint (resume with --config.resume=true).
 """
 
 from __future__ import annotations
@@ -13,12 +14,22 @@ import logging
 import os
 import sys
 
+from gadjax.storage import STORAGE_ERROR_EXIT_CODE, StorageWriteError
 from gadjax.teacher.client import SpendingLimitReached
 from gadjax.trainer.loop import StepHook, Trainer, run
 from gadjax.trainer.preemption import PREEMPTED_EXIT_CODE, Preempted
 from gadjax.trainer.steps import _Timer
 
-__all__ = ["PREEMPTED_EXIT_CODE", "SPENDING_LIMIT_EXIT_CODE", "StepHook", "Trainer", "_Timer", "main", "run"]
+__all__ = [
+    "PREEMPTED_EXIT_CODE",
+    "SPENDING_LIMIT_EXIT_CODE",
+    "STORAGE_ERROR_EXIT_CODE",
+    "StepHook",
+    "Trainer",
+    "_Timer",
+    "main",
+    "run",
+]
 
 SPENDING_LIMIT_EXIT_CODE = 3  # teacher.max_requests / max_total_tokens reached (as gadjax.teacher.collect)
 
@@ -85,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         except SpendingLimitReached as e:
             print(f"gadjax.train: {cli.one_line(e)}", file=sys.stderr)
             sys.exit(SPENDING_LIMIT_EXIT_CODE)
+        except StorageWriteError as e:  # a full disk: what was kept, and how to go on
+            print(f"gadjax.train: {cli.one_line(e)}", file=sys.stderr)
+            sys.exit(STORAGE_ERROR_EXIT_CODE)
 
     return cli.run_main(PROG, lambda: app.run(_main, argv=argv or sys.argv, flags_parser=_parse_flags))
 

@@ -121,12 +121,12 @@ _TOP_MAPPINGS: dict[str, _Mapping] = {
 _IGNORED = re.compile(r".*rotary_emb\.inv_freq$")
 
 
-def _param_paths(state: nnx.State) -> dict[str, Any]:
+def param_paths(state: nnx.State) -> dict[str, Any]:
     """Flat {"blocks/q": abstract leaf, ...} for the Params of a model's state."""
     return {"/".join(str(k) for k in path): leaf for path, leaf in nnx.to_flat_state(state)}
 
 
-def _mapping_for(path: str) -> _Mapping:
+def mapping_for(path: str) -> _Mapping:
     name = path.split("/")[-1]
     return _LAYER_MAPPINGS[name] if "/blocks/" in f"/{path}" else _TOP_MAPPINGS[name]
 
@@ -177,7 +177,7 @@ def _iter_source(path: str) -> tuple[ModelConfig, Iterator[tuple[str, np.ndarray
 
 def _shardings(state: nnx.State, mesh: Mesh | None, rules: Rules) -> dict[str, jax.sharding.Sharding]:
     out = {}
-    for path, leaf in _param_paths(state).items():
+    for path, leaf in param_paths(state).items():
         names = logical_names(leaf)
         if mesh is None:
             out[path] = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -196,12 +196,12 @@ def _load_into(
 ) -> nnx.Module:
     """Fill an abstract module's Params from `tensors`; `provided` = {our path: array} needs no tensor."""
     graphdef, state = nnx.split(abstract)
-    paths = _param_paths(state)
+    paths = param_paths(state)
     shardings = _shardings(state, mesh, rules)
     # HF name -> (our path, layer index or None)
     wanted: dict[str, tuple[str, int | None]] = {}
     for path in paths:
-        m = _mapping_for(path)
+        m = mapping_for(path)
         if provided and path in provided:
             continue
         if m.per_layer:
@@ -220,7 +220,7 @@ def _load_into(
                 unexpected.append(name)
             continue
         path, layer = wanted.pop(name)
-        m = _mapping_for(path)
+        m = mapping_for(path)
         expected = m.hf_shape(cfg)
         if tuple(tensor.shape) != expected:
             raise CheckpointError(
@@ -307,94 +307,3 @@ def _safetensor_names(path: str) -> set[str]:
             return set(json.load(f)["weight_map"])
     with safe_open(os.path.join(path, "model.safetensors"), framework="numpy") as f:
         return set(f.keys())
-
-
-# --- export ----------------------------------------------------------------------------------------
-
-
-def _host_array(x: jax.Array) -> np.ndarray:
-    if jax.process_count() > 1 and not x.is_fully_addressable:
-        from jax.experimental import multihost_utils
-
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(jax.device_get(x))
-
-
-def iter_hf_tensors(model: Decoder | Discriminator) -> Iterator[tuple[str, np.ndarray]]:
-    """(HF name, float32 array in HF layout) for every parameter, one layer slice at a time."""
-    cfg = model.config
-    for path, leaf in _param_paths(nnx.state(model, nnx.Param)).items():
-        m = _mapping_for(path)
-        arr = _host_array(leaf[...]).astype(np.float32)
-        if m.per_layer:
-            for i in range(cfg.num_layers):
-                yield m.hf_name.format(i=i), np.ascontiguousarray(m.to_hf(arr[i], cfg))
-        else:
-            yield m.hf_name, np.ascontiguousarray(m.to_hf(arr, cfg))
-
-
-def save_hf_checkpoint(
-    model: Decoder | Discriminator,
-    out_dir: str,
-    *,
-    tokenizer: Any = None,
-    max_shard_bytes: int = 2 << 30,
-) -> str:
-    """Write a transformers-loadable directory. A Discriminator is written as *ForSequenceClassification
-    (num_labels=1), which also scores the last non-padding token. Only process 0 writes."""
-    from safetensors.numpy import save_file
-
-    cfg = model.config
-    is_disc = isinstance(model, Discriminator)
-    tensors = iter_hf_tensors(model)
-    if jax.process_index() != 0:
-        for _ in tensors:  # every process must take part in the gathers
-            pass
-        return out_dir
-    os.makedirs(out_dir, exist_ok=True)
-    shards: list[dict[str, np.ndarray]] = [{}]
-    size = 0
-    for name, arr in tensors:
-        if size and size + arr.nbytes > max_shard_bytes:
-            shards.append({})
-            size = 0
-        shards[-1][name] = arr
-        size += arr.nbytes
-    weight_map = {}
-    for i, shard in enumerate(shards):
-        fname = (
-            "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        )
-        save_file(shard, os.path.join(out_dir, fname), metadata={"format": "pt"})
-        weight_map.update({n: fname for n in shard})
-    if len(shards) > 1:
-        total = sum(a.nbytes for s in shards for a in s.values())
-        with open(os.path.join(out_dir, "model.safetensors.index.json"), "w", encoding="utf-8") as f:
-            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
-
-    hf_cfg = cfg.to_hf_dict()
-    if is_disc:
-        hf_cfg["architectures"] = [
-            hf_cfg["architectures"][0].replace("ForCausalLM", "ForSequenceClassification")
-        ]
-        hf_cfg["num_labels"] = 1
-        hf_cfg["id2label"] = {"0": "LABEL_0"}
-        hf_cfg["label2id"] = {"LABEL_0": 0}
-    if tokenizer is not None and getattr(tokenizer, "pad_token_id", None) is not None:
-        hf_cfg["pad_token_id"] = tokenizer.pad_token_id
-    with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(hf_cfg, f, indent=2)
-    gen = {"_from_model_config": False}
-    if cfg.bos_token_id is not None:
-        gen["bos_token_id"] = cfg.bos_token_id
-    if cfg.eos_token_ids:
-        gen["eos_token_id"] = list(cfg.eos_token_ids) if len(cfg.eos_token_ids) > 1 else cfg.eos_token_ids[0]
-    if "pad_token_id" in hf_cfg:
-        gen["pad_token_id"] = hf_cfg["pad_token_id"]
-    with open(os.path.join(out_dir, "generation_config.json"), "w", encoding="utf-8") as f:
-        json.dump(gen, f, indent=2)
-    if tokenizer is not None:
-        from gadjax.models.tokenizer import save_tokenizer
-
-        save_tokenizer(tokenizer, out_dir)
-    return out_dir

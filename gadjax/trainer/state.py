@@ -101,7 +101,7 @@ class RunStateMixin:
 
     def export_best(self) -> None:
         """HF export of the selected student to export/best (selection.json says which step and why)."""
-        from gadjax.models.hf_io import save_hf_checkpoint
+        from gadjax.models.hf_export import save_hf_checkpoint
 
         trees, meta = self.best_ckpt.restore(None, {"g_params": self.g_state.params})
         student = nnx.merge(self.g_graphdef, trees["g_params"])
@@ -116,7 +116,7 @@ class RunStateMixin:
 
     def export(self) -> None:
         """HF export of the student (and the discriminator when export.discriminator)."""
-        from gadjax.models.hf_io import save_hf_checkpoint
+        from gadjax.models.hf_export import save_hf_checkpoint
 
         out = os.path.join(self.config.run_dir, "export")
         student = nnx.merge(self.g_graphdef, self.g_state.params)

@@ -8,7 +8,8 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from gadjax.models.decoder import positions_from_mask
-from gadjax.models.hf_io import CheckpointError, load_decoder, save_hf_checkpoint
+from gadjax.models.hf_export import save_hf_checkpoint
+from gadjax.models.hf_io import CheckpointError, load_decoder
 from tests.models.hf_fixtures import FAMILIES, left_padded_batch, make_hf_model, torch_logits
 
 LENGTHS = [12, 5, 9, 1]

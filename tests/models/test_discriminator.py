@@ -9,7 +9,8 @@ from transformers import AutoModelForSequenceClassification
 
 from gadjax.models.decoder import positions_from_mask
 from gadjax.models.discriminator import discriminator_from_decoder, last_valid_index
-from gadjax.models.hf_io import load_decoder, load_discriminator, save_hf_checkpoint
+from gadjax.models.hf_export import save_hf_checkpoint
+from gadjax.models.hf_io import load_decoder, load_discriminator
 from tests.models.hf_fixtures import make_hf_model
 
 

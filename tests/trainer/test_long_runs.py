@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from gadjax.metrics import read_metrics
-from tests.trainer.train_helpers import REPO, run_cli
+from tests.trainer.train_helpers import REPO, run_cli, tiny_config
 from tests.trainer.train_helpers import comparable as _compared
 
 
@@ -86,3 +86,42 @@ def test_online_teacher_spending_limit_stops_and_the_resume_pays_only_the_rest(t
         run_cli(tmp_path, *common, "--config.teacher.max_requests=100", "--config.resume=true")
         assert not paid_first & set(srv.prompts_seen())  # nothing paid twice
     assert [r["step"] for r in read_metrics(str(run_dir))] == [1, 2]
+
+
+@pytest.mark.slow
+def test_a_full_disk_at_a_checkpoint_is_a_clear_error_and_resume_continues(tmp_path):
+    """The disk fills after step 3 (a real file-size limit: the kernel refuses the write): saving
+    checkpoint 4 raises StorageWriteError (gadjax.train exits 74) naming the step and what is intact;
+    keep=1 rotation has not deleted checkpoint 2; with space again, resume continues from 2 and finishes."""
+    import resource
+
+    from gadjax.storage import STORAGE_ERROR_EXIT_CODE, StorageWriteError
+    from gadjax.train import run
+
+    assert STORAGE_ERROR_EXIT_CODE == 74  # documented in the README and gadjax/train.py
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+
+    def disk_fills(steps_done, trainer):
+        if steps_done == 3:
+            trainer.ckpt.wait()  # checkpoint 2's background write is committed first
+            resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, hard))  # the G weights alone are ~100 KB
+
+    common = {"stage": "seqkd", "train.steps": 4, "checkpoint.every": 2, "checkpoint.keep": 1}
+    common["metrics.tensorboard"] = False
+    c = tiny_config(tmp_path, **common)
+    try:
+        with pytest.raises(StorageWriteError) as err:
+            run(c, on_step=disk_fills)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    msg = str(err.value)
+    assert (
+        msg.startswith("checkpoint 4 could not be written to")
+        and "Committed checkpoints [2] are intact" in msg
+    )
+    assert not os.path.exists(os.path.join(c.run_dir, "export", "student"))
+
+    c.resume = True
+    run(c)
+    assert [r["step"] for r in read_metrics(c.run_dir)] == [1, 2, 3, 4]
+    assert os.path.exists(os.path.join(c.run_dir, "export", "student", "model.safetensors"))
