@@ -160,6 +160,7 @@ def base_config() -> ConfigDict:
             max_bad_steps=3,  # consecutive non-finite steps before the run stops
             debug_kill_at_step=0,  # tests: SIGKILL this process right after this step's checkpoint
             debug_signal_at_step=0,  # tests: SIGTERM this process after this step (a preemption notice)
+            debug_signal_process=-1,  # tests: only this process gets that SIGTERM (-1: every process)
         )
     )
     c.checkpoint = ConfigDict(dict(every=50, keep=3, dir=""))  # dir default: <run_dir>/checkpoints

@@ -31,6 +31,19 @@ class SpendingLimitReached(TeacherError):
         self.spent, self.limits = spent, limits
 
 
+class SpendingLimitReachedElsewhere(SpendingLimitReached):
+    """Multi-host: another process reached its spending limit, so this one stops at the same step too (a
+    host that went on alone would wait forever in the step's collectives)."""
+
+    def __init__(self, processes: list[int]):
+        RuntimeError.__init__(
+            self,
+            f"teacher spending limit reached on process(es) {processes}; every process stops at the same "
+            "step (the responses this process received are in its cache)",
+        )
+        self.prompt_id, self.status, self.retryable = "", None, False
+
+
 class _Retry(Exception):
     """One failed attempt that may be retried."""
 

@@ -182,7 +182,11 @@ class Trainer(RunStateMixin, StageStepsMixin):
                     if c.train.debug_kill_at_step and step + 1 == c.train.debug_kill_at_step:
                         self.ckpt.wait()  # the kill lands after the checkpoint is committed
                         os.kill(os.getpid(), signal.SIGKILL)
-                    if c.train.debug_signal_at_step and step + 1 == c.train.debug_signal_at_step:
+                    if (
+                        c.train.debug_signal_at_step
+                        and step + 1 == c.train.debug_signal_at_step
+                        and c.train.debug_signal_process in (-1, jax.process_index())
+                    ):
                         os.kill(os.getpid(), signal.SIGTERM)  # as a preemption notice would, mid-run
                     signame = stop.agreed() if step + 1 < self.total_steps else None
                     if signame is not None:  # every host stops after the same step

@@ -27,6 +27,7 @@ from gadjax.algo.steps import (
 )
 from gadjax.parallel.programs import jit_forward, jit_step, shard_batch
 from gadjax.parallel.rules import use_mesh
+from gadjax.teacher.errors import SpendingLimitReached, SpendingLimitReachedElsewhere
 from gadjax.trainer import build
 from gadjax.trainer.flops import forward_flops_per_token, train_flops
 
@@ -195,13 +196,33 @@ class StageStepsMixin:
             )
         return total
 
+    def _next_local_batch(self) -> Any:
+        """This host's next batch. With an online teacher on several hosts, the hosts first agree (one
+        allgather) that every one got its batch: a host stopped by its spending limit stops all of them at
+        this step, before any collective that the others would wait in forever."""
+        try:
+            local, failure = next(self.data_iter), None
+        except SpendingLimitReached as e:
+            local, failure = None, e
+        if self.teacher is not None and jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            stopped = np.asarray(
+                multihost_utils.process_allgather(np.asarray([failure is not None]))
+            ).reshape(-1)
+            if failure is None and stopped.any():
+                failure = SpendingLimitReachedElsewhere([int(i) for i in np.flatnonzero(stopped)])
+        if failure is not None:
+            raise failure
+        return local
+
     def step(self, step: int) -> dict[str, Any]:
         c = self.config
         timer = _Timer()
         rng = jax.random.fold_in(jax.random.key(self.stream_seed), step)
         k_roll, k_d, k_g = jax.random.split(rng, 3)
         with timer("data"):
-            local = next(self.data_iter)
+            local = self._next_local_batch()
             batch = build.global_host_batch(local, self.data.pad_id, self.config.data.process_sharding)
         metrics: dict[str, Any] = {}
         roll = None
