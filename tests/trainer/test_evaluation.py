@@ -25,7 +25,7 @@ def test_evaluation_during_training_selects_and_exports_the_best(tmp_path, monke
 
     from gadjax.train import run
 
-    common = {"stage": "gad", "train.steps": 4, "mesh.shape": (1, 1, 1), "metrics.tensorboard": False}
+    common = {"stage": "gad", "train.steps": 4, "mesh.shape": (1, 1, 1)}
     common.update({"checkpoint.every": 1, "checkpoint.keep": 1})
     run(tiny_config(tmp_path / "plain", **common))
     data = os.path.join(REPO, "configs", "tiny_assets", "train.jsonl")
@@ -55,6 +55,11 @@ def test_evaluation_during_training_selects_and_exports_the_best(tmp_path, monke
             "eval/c2st_accuracy",
             "eval/teacher_length_mean",
         } <= set(r)
+    tb = _tensorboard_scalars(os.path.join(c.run_dir, "tensorboard"))
+    assert tb["gad/eval/rouge_l"] == {
+        s: pytest.approx(evals[s]["eval/rouge_l"]) for s in (2, 4)
+    }  # <stage>/<key>
+    assert set(tb["gad/eval/judge_score"]) == {4} and set(tb["gad/g_loss"]) == {1, 2, 3, 4}
     assert "eval/judge_score" not in evals[2]
     assert evals[4]["eval/judge_score"] == pytest.approx(100 * 6 / 14) and evals[4]["eval/judge_n_ok"] == 12
     assert len(judge_requests) == 2 * 12  # a reference answer and a rating per prompt, at step 4 only
@@ -89,3 +94,23 @@ def test_evaluation_settings_are_validated(tmp_path):
         config_lib.validate(tiny_config(tmp_path, **evals, **{"select.metric": "judge_score"}))
     with pytest.raises(config_lib.ConfigValidationError, match="does not exist"):
         config_lib.validate(tiny_config(tmp_path, **{"eval.every": 5, "eval.data": ["/no/such.jsonl"]}))
+
+
+def _tensorboard_scalars(logdir: str) -> dict[str, dict[int, float]]:
+    """{tag: {step: value}} from the event files, read as TFRecords of tensorboardX's Event protos."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out: dict[str, dict[int, float]] = {}
+    for name in sorted(os.listdir(logdir)):
+        with open(os.path.join(logdir, name), "rb") as f:
+            data = f.read()
+        pos = 0
+        while pos < len(data):
+            (length,) = struct.unpack("<Q", data[pos : pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + length])  # skip the length CRC
+            pos += 12 + length + 4  # and the data CRC
+            for v in event.summary.value:
+                out.setdefault(v.tag, {})[event.step] = v.simple_value
+    return out
