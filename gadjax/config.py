@@ -58,6 +58,9 @@ def base_config() -> ConfigDict:
             dtype="float32",  # compute dtype (bfloat16 on accelerators)
             param_dtype="float32",  # master weights (SPEC.md: fp32)
             remat="none",
+            # Attention backend (gadjax.models.attention): auto | xla | flash | splash | cudnn. auto: splash
+            # on TPU, cudnn on GPU with bf16 (else xla), xla on CPU.
+            attention="auto",
         )
     )
     c.disc = ConfigDict(
@@ -268,6 +271,10 @@ def validate(c: ConfigDict) -> ConfigDict:
             _fail(f"model.{key}", f"{c.model[key]!r} is not one of {DTYPES}")
     if c.model.remat not in REMATS:
         _fail("model.remat", f"{c.model.remat!r} is not one of {REMATS}")
+    from gadjax.models.attention import BACKENDS
+
+    if c.model.attention not in BACKENDS:
+        _fail("model.attention", f"{c.model.attention!r} is not one of {BACKENDS}")
     if c.disc.loss not in ("bradley_terry", "bce"):
         _fail("disc.loss", f"{c.disc.loss!r} is not 'bradley_terry' or 'bce'")
     if c.reward.kind not in ("discriminator", "regex"):

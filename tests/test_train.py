@@ -237,6 +237,16 @@ def test_invalid_config_fails_before_compiling_and_names_the_key(tmp_path):
     c = tiny_config(tmp_path, **{"rollout.layer_loop": "fast"})
     with pytest.raises(config_lib.ConfigValidationError, match=r"config\.rollout\.layer_loop.*'fast'"):
         config_lib.validate(c)
+    c = tiny_config(tmp_path, **{"model.attention": "fast"})
+    with pytest.raises(config_lib.ConfigValidationError, match=r"config\.model\.attention.*'fast'"):
+        config_lib.validate(c)
+    # A backend this platform cannot run is named when the model is built (this host is a CPU).
+    from gadjax.trainer.build import model_kwargs
+
+    assert model_kwargs(tiny_config(tmp_path))["attention"] == "xla"  # auto on CPU
+    assert model_kwargs(tiny_config(tmp_path, **{"model.attention": "flash"}))["attention"] == "flash"
+    with pytest.raises(ValueError, match="'cudnn' needs a GPU"):
+        model_kwargs(tiny_config(tmp_path, **{"model.attention": "cudnn", "model.dtype": "bfloat16"}))
 
 
 @pytest.mark.slow

@@ -78,6 +78,7 @@ def run_plan(
             "dtype": config.model.dtype,
             "param_dtype": config.model.param_dtype,
             "remat": config.model.remat,
+            "attention": config.model.attention,
         },
         "batch": {
             "prompts": config.data.batch_size,
