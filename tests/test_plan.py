@@ -107,3 +107,27 @@ def test_parse_oom_message():
     assert got["used_bytes"] == pytest.approx(120.5 * plan.GiB)
     assert got["capacity_bytes"] == pytest.approx(95.74 * plan.GiB)
     assert got["exceeded_bytes"] == pytest.approx(24.76 * plan.GiB)
+
+
+def test_g_step_compiles_with_splash_attention_kernels_for_v5p():
+    """model.attention=splash (also what auto means for a TPU): the G step's layer body holds the Pallas
+    splash kernels (forward, dq, dkv) and compiles for v5p; the xla backend holds none."""
+    from gadjax.parallel.rules import use_mesh
+    from gadjax.plan.programs import program_specs
+    from gadjax.plan.run import make_plan_mesh
+    from gadjax.plan.state import build_abstract
+
+    devices = plan.topology_devices(plan.parse_topology("v5p-8"))
+    kernels = {}
+    for attention in ("splash", "xla"):
+        c = tiny.get_config()
+        c.model.attention = attention
+        mesh = make_plan_mesh(c, devices)
+        run = build_abstract(c, mesh)
+        with use_mesh(mesh):
+            spec = next(s for s in program_specs(c, run) if s.name == "g_step")
+            lowered = spec.fn.lower(*spec.args)
+            kernels[attention] = lowered.as_text().count("tpu_custom_call")
+            if attention == "splash":
+                assert lowered.compile().as_text().count("tpu_custom_call") == 3
+    assert kernels == {"splash": 3, "xla": 0}
