@@ -131,6 +131,19 @@ def test_resolve_by_platform_and_clear_errors():
         A.resolve("fast", "cpu")
 
 
+@pytest.mark.skipif(
+    jax.default_backend() != "gpu", reason="cuDNN fused attention needs a GPU (bench/gpu_check.sh)"
+)
+@pytest.mark.parametrize("heads,kv", HEADS)
+def test_cudnn_bfloat16_close_to_reference(heads, kv):
+    q, k, v, valid = _inputs(heads, kv, [64, 20], 64)
+    ref = _reference(q, k, v, valid)  # float32
+    half = [x.astype(jnp.bfloat16) for x in (q, k, v)]
+    out = jax.jit(lambda q, k, v: A.attend("cudnn", q, k, v, valid, None))(*half)
+    assert out.dtype == jnp.bfloat16
+    _close(out.astype(jnp.float32), ref, valid, 3e-2)
+
+
 @pytest.mark.slow  # Pallas interpret mode: ~25 s on 2 cores
 def test_splash_interpret_mode_equals_reference():
     from gadjax.models import splash
