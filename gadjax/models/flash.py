@@ -45,7 +45,7 @@ def attention(
     """
     b, t, h, d = q.shape
     num_kv = k.shape[2]
-    out, lse = _blocked(q, k, v, key_valid, min(block, t))  # [B,T,H,D] f32, [B,Hkv,G,T]
+    out, lse = _blocked(q, k, v, key_valid, min(block, t))  # [B,T,H,D] in q's dtype, [B,Hkv,G,T] f32
     if cached is not None:
         k_cache, v_cache, cache_mask = cached
         old = jnp.where(cache_mask[:, None, None], _scores(q, k_cache, num_kv, heads_major=True), MASK_VALUE)
@@ -63,7 +63,7 @@ def attention(
 def _blocked(
     q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Array, block: int
 ) -> tuple[jax.Array, jax.Array]:
-    """Pad T to a multiple of `block`, cut into blocks, run the kernel; returns out [B,T,H,D] float32
+    """Pad T to a multiple of `block`, cut into blocks, run the kernel; returns out [B,T,H,D] (q's dtype)
     and the log-sum-exp [B,Hkv,G,T]."""
     b, t, h, d = q.shape
     num_kv = k.shape[2]
@@ -96,7 +96,8 @@ def _block_scores(q_i: jax.Array, k_j: jax.Array, valid_j: jax.Array, i: jax.Arr
 
 @jax.custom_vjp
 def _flash(qb: jax.Array, kb: jax.Array, vb: jax.Array, validb: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Blocked causal attention: out [n,B,Hkv,G,blk,D] float32, lse [n,B,Hkv,G,blk]."""
+    """Blocked causal attention: out [n,B,Hkv,G,blk,D] in q's dtype (so is the saved residual), lse
+    [n,B,Hkv,G,blk] float32."""
     return _forward(qb, kb, vb, validb)
 
 
@@ -118,7 +119,7 @@ def _forward(qb, kb, vb, validb):
         m0 = jnp.full(q_i.shape[:-1], -jnp.inf, jnp.float32)
         init = (m0, jnp.zeros_like(m0), jnp.zeros(q_i.shape, jnp.float32))
         m, denom, acc = jax.lax.fori_loop(0, i + 1, step, init)  # causal: key blocks 0..i only
-        return acc / denom[..., None], m + jnp.log(denom)
+        return (acc / denom[..., None]).astype(qb.dtype), m + jnp.log(denom)
 
     return jax.lax.map(query_block, jnp.arange(qb.shape[0]))
 
@@ -133,7 +134,7 @@ def _flash_bwd(res, cotangents):
     dout, dlse = cotangents
     n, d = qb.shape[0], qb.shape[-1]
     # d lse / d s = p, so a cotangent on lse shifts the row term: ds = p (dp - (delta - dlse)).
-    delta = jnp.sum(dout * out, axis=-1) - dlse
+    delta = jnp.sum(dout.astype(jnp.float32) * out.astype(jnp.float32), axis=-1) - dlse
     dout = dout.astype(vb.dtype)
 
     def key_block(dq, j):
