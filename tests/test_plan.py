@@ -83,6 +83,7 @@ def test_oversized_config_resource_exhausted_from_xla():
     c.data.max_prompt_tokens = 8192
     c.rollout.max_new_tokens = 8192
     c.rollout.n_samples = 8  # 512 rows x 16k tokens: the f32 attention scores alone are ~2 TiB
+    c.model.attention = "xla"  # the dense path's scores (splash, what auto means on TPU, never holds them)
     with pytest.raises(plan.PlanDoesNotFitError) as e:
         plan.run_plan(c, "v5p-8", ("g_step",), log=None)
     msg = str(e.value)
