@@ -26,17 +26,6 @@ def _memory(compiled) -> dict[str, int]:
     return mem
 
 
-def _flops(compiled) -> float | None:
-    try:
-        ca = compiled.cost_analysis()
-    except Exception:  # some backends do not implement it
-        return None
-    if isinstance(ca, (list, tuple)):
-        ca = ca[0] if ca else {}
-    f = (ca or {}).get("flops")
-    return float(f) if f is not None else None
-
-
 def _path_name(path: tuple) -> str:
     keys = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
     return "/".join(k for k in keys if k != "value")
