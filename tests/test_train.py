@@ -237,6 +237,9 @@ def test_invalid_config_fails_before_compiling_and_names_the_key(tmp_path):
     c = tiny_config(tmp_path, **{"rollout.layer_loop": "fast"})
     with pytest.raises(config_lib.ConfigValidationError, match=r"config\.rollout\.layer_loop.*'fast'"):
         config_lib.validate(c)
+    c = tiny_config(tmp_path, **{"rollout.micro_batches": 3})  # the tiny batch is 8 prompts
+    with pytest.raises(config_lib.ConfigValidationError, match=r"config\.rollout\.micro_batches.*divide"):
+        config_lib.validate(c)
     c = tiny_config(tmp_path, **{"model.attention": "fast"})
     with pytest.raises(config_lib.ConfigValidationError, match=r"config\.model\.attention.*'fast'"):
         config_lib.validate(c)

@@ -76,7 +76,8 @@ def our_breakdown(config: ConfigDict, run: AbstractRun) -> dict[str, int]:
         return int(np.prod(named_sharding(logical, shape, mesh).shard_shape(shape))) * itemsize
 
     kv = lambda rows: 2 * shard((mc.num_layers, rows, p + r, mc.num_kv_heads, mc.head_dim), CACHE_AXES, item)
-    out["kv_cache"] = kv(b * n) + kv(b)  # the N-times repeated cache + the prefill's
+    chunk = b // config.rollout.micro_batches  # prompts whose caches exist at once
+    out["kv_cache"] = kv(chunk * n) + kv(chunk)  # the N-times repeated cache + the prefill's
     # Activations of one G micro-batch (estimate): per-layer carries kept for the backward pass
     # (all layer outputs without remat, x ~10 per layer without remat), one layer's recomputation
     # (f32 attention scores + probs + their grads, MLP intermediates), and a log-prob chunk's [C, V] f32.

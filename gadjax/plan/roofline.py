@@ -82,11 +82,12 @@ def floor_bytes(config: Any, breakdown: dict[str, int]) -> dict[str, float]:
 
     shrink = jnp.dtype(config.model.dtype).itemsize / jnp.dtype(config.model.param_dtype).itemsize
     decode_steps = config.rollout.max_new_tokens
+    chunks = config.rollout.micro_batches  # each chunk's decode loop reads the weights again
     g_state = breakdown["g_params"] + breakdown["g_opt_state"]
     d_state = breakdown["d_params"] + breakdown["d_opt_state"]
     return {
-        # Every generated token reads the (compute-dtype) weights and the KV cache.
-        "rollout": decode_steps * (breakdown["g_params"] * shrink + breakdown["kv_cache"]),
+        # Every generated token of every chunk reads the (compute-dtype) weights and that chunk's KV cache.
+        "rollout": chunks * decode_steps * (breakdown["g_params"] * shrink + breakdown["kv_cache"]),
         "ref_logp": breakdown["ref_params"] * shrink,
         "d_step": 2 * d_state,  # read and write the parameters and optimizer state
         "g_step": 2 * g_state,

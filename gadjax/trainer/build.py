@@ -126,6 +126,7 @@ def sampling_config(config: ConfigDict, tokenizer: Any, model_cfg: ModelConfig) 
         pad_id=int(pad),
         prompt_buckets=tuple(r.prompt_buckets),
         layer_loop=r.layer_loop,
+        micro_batches=r.micro_batches,
     )
 
 
