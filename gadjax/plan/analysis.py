@@ -87,7 +87,12 @@ def our_breakdown(config: ConfigDict, run: AbstractRun) -> dict[str, int]:
     mlp_chip = shard((mc.intermediate_size,), ("act_mlp",), 1)
     vocab_chip = shard((mc.vocab_size,), ("act_vocab",), 1)
     per_layer_saved = rows_chip * t * mc.hidden_size * item * (1 if config.model.remat == "full" else 10)
-    layer_work = rows_chip * t * (3 * heads_chip * t * 4 + 4 * mlp_chip * item + 8 * mc.hidden_size * item)
+    # The dense (xla) attention holds [heads, T, T] float32 scores; the blocked backends one block of keys.
+    from gadjax.models.attention import resolve
+
+    dense = resolve(config.model.attention, platform="tpu", dtype=config.model.dtype) == "xla"
+    keys = t if dense else min(t, 512)
+    layer_work = rows_chip * t * (3 * heads_chip * keys * 4 + 4 * mlp_chip * item + 8 * mc.hidden_size * item)
     logits = 3 * rows_chip * min(config.train.logprob_chunk, r) * vocab_chip * 4
     out["activations_estimate"] = mc.num_layers * per_layer_saved + layer_work + logits
     return out
