@@ -177,3 +177,25 @@ def test_roofline_of_a_matmul_counted_by_hand():
     step = step_prediction({"loop": r}, 10 * 2 * m * k * k, 1, chip)
     assert step["step_s"] == r["bound_s"]
     assert step["mfu"] == pytest.approx(r["compute_s"] / r["bound_s"])
+
+
+def test_rollout_micro_batches_shrink_the_rollout_program():
+    """rollout.micro_batches=4: the plan compiles one chunk of 2 prompts (its KV cache and buffers are a
+    quarter), and the roofline's streamed bytes count the weights once per chunk and decode step."""
+    reps = {}
+    for m in (1, 4):
+        c = tiny.get_config()
+        c.rollout.micro_batches = m
+        reps[m] = plan.run_plan(c, "v5p-8", ("rollout",), log=None)["programs"]["rollout"]
+    assert "2 prompts x 2 samples (x 4 chunks)" in reps[4]["what"]
+    assert reps[4]["memory"]["temp"] < reps[1]["memory"]["temp"]
+    assert reps[4]["memory"]["argument"] < reps[1]["memory"]["argument"]  # the prompt ids of one chunk
+    # The streamed-bytes floor: every chunk's decode loop reads the weights again.
+    from gadjax.plan.roofline import floor_bytes
+
+    c = tiny.get_config()
+    sizes = dict(g_params=100, g_opt_state=200, d_params=100, d_opt_state=200, ref_params=100, kv_cache=10)
+    one = floor_bytes(c, sizes)["rollout"]
+    assert one == c.rollout.max_new_tokens * (100 + 10)  # float32 compute: weights at full size
+    c.rollout.micro_batches = 4
+    assert floor_bytes(c, sizes)["rollout"] == 4 * one  # the breakdown's kv_cache is already one chunk's
