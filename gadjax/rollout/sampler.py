@@ -1,6 +1,7 @@
 """The rollout engine: jitted prefill + KV-cache decode loop, N samples per prompt, per-token log-probs.
 
-One call of `Sampler.generate` runs ONE jitted program:
+One call of `Sampler.generate` runs ONE jitted program (once per chunk of prompts with
+`SamplingConfig.micro_batches` > 1):
 
 1. prefill: the LEFT-padded prompt batch [B, P_bucket] is written once into a preallocated KV cache of
    length P_bucket + R (R = max_new_tokens); the last prompt column's logits give the first token;
@@ -137,7 +138,8 @@ class RolloutOutput:
       sampling_logprobs  float32 [B*N, R]  log q(token) under the sampling distribution (temperature,
                                            top-k, top-p applied; 0 for greedy), 0 on padding
       truncated          bool    [B*N]     no stop token within R
-      decode_steps       int               forward steps of the decode loop that ran (<= R - 1)
+      decode_steps       int               forward steps of the decode loop that ran (<= R - 1; with
+                                           micro_batches, the longest chunk's)
     """
 
     prompt_ids: Any
