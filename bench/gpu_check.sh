@@ -6,7 +6,8 @@
 #                           [--samples N] [--new-tokens N] [--help]
 #   --python PATH     interpreter with jax[cuda], flax, optax, transformers, torch (default: .venv/bin/python
 #                     if present, else python3)
-#   --skip-tests      do not run the parity tests (tests/models/test_decoder.py, test_discriminator.py)
+#   --skip-tests      do not run the parity tests (tests/models/test_decoder.py, test_discriminator.py,
+#                     test_attention.py: the cudnn backend against the reference)
 #   --batch N         train-step rows (default 16)
 #   --seq N           train-step tokens per row, prompt + response halves (default 1024)
 #   --prompts N       sampler prompts (default 32)
@@ -24,7 +25,7 @@ PROMPTS=32
 SAMPLES=8
 NEW_TOKENS=256
 
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; }
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -73,7 +74,8 @@ if [[ "$SKIP_TESTS" == 0 ]]; then
   # Parity vs transformers (PyTorch on the CPU) with gadjax on the GPU; f32 matmuls at full precision
   # (the GPU's default f32 matmul uses TF32, ~1e-3 relative error, which the tolerances do not allow).
   if JAX_PLATFORMS=cuda JAX_DEFAULT_MATMUL_PRECISION=highest "$PY" -m pytest -q -x -p no:cacheprovider \
-      tests/models/test_decoder.py tests/models/test_discriminator.py -m "not slow" >&2; then
+      tests/models/test_decoder.py tests/models/test_discriminator.py tests/models/test_attention.py \
+      -m "not slow" >&2; then
     TESTS_STATUS="passed"
   else
     TESTS_STATUS="failed"

@@ -58,6 +58,9 @@ def base_config() -> ConfigDict:
             dtype="float32",  # compute dtype (bfloat16 on accelerators)
             param_dtype="float32",  # master weights (SPEC.md: fp32)
             remat="none",
+            # Attention backend (gadjax.models.attention): auto | xla | flash | splash | cudnn. auto: splash
+            # on TPU, cudnn on GPU with bf16 (else xla), xla on CPU.
+            attention="auto",
         )
     )
     c.disc = ConfigDict(
@@ -136,6 +139,9 @@ def base_config() -> ConfigDict:
             # Decode layer loop: "auto" (unrolled per-layer weights on one CPU device, else the scanned
             # model), "scan" (no second copy of the weights during a rollout) or "unrolled".
             layer_loop="auto",
+            # Generate each step's rollouts in this many chunks of prompts, one after another: only one
+            # chunk's KV cache exists at a time. Same samples as 1 (bitwise on CPU). Divides data.batch_size.
+            micro_batches=1,
         )
     )
     c.optim_g = _optim(1e-6)
@@ -286,6 +292,10 @@ def validate(c: ConfigDict) -> ConfigDict:
             _fail(f"model.{key}", f"{c.model[key]!r} is not one of {DTYPES}")
     if c.model.remat not in REMATS:
         _fail("model.remat", f"{c.model.remat!r} is not one of {REMATS}")
+    from gadjax.models.attention import BACKENDS
+
+    if c.model.attention not in BACKENDS:
+        _fail("model.attention", f"{c.model.attention!r} is not one of {BACKENDS}")
     if c.disc.loss not in ("bradley_terry", "bce"):
         _fail("disc.loss", f"{c.disc.loss!r} is not 'bradley_terry' or 'bce'")
     if c.reward.kind not in ("discriminator", "regex"):
@@ -313,7 +323,8 @@ def validate(c: ConfigDict) -> ConfigDict:
     if c.data.kind == "auto" and len(kinds) > 1:  # the data source reads one kind, chosen by the first file
         _fail("data.train", f"mixes {' and '.join(kinds)} files; one kind per run (convert the others)")
     _positive(c, "data.batch_size", "data.max_prompt_tokens", "data.max_response_tokens")
-    _positive(c, "rollout.n_samples", "rollout.max_new_tokens", "train.logprob_chunk")
+    _positive(c, "rollout.n_samples", "rollout.max_new_tokens", "rollout.micro_batches")
+    _positive(c, "train.logprob_chunk")
     _positive(c, "train.micro_batches_g", "train.micro_batches_d", "checkpoint.every", "checkpoint.keep")
     for opt in ("optim_g", "optim_d"):
         if c[opt].lr <= 0:
@@ -339,6 +350,8 @@ def validate(c: ConfigDict) -> ConfigDict:
         _fail("loss.loss_agg_mode", f"{c.loss.loss_agg_mode!r} is not one of {LOSS_AGG_MODES}")
     if c.stage == "gad" and c.rollout.n_samples < 2:
         _fail("rollout.n_samples", "gad needs >= 2 samples per prompt (a group of 1 has zero advantage)")
+    if c.stage != "seqkd" and c.data.batch_size % c.rollout.micro_batches:
+        _fail("rollout.micro_batches", f"must divide data.batch_size={c.data.batch_size}")
     if c.stage != "seqkd" and c.data.batch_size % c.train.micro_batches_d:
         _fail("train.micro_batches_d", f"must divide data.batch_size={c.data.batch_size}")
     rows_g = c.data.batch_size * (c.rollout.n_samples if c.stage == "gad" else 1)

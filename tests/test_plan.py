@@ -65,6 +65,16 @@ def test_tiny_compiles_for_v5p_8(capsys):
     assert b["g_opt_state"] >= 2 * b["g_params"]  # Adam mu and nu, sharded like the params
     assert len(rep["largest_arrays"]) == 5
     assert "per chip, GiB" in out and "FITS" in out
+    # Roofline: FLOPs at least the analytic count (XLA counts each loop body once), a positive bound per
+    # program, and a step prediction that sums them.
+    for name, p in rep["programs"].items():
+        r = p["roofline"]
+        assert r["flops"] >= p["model_flops_all_chips"] / rep["num_chips"] and r["bytes"] > 0, name
+        assert r["bound_s"] == max(r["compute_s"], r["memory_s"]) > 0, name
+    step = rep["predicted_step"]
+    assert step["step_s"] == pytest.approx(sum(p["roofline"]["bound_s"] for p in rep["programs"].values()))
+    assert 0 < step["mfu"] <= 1
+    assert "roofline per chip" in out and "implied MFU" in out
     line = [ln for ln in out.splitlines() if ln.startswith('{"plan"')][-1]
     assert json.loads(line)["plan"]["topology"] == "v5p-8"
 
@@ -83,6 +93,7 @@ def test_oversized_config_resource_exhausted_from_xla():
     c.data.max_prompt_tokens = 8192
     c.rollout.max_new_tokens = 8192
     c.rollout.n_samples = 8  # 512 rows x 16k tokens: the f32 attention scores alone are ~2 TiB
+    c.model.attention = "xla"  # the dense path's scores (splash, what auto means on TPU, never holds them)
     with pytest.raises(plan.PlanDoesNotFitError) as e:
         plan.run_plan(c, "v5p-8", ("g_step",), log=None)
     msg = str(e.value)
@@ -107,3 +118,84 @@ def test_parse_oom_message():
     assert got["used_bytes"] == pytest.approx(120.5 * plan.GiB)
     assert got["capacity_bytes"] == pytest.approx(95.74 * plan.GiB)
     assert got["exceeded_bytes"] == pytest.approx(24.76 * plan.GiB)
+
+
+def test_g_step_compiles_with_splash_attention_kernels_for_v5p():
+    """model.attention=splash (also what auto means for a TPU): the G step's layer body holds the Pallas
+    splash kernels (forward, dq, dkv) and compiles for v5p; the xla backend holds none."""
+    from gadjax.parallel.rules import use_mesh
+    from gadjax.plan.programs import program_specs
+    from gadjax.plan.run import make_plan_mesh
+    from gadjax.plan.state import build_abstract
+
+    devices = plan.topology_devices(plan.parse_topology("v5p-8"))
+    kernels = {}
+    for attention in ("splash", "xla"):
+        c = tiny.get_config()
+        c.model.attention = attention
+        mesh = make_plan_mesh(c, devices)
+        run = build_abstract(c, mesh)
+        with use_mesh(mesh):
+            spec = next(s for s in program_specs(c, run) if s.name == "g_step")
+            lowered = spec.fn.lower(*spec.args)
+            kernels[attention] = lowered.as_text().count("tpu_custom_call")
+            if attention == "splash":
+                assert lowered.compile().as_text().count("tpu_custom_call") == 3
+    assert kernels == {"splash": 3, "xla": 0}
+
+
+def test_roofline_of_a_matmul_counted_by_hand():
+    """One [256, 512] x [512, 1024] bf16 matmul compiled for a v5p chip: XLA's FLOPs are 2 M N K; a loop of
+    10 of them is counted once by XLA, and the analytic count restores it in the bound."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    from gadjax.plan.roofline import bound, program_bound, step_prediction, xla_cost
+
+    chip = plan.parse_topology("v5p-8").chip
+    mesh = Mesh(np.array(plan.topology_devices(plan.parse_topology("v5p-8"))[:1]), ("x",))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    sds = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.bfloat16, sharding=replicated)
+    m, k, n = 256, 512, 1024
+    flops, nbytes = xla_cost(jax.jit(lambda a, b: a @ b).lower(sds(m, k), sds(k, n)).compile())
+    assert flops == 2 * m * k * n
+    assert nbytes >= 2 * (m * k + k * n + m * n)  # at least the operands and the result, once each
+    r = bound(flops, nbytes, chip)
+    assert r["compute_s"] == pytest.approx(2 * m * k * n / 459e12)
+    assert r["memory_s"] == pytest.approx(nbytes / 2765e9)
+    assert r["limit"] == "memory"  # 268 MFLOP over ~MBs: far below v5p's ridge of ~166 FLOP/B
+    assert r["ridge"] == pytest.approx(459e12 / 2765e9)
+
+    looped = lambda a, b: jax.lax.fori_loop(0, 10, lambda i, x: x @ b, a)
+    sq = sds(k, k)
+    loop_flops, loop_bytes = xla_cost(jax.jit(looped).lower(sds(m, k), sq).compile())
+    assert loop_flops == 2 * m * k * k  # the body, once
+    r = program_bound(loop_flops, loop_bytes, 10 * 2 * m * k * k, 0.0, chip)
+    assert r["flops"] == 10 * 2 * m * k * k and r["xla_flops"] == loop_flops
+    step = step_prediction({"loop": r}, 10 * 2 * m * k * k, 1, chip)
+    assert step["step_s"] == r["bound_s"]
+    assert step["mfu"] == pytest.approx(r["compute_s"] / r["bound_s"])
+
+
+def test_rollout_micro_batches_shrink_the_rollout_program():
+    """rollout.micro_batches=4: the plan compiles one chunk of 2 prompts (its KV cache and buffers are a
+    quarter), and the roofline's streamed bytes count the weights once per chunk and decode step."""
+    reps = {}
+    for m in (1, 4):
+        c = tiny.get_config()
+        c.rollout.micro_batches = m
+        reps[m] = plan.run_plan(c, "v5p-8", ("rollout",), log=None)["programs"]["rollout"]
+    assert "2 prompts x 2 samples (x 4 chunks)" in reps[4]["what"]
+    assert reps[4]["memory"]["temp"] < reps[1]["memory"]["temp"]
+    assert reps[4]["memory"]["argument"] < reps[1]["memory"]["argument"]  # the prompt ids of one chunk
+    # The streamed-bytes floor: every chunk's decode loop reads the weights again.
+    from gadjax.plan.roofline import floor_bytes
+
+    c = tiny.get_config()
+    sizes = dict(g_params=100, g_opt_state=200, d_params=100, d_opt_state=200, ref_params=100, kv_cache=10)
+    one = floor_bytes(c, sizes)["rollout"]
+    assert one == c.rollout.max_new_tokens * (100 + 10)  # float32 compute: weights at full size
+    c.rollout.micro_batches = 4
+    assert floor_bytes(c, sizes)["rollout"] == 4 * one  # the breakdown's kv_cache is already one chunk's

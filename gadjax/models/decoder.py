@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from gadjax.models import attention as A
 from gadjax.models import layers as L
 from gadjax.models.config import ModelConfig
 from gadjax.parallel.rules import constrain
@@ -102,8 +103,10 @@ def _layer(
     cfg: ModelConfig,
     cos: jax.Array,
     sin: jax.Array,
-    mask: jax.Array,
+    key_valid: jax.Array,
+    mask: jax.Array | None,
     cached: tuple[jax.Array, jax.Array, jax.Array] | None,
+    backend: str = "xla",
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     """One pre-norm transformer layer; returns the new hidden state and this layer's new k, v."""
     dt = x.dtype
@@ -119,7 +122,7 @@ def _layer(
         k = L.rms_norm(k, p["k_norm"], cfg.rms_norm_eps)
     q = constrain(L.apply_rope(q, cos, sin), ("batch", "length", "act_heads", "head_dim"))
     k = L.apply_rope(k, cos, sin)
-    attn = L.attention(q, k, v, mask, cached)
+    attn = A.attend(backend, q, k, v, key_valid, mask, cached)
     # As one [B*T, H*D] x [H*D, hidden] matmul: the 3-index einsum made XLA copy-transpose `o` per call.
     b, t = x.shape[:2]
     x = x + (attn.reshape(b, t, -1) @ p["o"].reshape(-1, p["o"].shape[-1]))
@@ -133,7 +136,8 @@ class Decoder(nnx.Module):
     """Causal LM backbone + (optional) LM head for Llama / Qwen2 / Qwen3 configs.
 
     `dtype` is the compute dtype (bf16 on accelerators, f32 on CPU); parameters stay in `param_dtype`
-    (f32 master weights) and are cast inside each layer.
+    (f32 master weights) and are cast inside each layer. `attention` names the attention backend
+    (gadjax.models.attention.BACKENDS); "auto" is resolved here, for jax's default platform.
     """
 
     def __init__(
@@ -144,6 +148,7 @@ class Decoder(nnx.Module):
         dtype: Any = jnp.float32,
         param_dtype: Any = jnp.float32,
         remat: str = "none",
+        attention: str = "xla",
         with_lm_head: bool = True,
     ):
         if remat not in REMAT_POLICIES:
@@ -151,6 +156,11 @@ class Decoder(nnx.Module):
         self.config = config
         self.dtype = dtype
         self.remat = remat
+        # Explicit backends are kept as given (gadjax.plan builds TPU programs on a CPU host); the trainer
+        # checks them against its platform with A.resolve.
+        self.attention = A.resolve(attention, dtype=dtype) if attention == "auto" else attention
+        if self.attention not in A.BACKENDS:
+            raise ValueError(f"attention={attention!r}: expected one of {A.BACKENDS}")
         h, vsz = config.hidden_size, config.vocab_size
         self.embed = param(0.02 * jax.random.normal(rngs.params(), (vsz, h), param_dtype), ("vocab", "embed"))
         self.blocks = Blocks(config, rngs, param_dtype)
@@ -195,8 +205,9 @@ class Decoder(nnx.Module):
         cfg = self.config
         mask_new = attention_mask.astype(bool)
         t = input_ids.shape[1]
-        causal = jnp.tril(jnp.ones((t, t), bool))
-        new_mask = causal[None] & mask_new[:, None, :]
+        backend = self.attention
+        # The dense [B, T, T] mask only for the backends that read it; flash / splash mask per block.
+        new_mask = A.causal_mask(mask_new) if backend in A.DENSE_MASK else None
         cos, sin = L.rope_cos_sin(positions, rope_inv_freq_for(cfg))
         x = self.embed_tokens(input_ids)
 
@@ -211,7 +222,7 @@ class Decoder(nnx.Module):
                 # Slots written before this call, and valid (not left padding).
                 cache_mask = (cache.mask.astype(bool) & (slots[None, :] < cache.index))[:, None, :]
                 cached = (k_cache, v_cache, jnp.broadcast_to(cache_mask, (x.shape[0], t, cache.max_length)))
-            return _layer(x, p, cfg, cos, sin, new_mask, cached)
+            return _layer(x, p, cfg, cos, sin, mask_new, new_mask, cached, backend)
 
         policy = REMAT_POLICIES[self.remat]
         if self.remat != "none":

@@ -30,8 +30,8 @@ def last_valid_index(mask: jax.Array) -> jax.Array:
 class Discriminator(nnx.Module):
     """Backbone (a Decoder without LM head) + scalar head; `__call__` returns float32 scores [B].
 
-    `param_dtype` is the head's and the backbone's; the other keyword arguments (`dtype`, `remat`) go to
-    the backbone's `Decoder`, with its defaults."""
+    `param_dtype` is the head's and the backbone's; the other keyword arguments (`dtype`, `remat`,
+    `attention`) go to the backbone's `Decoder`, with its defaults."""
 
     def __init__(
         self,
@@ -90,6 +90,7 @@ def discriminator_from_decoder(
             rngs=nnx.Rngs(seed),
             dtype=student.dtype,
             remat=student.remat,
+            attention=student.attention,
             head_init=head_init,
             head_std=head_std,
         )

@@ -265,7 +265,7 @@ def load_decoder(
 ) -> Decoder:
     """Load a HF directory or GGUF file as a Decoder, each parameter placed in its sharding.
 
-    model_kwargs go to Decoder (dtype, param_dtype, remat).
+    model_kwargs go to Decoder (dtype, param_dtype, remat, attention).
     """
     cfg, tensors = _iter_source(path)
     return _load_into(abstract_decoder(cfg, **model_kwargs), cfg, tensors, mesh, rules)

@@ -92,7 +92,8 @@ def attention(
     mask: jax.Array,
     cached: tuple[jax.Array, jax.Array, jax.Array] | None = None,
 ) -> jax.Array:
-    """Grouped-query attention.
+    """Grouped-query attention: the `xla` backend and the reference the others are tested against
+    (gadjax.models.attention picks the backend).
 
     q [B,T,H,D]; k, v [B,T,Hkv,D] are the new tokens, `mask` [B,T,T] says which new keys each query
     sees. `cached` = (k_cache [B,Hkv,S,D], v_cache, cache_mask [B,T,S]) adds keys already in a KV

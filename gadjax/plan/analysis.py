@@ -26,17 +26,6 @@ def _memory(compiled) -> dict[str, int]:
     return mem
 
 
-def _flops(compiled) -> float | None:
-    try:
-        ca = compiled.cost_analysis()
-    except Exception:  # some backends do not implement it
-        return None
-    if isinstance(ca, (list, tuple)):
-        ca = ca[0] if ca else {}
-    f = (ca or {}).get("flops")
-    return float(f) if f is not None else None
-
-
 def _path_name(path: tuple) -> str:
     keys = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
     return "/".join(k for k in keys if k != "value")
@@ -87,7 +76,8 @@ def our_breakdown(config: ConfigDict, run: AbstractRun) -> dict[str, int]:
         return int(np.prod(named_sharding(logical, shape, mesh).shard_shape(shape))) * itemsize
 
     kv = lambda rows: 2 * shard((mc.num_layers, rows, p + r, mc.num_kv_heads, mc.head_dim), CACHE_AXES, item)
-    out["kv_cache"] = kv(b * n) + kv(b)  # the N-times repeated cache + the prefill's
+    chunk = b // config.rollout.micro_batches  # prompts whose caches exist at once
+    out["kv_cache"] = kv(chunk * n) + kv(chunk)  # the N-times repeated cache + the prefill's
     # Activations of one G micro-batch (estimate): per-layer carries kept for the backward pass
     # (all layer outputs without remat, x ~10 per layer without remat), one layer's recomputation
     # (f32 attention scores + probs + their grads, MLP intermediates), and a log-prob chunk's [C, V] f32.
@@ -97,7 +87,12 @@ def our_breakdown(config: ConfigDict, run: AbstractRun) -> dict[str, int]:
     mlp_chip = shard((mc.intermediate_size,), ("act_mlp",), 1)
     vocab_chip = shard((mc.vocab_size,), ("act_vocab",), 1)
     per_layer_saved = rows_chip * t * mc.hidden_size * item * (1 if config.model.remat == "full" else 10)
-    layer_work = rows_chip * t * (3 * heads_chip * t * 4 + 4 * mlp_chip * item + 8 * mc.hidden_size * item)
+    # The dense (xla) attention holds [heads, T, T] float32 scores; the blocked backends one block of keys.
+    from gadjax.models.attention import resolve
+
+    dense = resolve(config.model.attention, platform="tpu", dtype=config.model.dtype) == "xla"
+    keys = t if dense else min(t, 512)
+    layer_work = rows_chip * t * (3 * heads_chip * keys * 4 + 4 * mlp_chip * item + 8 * mc.hidden_size * item)
     logits = 3 * rows_chip * min(config.train.logprob_chunk, r) * vocab_chip * 4
     out["activations_estimate"] = mc.num_layers * per_layer_saved + layer_work + logits
     return out

@@ -45,6 +45,8 @@ def advice(config: ConfigDict, program: str, num_chips: int) -> str:
         tips.append(f"raise train.micro_batches_g (now {t.micro_batches_g}; fewer rows live at once)")
     if program == "d_step":
         tips.append(f"raise train.micro_batches_d (now {t.micro_batches_d})")
+    if program == "rollout":
+        tips.append(f"raise rollout.micro_batches (now {r.micro_batches}; fewer prompts' KV caches at once)")
     if program != "rollout" and config.model.remat != "full":
         tips.append(f"set model.remat='full' (now {config.model.remat!r})")
     tips.append(

@@ -66,7 +66,9 @@ def program_specs(config: ConfigDict, run: AbstractRun) -> list[ProgramSpec]:
     i32, f32 = jnp.int32, jnp.float32
     specs = []
 
-    # rollout: the Sampler's own program (gadjax.rollout.decode._rollout), one prompt bucket = P.
+    # rollout: the Sampler's own program (gadjax.rollout.decode._rollout), one prompt bucket = P, for one
+    # chunk of rollout.micro_batches (the Sampler runs it once per chunk).
+    m_r = config.rollout.micro_batches
     scfg = SamplingConfig(
         max_new_tokens=r_s,
         temperature=config.rollout.temperature,
@@ -76,10 +78,11 @@ def program_specs(config: ConfigDict, run: AbstractRun) -> list[ProgramSpec]:
         stop_ids=frozenset(mc.eos_token_ids),
         prompt_buckets=(p,),
         layer_loop=config.rollout.layer_loop,
+        micro_batches=m_r,
     )
     cache_dtype = jnp.dtype(config.model.dtype)
     params = run.g_state.params
-    ids = _sds((b, p), i32, mesh, ("batch", "length"))
+    ids = _sds((b // m_r, p), i32, mesh, ("batch", "length"))
     layer_loop = resolve_layer_loop(scfg.layer_loop, mesh)  # the target's devices decide, as in Sampler
     rollout = jax.jit(functools.partial(_rollout, run.g_graphdef, scfg, cache_dtype, layer_loop))
     specs.append(
@@ -88,7 +91,7 @@ def program_specs(config: ConfigDict, run: AbstractRun) -> list[ProgramSpec]:
             rollout,
             (params, ids, ids, _rng(mesh)),
             params,
-            f"{b} prompts x {n} samples, KV cache {p}+{r_s} tokens",
+            f"{b // m_r} prompts x {n} samples (x {m_r} chunks), KV cache {p}+{r_s} tokens",
         )
     )
 

@@ -39,6 +39,7 @@ def format_report(rep: dict[str, Any]) -> str:
         "  does not take; XLA TFLOP/chip = cost_analysis of the per-chip program: it counts each loop body",
         "  (layer scan, micro-batch scan, decode loop) ONCE; model TFLOP/chip = analytic step FLOPs / chips)",
     ]
+    lines += _roofline_lines(rep)
     lines += ["", "our breakdown, GiB per chip:"]
     for k, v in rep["breakdown_bytes_per_chip"].items():
         lines.append(f"  {k:<22}{_g(v)}")
@@ -57,3 +58,26 @@ def format_report(rep: dict[str, Any]) -> str:
             f"FITS with {100 * rep['headroom_fraction']:.0f}% headroom"
         )
     return "\n".join(lines)
+
+
+def _roofline_lines(rep: dict[str, Any]) -> list[str]:
+    """The roofline table (gadjax.plan.roofline): per program lower bounds, the predicted step and MFU."""
+    progs = {name: p["roofline"] for name, p in rep["programs"].items() if "roofline" in p}
+    if not progs:
+        return []
+    lines = [
+        "",
+        "roofline per chip (lower bounds: max(FLOPs / peak bf16, bytes / HBM bandwidth); plan/roofline.py):",
+        f"{'program':<18}{'TFLOP':>9}{'GB':>10}{'FLOP/B':>9}{'compute_ms':>12}{'memory_ms':>11}"
+        f"{'bound_ms':>10}  limit",
+    ]
+    for name, r in progs.items():
+        lines.append(
+            f"{name:<18}{r['flops'] / 1e12:9.3f}{r['bytes'] / 1e9:10.3f}{r['intensity']:9.1f}"
+            f"{1e3 * r['compute_s']:12.3f}{1e3 * r['memory_s']:11.3f}{1e3 * r['bound_s']:10.3f}  {r['limit']}"
+        )
+    step = rep.get("predicted_step")
+    if step:
+        mfu = f"{100 * step['mfu']:.1f}%" if step["mfu"] is not None else "?"
+        lines.append(f"predicted step >= {step['step_s']:.4f} s; implied MFU <= {mfu}")
+    return lines

@@ -9,10 +9,11 @@ from typing import Any
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
-from gadjax.plan.analysis import _flops, _largest_arrays, _memory, model_flops_per_step, our_breakdown
+from gadjax.plan.analysis import _largest_arrays, _memory, model_flops_per_step, our_breakdown
 from gadjax.plan.errors import PlanDoesNotFitError, PlanError
 from gadjax.plan.oom import advice, parse_oom
 from gadjax.plan.programs import PROGRAMS, program_specs
+from gadjax.plan.roofline import floor_bytes, program_bound, step_prediction, xla_cost
 from gadjax.plan.state import build_abstract, per_chip_bytes
 from gadjax.plan.topology import GiB, parse_topology, topology_devices
 
@@ -63,6 +64,8 @@ def run_plan(
     run = build_abstract(config, mesh)
     resident_total = sum(per_chip_bytes(x) for x in (run.g_state, run.d_state, run.ref_params))
     analytic = model_flops_per_step(config, run.model_config)
+    breakdown = our_breakdown(config, run)
+    floors = floor_bytes(config, breakdown)
     report: dict[str, Any] = {
         "topology": topo.name,
         "libtpu_topology": topo.topology_name,
@@ -78,6 +81,7 @@ def run_plan(
             "dtype": config.model.dtype,
             "param_dtype": config.model.param_dtype,
             "remat": config.model.remat,
+            "attention": config.model.attention,
         },
         "batch": {
             "prompts": config.data.batch_size,
@@ -88,7 +92,7 @@ def run_plan(
             "micro_batches_d": config.train.micro_batches_d,
         },
         "resident_state_bytes_per_chip": resident_total,
-        "breakdown_bytes_per_chip": our_breakdown(config, run),
+        "breakdown_bytes_per_chip": breakdown,
         "largest_arrays": _largest_arrays(run),
         "notes": run.notes,
         "programs": {},
@@ -118,7 +122,7 @@ def run_plan(
             mem = _memory(compiled)
             other = resident_total - per_chip_bytes(spec.resident_args)
             total = mem["peak"] + other
-            flops = _flops(compiled)
+            flops, nbytes = xla_cost(compiled)
             report["programs"][spec.name] = {
                 "what": spec.what,
                 "compile_seconds": round(seconds, 1),
@@ -128,6 +132,10 @@ def run_plan(
                 "headroom_bytes": hbm - total,
                 "xla_flops_per_chip": flops,
                 "model_flops_all_chips": analytic[spec.name],
+                "xla_bytes_accessed_per_chip": nbytes,
+                "roofline": program_bound(
+                    flops, nbytes, analytic[spec.name] / len(devices), floors[spec.name], topo.chip
+                ),
             }
             if log:
                 log(f"[plan] {spec.name}: {total / GiB:.2f} of {hbm / GiB:.0f} GiB/chip ({seconds:.0f} s)")
@@ -144,5 +152,8 @@ def run_plan(
                 )
     peak = max((p["total_bytes"] for p in report["programs"].values()), default=resident_total)
     report["peak_bytes_per_chip"] = peak
+    rooflines = {name: p["roofline"] for name, p in report["programs"].items()}
+    total_flops = sum(p["model_flops_all_chips"] for p in report["programs"].values())
+    report["predicted_step"] = step_prediction(rooflines, total_flops, len(devices), topo.chip)
     report["headroom_fraction"] = (hbm - peak) / hbm
     return report

@@ -86,6 +86,7 @@ class AbstractRun:
 def build_abstract(config: ConfigDict, mesh: Mesh) -> AbstractRun:
     """G (Decoder) + optimizer, D (Discriminator) + optimizer, reference params: shapes and shardings only."""
     from gadjax.algo.steps import TrainState
+    from gadjax.models.attention import resolve as resolve_attention
     from gadjax.models.decoder import Decoder
     from gadjax.models.discriminator import Discriminator
     from gadjax.models.sharding import state_shardings
@@ -94,14 +95,15 @@ def build_abstract(config: ConfigDict, mesh: Mesh) -> AbstractRun:
     mc = model_config_of(config)
     dt, pdt = jnp.dtype(config.model.dtype), jnp.dtype(config.model.param_dtype)
     remat = config.model.remat
-    g_abs = nnx.eval_shape(lambda: Decoder(mc, rngs=nnx.Rngs(0), dtype=dt, param_dtype=pdt, remat=remat))
+    # The programs target a TPU, whatever this host runs: "auto" means splash here.
+    attention = resolve_attention(config.model.attention, platform="tpu", dtype=dt)
+    kw = dict(dtype=dt, param_dtype=pdt, remat=remat, attention=attention)
+    g_abs = nnx.eval_shape(lambda: Decoder(mc, rngs=nnx.Rngs(0), **kw))
     d_abs = nnx.eval_shape(
         lambda: Discriminator(
             mc,
             rngs=nnx.Rngs(0),
-            dtype=dt,
-            param_dtype=pdt,
-            remat=remat,
+            **kw,
             head_init=config.disc.head_init,
             head_std=config.disc.head_std,
         )

@@ -23,13 +23,18 @@ class ChipSpec:
     peak_bf16_flops: float  # per chip, dense
     cores_per_chip_in_name: int  # v4-N / v5p-N count TensorCores (2 per chip); v5e / v6e count chips
     dims: int  # 3-D torus (v4, v5p) or 2-D (v5e, v6e)
+    hbm_bytes_per_s: float  # per chip HBM bandwidth
 
 
+# Peak bf16 FLOP/s and HBM bandwidth per chip, from the Cloud TPU system-architecture pages:
+# v4 275 TFLOP/s, 1200 GB/s (cloud.google.com/tpu/docs/v4); v5p 459 TFLOP/s, 2765 GB/s
+# (cloud.google.com/tpu/docs/v5p); v5e 197 TFLOP/s, 819 GB/s (cloud.google.com/tpu/docs/v5e);
+# v6e (Trillium) 918 TFLOP/s, 1640 GB/s (cloud.google.com/tpu/docs/v6e).
 CHIPS = {
-    "v4": ChipSpec("v4", "v4", "megacore", 32 * GiB, 275e12, 2, 3),
-    "v5p": ChipSpec("v5p", "v5", "megacore", 95 * GiB, 459e12, 2, 3),
-    "v5e": ChipSpec("v5e", "v5e", "default", 16 * GiB, 197e12, 1, 2),
-    "v6e": ChipSpec("v6e", "v6e", "default", 32 * GiB, 918e12, 1, 2),
+    "v4": ChipSpec("v4", "v4", "megacore", 32 * GiB, 275e12, 2, 3, 1200e9),
+    "v5p": ChipSpec("v5p", "v5", "megacore", 95 * GiB, 459e12, 2, 3, 2765e9),
+    "v5e": ChipSpec("v5e", "v5e", "default", 16 * GiB, 197e12, 1, 2, 819e9),
+    "v6e": ChipSpec("v6e", "v6e", "default", 32 * GiB, 918e12, 1, 2, 1640e9),
 }
 _PREFIX_TO_GEN = {spec.topology_prefix: gen for gen, spec in CHIPS.items()}
 

@@ -42,8 +42,12 @@ def _rollout(
     ids: jax.Array,
     mask: jax.Array,
     rng: jax.Array,
+    row_offset: jax.Array | int = 0,
 ) -> dict[str, jax.Array]:
-    """Prefill once per prompt, broadcast to N samples, decode with a while_loop (see module doc)."""
+    """Prefill once per prompt, broadcast to N samples, decode with a while_loop (see module doc).
+
+    With cfg.micro_batches > 1 the prompts are one chunk of the batch and `row_offset` is its first row:
+    the random draws are those of the whole batch's rows (gadjax.rollout.sampling.rows_of)."""
     model = nnx.merge(graphdef, state)
     b, p = ids.shape
     n, r = cfg.n_samples, cfg.max_new_tokens
@@ -55,6 +59,8 @@ def _rollout(
         top_k=cfg.top_k,
         top_p=cfg.top_p,
         method=cfg.method,
+        row_offset=row_offset,
+        total_rows=rows * cfg.micro_batches,
     )
     stop = jnp.asarray(sorted(cfg.stop_ids), jnp.int32) if cfg.stop_ids else None
 

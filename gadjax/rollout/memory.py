@@ -127,7 +127,8 @@ def check_estimate(est: MemoryEstimate, cfg: Any, batch: int, prompt_bucket: int
             f"(batch {batch} x n_samples {cfg.n_samples} rows, length prompt bucket {prompt_bucket} + "
             f"max_new_tokens {cfg.max_new_tokens}), params {est.param_bytes_per_device / gib:.2f} GiB, "
             f"sampling buffers {est.work_bytes_per_device / gib:.2f} GiB, per-layer decode copies "
-            f"{est.layout_copy_bytes_per_device / gib:.2f} GiB. Lower the rollout batch size, n_samples, "
+            f"{est.layout_copy_bytes_per_device / gib:.2f} GiB. Lower the rollout batch size (or raise "
+            f"micro_batches, now {cfg.micro_batches}: the batch in chunks), n_samples, "
             f"max_new_tokens or the prompt length, shard the batch over more devices, or set "
             f"layer_loop='scan' (no per-layer copies)."
         )

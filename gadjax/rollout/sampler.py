@@ -1,6 +1,7 @@
 """The rollout engine: jitted prefill + KV-cache decode loop, N samples per prompt, per-token log-probs.
 
-One call of `Sampler.generate` runs ONE jitted program:
+One call of `Sampler.generate` runs ONE jitted program (once per chunk of prompts with
+`SamplingConfig.micro_batches` > 1):
 
 1. prefill: the LEFT-padded prompt batch [B, P_bucket] is written once into a preallocated KV cache of
    length P_bucket + R (R = max_new_tokens); the last prompt column's logits give the first token;
@@ -83,6 +84,10 @@ class SamplingConfig:
     # fused weights, gadjax.rollout.unrolled; fastest on CPU, holds a second copy of the weights
     # during the rollout) or "auto" = "unrolled" on a single CPU device, "scan" otherwise.
     layer_loop: str = "auto"
+    # Generate the batch in this many chunks of prompts, one after another (the same compiled program for
+    # each): only one chunk's KV cache and sampling buffers exist at a time. Must divide the prompt batch.
+    # Rows get the same random draws as unchunked (gadjax.rollout.sampling.rows_of).
+    micro_batches: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stop_ids", frozenset(int(s) for s in self.stop_ids))
@@ -97,6 +102,8 @@ class SamplingConfig:
             raise ValueError(f"SamplingConfig.top_p={self.top_p}: must be in (0, 1]")
         if self.method not in ("inversion", "gumbel"):
             raise ValueError(f"SamplingConfig.method={self.method!r}: 'inversion' or 'gumbel'")
+        if self.micro_batches < 1:
+            raise ValueError(f"SamplingConfig.micro_batches={self.micro_batches}: must be >= 1")
         if self.layer_loop not in LAYER_LOOPS:
             raise ValueError(f"SamplingConfig.layer_loop={self.layer_loop!r}: one of {LAYER_LOOPS}")
         if not self.prompt_buckets or self.prompt_buckets[0] < 1:
@@ -131,7 +138,8 @@ class RolloutOutput:
       sampling_logprobs  float32 [B*N, R]  log q(token) under the sampling distribution (temperature,
                                            top-k, top-p applied; 0 for greedy), 0 on padding
       truncated          bool    [B*N]     no stop token within R
-      decode_steps       int               forward steps of the decode loop that ran (<= R - 1)
+      decode_steps       int               forward steps of the decode loop that ran (<= R - 1; with
+                                           micro_batches, the longest chunk's)
     """
 
     prompt_ids: Any
@@ -253,9 +261,13 @@ class Sampler:
         cfg = self.config
         b, p = ids.shape
         longest = int(lengths.max())
-        bucket = cfg.bucket_for(longest)
+        bucket = cfg.bucket_for(longest)  # one bucket for every chunk: the same program and padding
         state = state if state is not None else self.state
-        self.check_memory(b, bucket, state)
+        m = cfg.micro_batches
+        if b % m:
+            raise ValueError(f"SamplingConfig.micro_batches={m} must divide the batch of {b} prompts")
+        chunk = b // m
+        self.check_memory(chunk, bucket, state)
 
         # Re-pad on the left to the bucket (drop all-padding columns first).
         ids_b = np.full((b, bucket), cfg.pad_id, np.int32)
@@ -263,23 +275,27 @@ class Sampler:
         ids_b[:, bucket - longest :] = ids[:, p - longest :]
         mask_b[:, bucket - longest :] = mask[:, p - longest :]
 
-        program = self._program(bucket, b)
-        ctx = use_mesh(self.mesh, self.rules) if self.mesh is not None else contextlib.nullcontext()
-        with ctx:
-            if self.mesh is not None:
-                sh = named_sharding(("batch", "length"), ids_b.shape, self.mesh, self.rules)
-                ids_d, mask_d = jax.device_put(ids_b, sh), jax.device_put(mask_b, sh)
-            else:
-                ids_d, mask_d = jnp.asarray(ids_b), jnp.asarray(mask_b)
-            out = program(state, ids_d, mask_d, rng)
-            steps = int(out["steps"])  # blocks: the next program may contain collectives (DESIGN.md)
-
+        program = self._program(bucket, chunk)
         n = cfg.n_samples
+        ctx = use_mesh(self.mesh, self.rules) if self.mesh is not None else contextlib.nullcontext()
+        chunks, steps = [], 0
+        with ctx:
+            for c in range(m):
+                rows = slice(c * chunk, (c + 1) * chunk)
+                if self.mesh is not None:
+                    sh = named_sharding(("batch", "length"), (chunk, bucket), self.mesh, self.rules)
+                    ids_d, mask_d = jax.device_put(ids_b[rows], sh), jax.device_put(mask_b[rows], sh)
+                else:
+                    ids_d, mask_d = jnp.asarray(ids_b[rows]), jnp.asarray(mask_b[rows])
+                out = program(state, ids_d, mask_d, rng, jnp.int32(c * chunk * n))
+                # Blocks: the next program may contain collectives (DESIGN.md).
+                steps = max(steps, int(out.pop("steps")))
+                chunks.append({k: np.asarray(v) for k, v in out.items()} if as_numpy else out)
+
         rep_ids = np.repeat(ids.astype(np.int32), n, axis=0)
         rep_mask = np.repeat(mask.astype(np.int32), n, axis=0)
-        arrays = {k: v for k, v in out.items() if k != "steps"}
-        if as_numpy:
-            arrays = {k: np.asarray(v) for k, v in arrays.items()}
+        cat = np.concatenate if as_numpy else jnp.concatenate
+        arrays = chunks[0] if m == 1 else {k: cat([o[k] for o in chunks]) for k in chunks[0]}
         return RolloutOutput(prompt_ids=rep_ids, prompt_mask=rep_mask, decode_steps=steps, **arrays)
 
 

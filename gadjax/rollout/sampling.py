@@ -68,7 +68,26 @@ def _last_positive(p: jax.Array) -> jax.Array:
     return n - 1 - jnp.argmax(p[..., ::-1] > 0, axis=-1)
 
 
-def sample_by_inversion(probs: jax.Array, key: jax.Array, block: int = 256) -> jax.Array:
+def rows_of(
+    draw, key: jax.Array, shape: tuple[int, ...], row_offset: jax.Array | int, total_rows: int | None
+):
+    """`draw(key, shape)` for rows [row_offset, row_offset + shape[0]) of a draw over `total_rows` rows.
+
+    A rollout in row chunks (SamplingConfig.micro_batches) draws each step's numbers for all rows and keeps
+    its own, so every row gets the same numbers whatever the chunking (None: the rows are all rows)."""
+    if total_rows is None or total_rows == shape[0]:
+        return draw(key, shape)
+    full = draw(key, (total_rows, *shape[1:]))
+    return jax.lax.dynamic_slice_in_dim(full, row_offset, shape[0], axis=0)
+
+
+def sample_by_inversion(
+    probs: jax.Array,
+    key: jax.Array,
+    block: int = 256,
+    row_offset: jax.Array | int = 0,
+    total_rows: int | None = None,
+) -> jax.Array:
     """One draw per row of `probs` [rows, V] (need not be normalised), by inverting the CDF.
 
     Two levels, so no cumulative sum runs over the whole vocabulary (XLA's CPU cumsum over 49152
@@ -77,13 +96,15 @@ def sample_by_inversion(probs: jax.Array, key: jax.Array, block: int = 256) -> j
     never chosen: the chosen index is the first whose CDF exceeds the target, so its own mass is
     positive; float rounding that puts the target at the very top of a block (or of the whole
     distribution) is clamped to that block's (or the last block's) last token of positive mass.
+    row_offset / total_rows: this is a chunk of a larger batch (see `rows_of`).
     """
     rows, v = probs.shape
     nb = -(-v // block)
     blocks = jnp.pad(probs, ((0, 0), (0, nb * block - v))).reshape(rows, nb, block)
     block_mass = blocks.sum(axis=-1)  # [rows, nb]
     block_cdf = jnp.cumsum(block_mass, axis=-1)
-    u = jax.random.uniform(key, (rows,), jnp.float32)
+    uniform = lambda k, shape: jax.random.uniform(k, shape, jnp.float32)
+    u = rows_of(uniform, key, (rows,), row_offset, total_rows)
     target = u * block_cdf[:, -1]
     j = jnp.minimum(jnp.sum(block_cdf <= target[:, None], axis=-1), _last_positive(block_mass))
     within = jnp.take_along_axis(blocks, j[:, None, None], axis=1)[:, 0]  # [rows, block]
@@ -102,11 +123,14 @@ def choose_tokens(
     top_k: int,
     top_p: float,
     method: str = "inversion",
+    row_offset: jax.Array | int = 0,
+    total_rows: int | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Pick one token per row of float32 logits [rows, V].
 
     Returns (tokens int32 [rows], logprob under softmax(logits) (temperature 1), logprob under the
     sampling distribution). Greedy decoding is a point mass, so its sampling log-prob is 0.
+    row_offset / total_rows: these rows are a chunk of a larger batch (see `rows_of`).
     """
     logits = logits.astype(jnp.float32)
     logp = jax.nn.log_softmax(logits, axis=-1)
@@ -117,10 +141,13 @@ def choose_tokens(
         processed = process_logits(logits, temperature, top_k, top_p)
         sampling_logp = jax.nn.log_softmax(processed, axis=-1)
         if method == "gumbel":
-            gumbel = jax.random.gumbel(key, logits.shape, jnp.float32)
+            draw = lambda k, shape: jax.random.gumbel(k, shape, jnp.float32)
+            gumbel = rows_of(draw, key, logits.shape, row_offset, total_rows)
             tokens = jnp.argmax(processed + gumbel, axis=-1).astype(jnp.int32)
         elif method == "inversion":
-            tokens = sample_by_inversion(jnp.exp(sampling_logp), key)
+            tokens = sample_by_inversion(
+                jnp.exp(sampling_logp), key, row_offset=row_offset, total_rows=total_rows
+            )
         else:
             raise ValueError(f"sampling method {method!r}: 'inversion' or 'gumbel'")
         sampling_lp = jnp.take_along_axis(sampling_logp, tokens[:, None], -1)[:, 0]

@@ -18,6 +18,7 @@ from ml_collections import ConfigDict
 
 from gadjax import config as config_lib
 from gadjax.algo.optim import make_optimizer
+from gadjax.models.attention import resolve as resolve_attention
 from gadjax.models.config import ModelConfig
 from gadjax.models.decoder import Decoder
 from gadjax.models.discriminator import Discriminator, discriminator_from_decoder
@@ -32,8 +33,11 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def model_kwargs(config: ConfigDict) -> dict[str, Any]:
+    """Decoder keyword arguments; model.attention is resolved (and checked) for this process's platform."""
     m = config.model
-    return dict(dtype=_DTYPES[m.dtype], param_dtype=_DTYPES[m.param_dtype], remat=m.remat)
+    dtype = _DTYPES[m.dtype]
+    attention = resolve_attention(m.attention, dtype=dtype)
+    return dict(dtype=dtype, param_dtype=_DTYPES[m.param_dtype], remat=m.remat, attention=attention)
 
 
 def student_config(config: ConfigDict) -> ModelConfig:
@@ -122,6 +126,7 @@ def sampling_config(config: ConfigDict, tokenizer: Any, model_cfg: ModelConfig) 
         pad_id=int(pad),
         prompt_buckets=tuple(r.prompt_buckets),
         layer_loop=r.layer_loop,
+        micro_batches=r.micro_batches,
     )
 
 

@@ -20,13 +20,15 @@ def _gadjax_logits(model, ids, mask, pos):
     return np.asarray(model.logits(hidden))
 
 
+@pytest.mark.parametrize("attention", ["xla", "flash"])
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_logits_match_transformers_on_left_padded_batch(family, tmp_path):
+def test_logits_match_transformers_on_left_padded_batch(family, attention, tmp_path):
     ref_model = make_hf_model(family, str(tmp_path / "hf"))
     ids, mask, pos = left_padded_batch(ref_model.config.vocab_size, LENGTHS)
     ref = torch_logits(ref_model, ids, mask, pos)
 
-    model = load_decoder(str(tmp_path / "hf"))
+    model = load_decoder(str(tmp_path / "hf"), attention=attention)
+    assert model.attention == attention
     ours = _gadjax_logits(model, ids, mask, pos)
 
     valid = mask.astype(bool)
@@ -52,9 +54,10 @@ def test_export_round_trip_loads_in_transformers(family, tmp_path):
     assert np.abs(ours - ref)[mask.astype(bool)].max() <= 1e-4
 
 
-def test_kv_cache_prefill_then_decode_equals_full_forward(tmp_path):
+@pytest.mark.parametrize("attention", ["xla", "flash"])
+def test_kv_cache_prefill_then_decode_equals_full_forward(attention, tmp_path):
     make_hf_model("qwen3", str(tmp_path / "hf"))
-    model = load_decoder(str(tmp_path / "hf"))
+    model = load_decoder(str(tmp_path / "hf"), attention=attention)
     ids, mask, pos = left_padded_batch(model.config.vocab_size, [7, 3, 5], seed=3)
     full_hidden, _ = model(jnp.asarray(ids), jnp.asarray(pos), jnp.asarray(mask))
     full = np.asarray(model.logits(full_hidden))

@@ -234,6 +234,34 @@ def test_same_key_same_tokens_and_mesh_equals_one_device(models):
         np.testing.assert_allclose(m.logprobs, a.logprobs, atol=1e-5)
 
 
+@pytest.mark.parametrize("method", ["inversion", "gumbel"])
+def test_micro_batches_give_the_unchunked_rollout_bitwise(models, method):
+    """rollout in 2 and 4 chunks of prompts: the tokens, masks and lengths equal the one-chunk rollout
+    bitwise (the chunks draw the whole batch's random numbers and keep their rows; one bucket, one
+    program); log-probs to float32 rounding (XLA's CPU matmuls block differently for fewer rows)."""
+    _, path = models["qwen2"]
+    model = load_decoder(path)
+    ids, mask, _ = left_padded_batch(128, [6, 11, 3, 8], seed=7)
+    cfg = SamplingConfig(
+        max_new_tokens=10, temperature=0.9, top_k=20, n_samples=3, prompt_buckets=BUCKETS, method=method
+    )
+    whole = Sampler(model, cfg).generate(ids, mask, jax.random.key(5))
+    assert len(np.unique(whole.response_ids[:, 0])) > 1  # real sampling, not one repeated token
+    for m in (2, 4):
+        sampler = Sampler(model, dataclasses.replace(cfg, micro_batches=m))
+        for as_numpy in (True, False):
+            got = sampler.generate(ids, mask, jax.random.key(5), as_numpy=as_numpy)
+            for field in dataclasses.fields(got):
+                a, b = np.asarray(getattr(got, field.name)), np.asarray(getattr(whole, field.name))
+                if field.name.endswith("logprobs"):
+                    np.testing.assert_allclose(a, b, rtol=0, atol=2e-6, err_msg=f"{field.name}, {m} chunks")
+                else:
+                    np.testing.assert_array_equal(a, b, err_msg=f"{field.name}, {m} chunks")
+        assert sampler.num_compiled == 1
+    with pytest.raises(ValueError, match="micro_batches=3 must divide the batch of 4 prompts"):
+        Sampler(model, dataclasses.replace(cfg, micro_batches=3)).generate(ids, mask, jax.random.key(5))
+
+
 def test_memory_report_and_errors(llama):
     _, model = llama
     mc = model.config
