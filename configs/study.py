@@ -63,7 +63,7 @@ def get_config(budget: str = "full"):
             ablations=("frozen_d",) if ci else ("frozen_d", "on_policy_long", "oracle", "no_d_warmup", "bce"),
             ablation_seeds=(0,),
             ablation_gad_steps=2 if ci else 16,
-            # Room to drift for the frozen-D pair; ci: the main arms' 16, so it reuses their compiled programs.
+            # Room to drift for the frozen-D pair; ci: the main arms' 16 (reuses their compiled programs).
             long_max_tokens=16 if ci else 48,
         )
     )
