@@ -53,10 +53,10 @@ def get_config(budget: str = "full"):
             select_tiebreak=("marker_abs_gap",),
             select_length_band=(0.25, 4.0) if ci else (0.8, 1.25),  # ci: 2 steps, lengths not the point
             validation_every=3 if ci else 5,  # every k-th training prompt is the validation split
-            validation_max=10 if ci else 40,  # 0 = all of it
-            heldout_max=10 if ci else 0,
-            eval_batch_size=10 if ci else 16,
-            c2st_folds=5,
+            validation_max=6 if ci else 40,  # 0 = all of it
+            heldout_max=6 if ci else 0,
+            eval_batch_size=6 if ci else 16,
+            c2st_folds=3 if ci else 5,  # needs 2 x folds texts per side
             eval_seed=1234,  # evaluation keys: never a training stream
             # Ablations (on ablation_seeds, from the same warmup run as GAD where they share it).
             # ci: one ablation (the trainer tests cover the other switches on the tiny model).
@@ -67,6 +67,6 @@ def get_config(budget: str = "full"):
             long_max_tokens=16 if ci else 48,
         )
     )
-    c.demo.heldout_prompts = 10 if ci else 0
-    c.demo.train_prompts = 30 if ci else 0
+    c.demo.heldout_prompts = 6 if ci else 0
+    c.demo.train_prompts = 18 if ci else 0
     return c
