@@ -13,6 +13,7 @@ rotary -> interleaved pairs); we invert that permutation here. Qwen2 / Qwen3 fil
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -91,14 +92,28 @@ class _Metadata:
         return value
 
 
-def _open(path: str | os.PathLike) -> tuple[str, GGUFReader, _Metadata]:
+def read_gguf(path: str | os.PathLike) -> GGUFReader:
+    """The parsed GGUF file (read-only, memory-mapped). Parsing the metadata takes seconds (a 49k-token
+    vocabulary is read field by field), and the model and its tokenizer read the same file, as does every
+    run of a study in one process: the reader is shared while the file is unchanged (path, size, mtime)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"GGUF file not found: {path}")
+    st = os.stat(path)
+    return _read_gguf(os.path.abspath(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_gguf(path: str, size: int, mtime_ns: int) -> GGUFReader:
     try:
-        reader = GGUFReader(path)
+        return GGUFReader(path)
     except Exception as e:  # the gguf reader raises bare ValueErrors without the file name
         raise ValueError(f"{path}: not a readable GGUF file ({e})") from e
+
+
+def _open(path: str | os.PathLike) -> tuple[str, GGUFReader, _Metadata]:
+    path = os.fspath(path)
+    reader = read_gguf(path)
     meta = _Metadata(path, reader)
     if meta.arch not in SUPPORTED_ARCHITECTURES:
         raise ValueError(

@@ -21,7 +21,7 @@ from gguf import GGUFReader
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from gadjax.models.gguf import gguf_field
+from gadjax.models.gguf import gguf_field, read_gguf
 
 # llama.cpp token types (gguf TokenType): only these two become added tokens matched whole in the text.
 _CONTROL, _USER_DEFINED = 3, 4
@@ -100,9 +100,7 @@ def tokenizer_from_gguf(path: str | os.PathLike) -> PreTrainedTokenizerFast:
     reproduce faithfully (another tokenizer model, an unknown pre-tokenizer, duplicate token strings).
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"GGUF file not found: {path}")
-    reader = GGUFReader(path)
+    reader = read_gguf(path)
     kind = gguf_field(reader, "tokenizer.ggml.model")
     if kind != "gpt2":
         raise ValueError(
