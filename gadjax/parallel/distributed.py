@@ -252,6 +252,20 @@ def sync_global_devices(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
+def wait_for_all_processes(name: str, timeout_s: float = 900.0) -> None:
+    """Barrier through the coordination service (no device collective): every process blocks here until
+    all arrive, for up to ``timeout_s``. A no-op for a single process.
+
+    Hosts reach their first collective at different times (model loading and compiling run at each
+    host's own pace); on CPU, gloo gives a new communicator only 30 s to form, which a loaded host can
+    miss. Lining the hosts up here first makes that wait ours, with our timeout."""
+    if jax.process_count() == 1:
+        return
+    import orbax.checkpoint as ocp
+
+    ocp.multihost.get_barrier_sync_fn()(key=name, timeout_ms=int(timeout_s * 1000))
+
+
 def allgather_json(obj: object) -> list:
     """Every process's JSON-serialisable `obj`, in process order, on every process.
 

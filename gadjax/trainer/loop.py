@@ -30,6 +30,7 @@ from ml_collections import ConfigDict
 from gadjax import config as config_lib
 from gadjax.checkpoint import RunCheckpointer
 from gadjax.metrics import MetricsWriter, bar_postfix
+from gadjax.parallel.distributed import wait_for_all_processes
 from gadjax.parallel.mesh import make_mesh
 from gadjax.rollout.sampler import Sampler
 from gadjax.teacher.client import SpendingLimitReached
@@ -73,6 +74,7 @@ class Trainer(RunStateMixin, StageStepsMixin):
         self.g_graphdef, g_params = nnx.split(student, nnx.Param)
         self.d_graphdef, d_params = nnx.split(disc, nnx.Param) if disc is not None else (None, None)
         self.reference_source = {"model": c.model.path or "random_init", "init_from": c.init_from}
+        wait_for_all_processes("gadjax_models_built")  # before the first collective (restores, saves)
         if c.init_from:
             g_params, d_params = self._init_from(c.init_from, g_params, d_params)
         # SPEC.md: the reference is G at the start of the GAD stage (a copy: G's buffers get donated).
