@@ -42,6 +42,12 @@ def _optim(lr: float) -> ConfigDict:
     )
 
 
+def _lora() -> ConfigDict:
+    # targets: fnmatch patterns over q_proj k_proj v_proj o_proj gate_proj up_proj down_proj (or our
+    # names q ... down; "attention", "mlp"). scale = alpha / rank, as PEFT. Dropout is not implemented.
+    return ConfigDict(dict(rank=0, alpha=16.0, dropout=0.0, targets=("*_proj",)))
+
+
 def base_config() -> ConfigDict:
     """Every key the trainer reads, with SPEC.md's defaults (GAD stage, Qwen2.5-7B-scale settings)."""
     c = ConfigDict()
@@ -58,6 +64,9 @@ def base_config() -> ConfigDict:
             dtype="float32",  # compute dtype (bfloat16 on accelerators)
             param_dtype="float32",  # master weights (SPEC.md: fp32)
             remat="none",
+            lora=_lora(),  # rank > 0: train low-rank adapters of G, the base frozen (gadjax.models.lora)
+            # dtype of every frozen LoRA base (G's with model.lora, D's with disc.lora); "" = param_dtype
+            base_dtype="",
         )
     )
     c.disc = ConfigDict(
@@ -72,6 +81,7 @@ def base_config() -> ConfigDict:
             # gad with init_from: False = D starts fresh from disc.path / the student with a new head
             # instead of the warmup's D (the paper's "no discriminator warmup" ablation).
             from_init_run=True,
+            lora=_lora(),  # rank > 0: train adapters of D's backbone (its head always fully), base frozen
         )
     )
     # The generator's reward in the gad stage. "discriminator" (SPEC.md): r = D(x, y_s). "regex": a
@@ -266,6 +276,7 @@ def validate(c: ConfigDict) -> ConfigDict:
     for key in ("dtype", "param_dtype"):
         if c.model[key] not in DTYPES:
             _fail(f"model.{key}", f"{c.model[key]!r} is not one of {DTYPES}")
+    _validate_lora(c)
     if c.model.remat not in REMATS:
         _fail("model.remat", f"{c.model.remat!r} is not one of {REMATS}")
     if c.disc.loss not in ("bradley_terry", "bce"):
@@ -340,6 +351,32 @@ def validate(c: ConfigDict) -> ConfigDict:
 
     evaluation.validate(c, _fail)
     return c
+
+
+def _validate_lora(c: ConfigDict) -> None:
+    from gadjax.models.lora import resolve_targets
+
+    for key in ("model.lora", "disc.lora"):
+        node = c.model.lora if key == "model.lora" else c.disc.lora
+        if not isinstance(node.rank, int) or node.rank < 0:
+            _fail(f"{key}.rank", f"must be an integer >= 0 (0 = off), got {node.rank!r}")
+        if not node.rank:
+            continue
+        if node.alpha <= 0:
+            _fail(f"{key}.alpha", f"must be > 0 (scale = alpha / rank), got {node.alpha}")
+        if node.dropout != 0:
+            _fail(f"{key}.dropout", f"LoRA dropout is not implemented; set 0 (got {node.dropout})")
+        if isinstance(node.targets, str):
+            _fail(f"{key}.targets", f"must be a tuple of patterns, got the string {node.targets!r}")
+        try:
+            resolve_targets(tuple(node.targets))
+        except ValueError as e:
+            _fail(f"{key}.targets", str(e))
+    if c.model.base_dtype:
+        if c.model.base_dtype not in DTYPES:
+            _fail("model.base_dtype", f"{c.model.base_dtype!r} is not one of {DTYPES} (or '')")
+        if not c.model.lora.rank and not (c.disc.lora.rank and c.stage != "seqkd"):
+            _fail("model.base_dtype", "applies to a frozen LoRA base: set model.lora.rank or disc.lora.rank")
 
 
 def _data_kind(path: str) -> str:

@@ -28,12 +28,12 @@ from gadjax.rollout.sampler import SamplingConfig
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def model_kwargs(config: ConfigDict) -> dict[str, Any]:
     m = config.model
-    return dict(dtype=_DTYPES[m.dtype], param_dtype=_DTYPES[m.param_dtype], remat=m.remat)
+    return dict(dtype=DTYPES[m.dtype], param_dtype=DTYPES[m.param_dtype], remat=m.remat)
 
 
 def student_config(config: ConfigDict) -> ModelConfig:

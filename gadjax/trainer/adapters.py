@@ -1,0 +1,78 @@
+"""How the trainer holds a model: all of it trainable (full fine-tuning), or LoRA adapters over a frozen base.
+
+`split_trainable` turns a built Decoder / Discriminator into a `ModelParts`: the graphdef the train steps
+merge, the trainable params (the TrainState's), the frozen base (None for full fine-tuning) and the
+graphdef of the same model WITHOUT adapters, whose state `full_params` gives: the merged weights
+W + scale * A B, made once per rollout / evaluation / export (see gadjax.models.lora for why merged).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+from flax import nnx
+from jax.sharding import Mesh
+
+from gadjax.models import lora
+from gadjax.models.discriminator import Discriminator
+from gadjax.models.sharding import state_shardings
+from gadjax.parallel.rules import use_mesh
+
+
+@dataclasses.dataclass
+class ModelParts:
+    """A model as the trainer holds it (see the module doc)."""
+
+    graphdef: nnx.GraphDef
+    plain_graphdef: nnx.GraphDef
+    base: nnx.State | None
+    lora: lora.LoraConfig | None
+    mesh: Mesh
+    _merge: Any = None
+
+    @property
+    def base_shardings(self) -> Any:
+        return None if self.base is None else state_shardings(self.base, self.mesh)
+
+    def full_params(self, params: Any) -> Any:
+        """The plain model's params (use with `plain_graphdef`): `params` itself without LoRA, else the
+        base with the adapters merged in (a new copy of the adapted weights)."""
+        if self.base is None:
+            return params
+        if self._merge is None:
+            scale = self.lora.scale
+            self._merge = jax.jit(lambda p, b: lora.merge(p, b, scale), out_shardings=self.base_shardings)
+        with use_mesh(self.mesh):
+            return self._merge(params, self.base)
+
+    def step_inputs(self, params: Any) -> Any:
+        """What a forward-only program takes as its params: the params, or (params, base) with LoRA."""
+        return params if self.base is None else (params, self.base)
+
+    def module(self, params: Any) -> nnx.Module:
+        """The plain model (adapters merged) as an nnx module, e.g. for a Hugging Face export."""
+        return nnx.merge(self.plain_graphdef, self.full_params(params))
+
+
+def split_trainable(
+    model: nnx.Module, cfg: lora.LoraConfig | None, key: jax.Array, mesh: Mesh, base_dtype: Any = None
+) -> tuple[ModelParts, nnx.State]:
+    """(ModelParts, trainable params) of a freshly built model. With a LoraConfig, adapters are attached
+    to its blocks (B = 0: the model is unchanged), the base is frozen and optionally cast to base_dtype;
+    a Discriminator's scalar head stays trainable."""
+    plain_graphdef, params = nnx.split(model, nnx.Param)
+    if cfg is None:
+        return ModelParts(plain_graphdef, plain_graphdef, None, None, mesh), params
+    is_disc = isinstance(model, Discriminator)
+    lora.attach((model.backbone if is_disc else model).blocks, cfg, key)
+    graphdef, params, base = nnx.split(model, lora.trainable_filter(is_disc), nnx.Param)
+    if base_dtype is not None:
+        base = lora.cast_base(base, base_dtype)
+    return ModelParts(graphdef, plain_graphdef, base, cfg, mesh), params
+
+
+def param_bytes(tree: Any) -> int:
+    """Bytes of the arrays in a params / optimizer-state tree (for the logs and the plan)."""
+    return sum(int(x.size) * x.dtype.itemsize for x in jax.tree.leaves(tree) if hasattr(x, "dtype"))
