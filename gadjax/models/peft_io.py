@@ -95,11 +95,16 @@ def read_peft_adapter(path: str, model_config: ModelConfig) -> tuple[lora.LoraCo
     if conf.get("use_rslora") or conf.get("fan_in_fan_out"):
         raise ValueError(f"{path}: use_rslora / fan_in_fan_out adapters are not supported")
     tensors = load_file(os.path.join(path, WEIGHTS_FILE))
+    if conf.get("bias", "none") != "none" or conf.get("modules_to_save"):
+        raise ValueError(f"{path}: adapters with trained biases or modules_to_save are not supported")
     by_module = {v: k for k, v in lora.TARGETS.items()}
     targets = lora.resolve_targets([by_module.get(m.split(".")[-1], m) for m in conf["target_modules"]])
     r = int(conf["r"])
     shapes = _weight_shapes(model_config)
     out: dict[str, np.ndarray] = {}
+    missing = [k for n in targets for ab in "AB" if (k := _key(0, n, ab)) not in tensors]
+    if missing:
+        raise ValueError(f"{path}: {WEIGHTS_FILE} lacks {missing[0]} (is it an adapter for this model?)")
     for name in targets:
         ins, outs = shapes[name]
         a = [tensors[_key(i, name, "A")].T.reshape(*ins, r) for i in range(model_config.num_layers)]
