@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cli.require_paths(("SRC", args.src), ("--tokenizer", args.tokenizer), ("--adapter", args.adapter))
         if args.adapter is not None and args.discriminator:
-            raise cli.InputError("--adapter merges a causal-LM (PEFT CAUSAL_LM) adapter; drop --discriminator")
+            raise cli.InputError("--adapter merges a causal-LM adapter; drop --discriminator")
         if args.max_shard_gb <= 0:
             raise cli.InputError(f"--max-shard-gb must be > 0 (got {args.max_shard_gb})")
         tok_src = args.tokenizer or args.src
