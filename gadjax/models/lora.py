@@ -113,7 +113,7 @@ def attach(blocks: nnx.Module, cfg: LoraConfig, key: jax.Array) -> None:
 
 def _placed(make: Any, like: jax.Array, a_names: tuple, b_names: tuple) -> tuple[jax.Array, jax.Array]:
     """make() on like's mesh, each adapter in the sharding its logical names give (the rule table)."""
-    sh = getattr(like, "sharding", None)
+    sh = None if isinstance(like, jax.core.Tracer) else getattr(like, "sharding", None)  # eval_shape
     if not isinstance(sh, jax.sharding.NamedSharding):
         return make()
     shapes = jax.eval_shape(make)

@@ -78,16 +78,19 @@ def program_specs(config: ConfigDict, run: AbstractRun) -> list[ProgramSpec]:
         layer_loop=config.rollout.layer_loop,
     )
     cache_dtype = jnp.dtype(config.model.dtype)
-    params = run.g_state.params
+    # LoRA: the sampler gets the plain model and a merged copy of the base (transient, not resident).
+    lora_g = run.g_base is not None
+    params = run.g_base if lora_g else run.g_state.params
     ids = _sds((b, p), i32, mesh, ("batch", "length"))
     layer_loop = resolve_layer_loop(scfg.layer_loop, mesh)  # the target's devices decide, as in Sampler
-    rollout = jax.jit(functools.partial(_rollout, run.g_graphdef, scfg, cache_dtype, layer_loop))
+    graphdef = run.g_plain_graphdef if lora_g else run.g_graphdef
+    rollout = jax.jit(functools.partial(_rollout, graphdef, scfg, cache_dtype, layer_loop))
     specs.append(
         ProgramSpec(
             "rollout",
             rollout,
             (params, ids, ids, _rng(mesh)),
-            params,
+            () if lora_g else params,
             f"{b} prompts x {n} samples, KV cache {p}+{r_s} tokens",
         )
     )
@@ -104,12 +107,13 @@ def program_specs(config: ConfigDict, run: AbstractRun) -> list[ProgramSpec]:
         "response_mask": _rows((rows, r_s), i32, mesh),
     }
     ref_jit = jax.jit(ref_logprobs, out_shardings=g_batch["response_ids"].sharding)
+    ref_in = (run.ref_params, run.g_base) if lora_g else run.ref_params  # LoRA: adapters + G's base
     specs.append(
         ProgramSpec(
             "ref_logp",
             ref_jit,
-            (run.ref_params, g_batch),
-            run.ref_params,
+            (ref_in, g_batch),
+            ref_in,
             f"{rows} rows x {p}+{r_s} tokens, {m_g} micro-batches",
         )
     )
@@ -130,13 +134,14 @@ def program_specs(config: ConfigDict, run: AbstractRun) -> list[ProgramSpec]:
         loss_type=config.disc.loss,
         micro_batches=m_d,
     )
-    d_jit = jit_step(d_step, _shardings(run.d_state), mesh, d_batch)
+    d_jit = jit_step(d_step, _shardings(run.d_state), mesh, d_batch, frozen_shardings=_shardings(run.d_base))
+    d_frozen = () if run.d_base is None else (run.d_base,)
     specs.append(
         ProgramSpec(
             "d_step",
             d_jit,
-            (run.d_state, d_batch, _rng(mesh)),
-            run.d_state,
+            (run.d_state, d_batch, _rng(mesh), *d_frozen),
+            (run.d_state, *d_frozen),
             f"{b} teacher ({p}+{r_t}) + {rows} student ({p}+{r_s}) sequences, {m_d} micro-batches",
         )
     )
@@ -159,13 +164,14 @@ def program_specs(config: ConfigDict, run: AbstractRun) -> list[ProgramSpec]:
         temperature=t_lp,
     )
     pg_batch = dict(g_batch, advantages=_rows((rows,), f32, mesh), ref_logprobs=_rows((rows, r_s), f32, mesh))
-    g_jit = jit_step(g_step, _shardings(run.g_state), mesh, pg_batch)
+    g_jit = jit_step(g_step, _shardings(run.g_state), mesh, pg_batch, frozen_shardings=_shardings(run.g_base))
+    g_frozen = () if run.g_base is None else (run.g_base,)
     specs.append(
         ProgramSpec(
             "g_step",
             g_jit,
-            (run.g_state, pg_batch, _rng(mesh)),
-            run.g_state,
+            (run.g_state, pg_batch, _rng(mesh), *g_frozen),
+            (run.g_state, *g_frozen),
             f"{rows} rows x {p}+{r_s} tokens, {m_g} micro-batches",
         )
     )
@@ -173,4 +179,4 @@ def program_specs(config: ConfigDict, run: AbstractRun) -> list[ProgramSpec]:
 
 
 def _shardings(tree: Any) -> Any:
-    return jax.tree.map(lambda x: x.sharding, tree)
+    return None if tree is None else jax.tree.map(lambda x: x.sharding, tree)
