@@ -136,19 +136,29 @@ def delta_weight(a: jax.Array, b: jax.Array, scale: float) -> jax.Array:
     return (scale * (a32 @ b32)).reshape(*a.shape[:-1], *b.shape[2:])
 
 
-def merge(lora: nnx.State, base: nnx.State, scale: float) -> nnx.State:
-    """The base state with every adapted weight replaced by W + scale * A B (in W's dtype): the state of
-    the same model without adapters (rollout, evaluation, export). Jit it: it allocates the merged copy."""
+def merged_weights(lora: nnx.State, base: nnx.State, scale: float) -> dict[tuple, jax.Array]:
+    """{base path: W + scale * A B (in W's dtype)} for every adapted weight of `base`."""
     adapters = dict(nnx.to_flat_state(lora))
-    flat = []
+    out = {}
     for path, leaf in nnx.to_flat_state(base):
         a = adapters.get(path[:-1] + (f"{path[-1]}_lora_a",))
         if a is not None:
             b = adapters[path[:-1] + (f"{path[-1]}_lora_b",)]
             w = leaf[...]
-            leaf = leaf.replace((w.astype(jnp.float32) + delta_weight(a[...], b[...], scale)).astype(w.dtype))
-        flat.append((path, leaf))
+            out[path] = (w.astype(jnp.float32) + delta_weight(a[...], b[...], scale)).astype(w.dtype)
+    return out
+
+
+def replace_weights(base: nnx.State, weights: dict[tuple, jax.Array]) -> nnx.State:
+    """`base` with the leaves at the paths of `weights` replaced (the others shared, not copied)."""
+    flat = [(p, leaf.replace(weights[p]) if p in weights else leaf) for p, leaf in nnx.to_flat_state(base)]
     return nnx.from_flat_state(flat)
+
+
+def merge(lora: nnx.State, base: nnx.State, scale: float) -> nnx.State:
+    """The base state with every adapted weight replaced by W + scale * A B: the state of the same model
+    without adapters (rollout, evaluation, export)."""
+    return replace_weights(base, merged_weights(lora, base, scale))
 
 
 def trainable_filter(with_head: bool) -> Any:

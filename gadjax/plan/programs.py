@@ -78,9 +78,11 @@ def program_specs(config: ConfigDict, run: AbstractRun) -> list[ProgramSpec]:
         layer_loop=config.rollout.layer_loop,
     )
     cache_dtype = jnp.dtype(config.model.dtype)
-    # LoRA: the sampler gets the plain model and a merged copy of the base (transient, not resident).
+    # LoRA: the sampler gets the plain model on the base with the adapted weights replaced by merged
+    # copies (transient); the base's other leaves are shared, so they count as resident.
     lora_g = run.g_base is not None
     params = run.g_base if lora_g else run.g_state.params
+    rollout_resident = _shared_base_leaves(run) if lora_g else params
     ids = _sds((b, p), i32, mesh, ("batch", "length"))
     layer_loop = resolve_layer_loop(scfg.layer_loop, mesh)  # the target's devices decide, as in Sampler
     graphdef = run.g_plain_graphdef if lora_g else run.g_graphdef
@@ -90,7 +92,7 @@ def program_specs(config: ConfigDict, run: AbstractRun) -> list[ProgramSpec]:
             "rollout",
             rollout,
             (params, ids, ids, _rng(mesh)),
-            () if lora_g else params,
+            rollout_resident,
             f"{b} prompts x {n} samples, KV cache {p}+{r_s} tokens",
         )
     )
@@ -180,3 +182,13 @@ def program_specs(config: ConfigDict, run: AbstractRun) -> list[ProgramSpec]:
 
 def _shardings(tree: Any) -> Any:
     return None if tree is None else jax.tree.map(lambda x: x.sharding, tree)
+
+
+def _shared_base_leaves(run: AbstractRun) -> list[Any]:
+    """G's frozen base leaves that a LoRA rollout uses as they are (not adapted: embeddings, norms...)."""
+    from flax import nnx
+
+    from gadjax.models import lora
+
+    adapted = jax.eval_shape(lambda p, b: lora.merged_weights(p, b, 1.0), run.g_state.params, run.g_base)
+    return [leaf for path, leaf in nnx.to_flat_state(run.g_base) if path not in adapted]

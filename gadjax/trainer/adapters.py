@@ -41,11 +41,14 @@ class ModelParts:
         base with the adapters merged in (a new copy of the adapted weights)."""
         if self.base is None:
             return params
-        if self._merge is None:
+        if self._merge is None:  # only the adapted weights are new arrays; the rest is the base's
             scale = self.lora.scale
-            self._merge = jax.jit(lambda p, b: lora.merge(p, b, scale), out_shardings=self.base_shardings)
+            fn = lambda p, b: lora.merged_weights(p, b, scale)
+            shardings = dict(nnx.to_flat_state(self.base_shardings))
+            paths = jax.eval_shape(fn, params, self.base)
+            self._merge = jax.jit(fn, out_shardings={k: shardings[k] for k in paths})
         with use_mesh(self.mesh):
-            return self._merge(params, self.base)
+            return lora.replace_weights(self.base, self._merge(params, self.base))
 
     def step_inputs(self, params: Any) -> Any:
         """What a forward-only program takes as its params: the params, or (params, base) with LoRA."""
