@@ -124,5 +124,6 @@ def test_tiny_lora_compiles_and_trains_less_state_than_full(capsys):
     # The frozen bases are bf16: half of the f32 full model's parameter bytes (the D head is trainable).
     assert b["g_frozen_base"] * 2 == full["g_params"]
     assert b["ref_params"] == b["g_params"]  # the reference holds a copy of the adapters only
+    assert "d_frozen_base_shared_with_g" in b  # D's frozen backbone is G's base, counted once
     assert rep["programs"]["g_step"]["memory"]["alias"] > 0  # the adapters' state is still donated
     assert "full fine-tuning:" in out and "LoRA rank 2" in out

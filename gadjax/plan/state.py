@@ -86,10 +86,12 @@ class AbstractRun:
     g_base: Any = None
     d_base: Any = None
     g_plain_graphdef: Any = None
+    d_base_shared: bool = False  # D's frozen backbone is G's frozen base (gadjax.trainer.adapters)
 
     def resident(self) -> tuple[Any, ...]:
         """The long-lived trees: both TrainStates, the reference and the frozen bases."""
-        trees = (self.g_state, self.d_state, self.ref_params, self.g_base, self.d_base)
+        d_base = None if self.d_base_shared else self.d_base
+        trees = (self.g_state, self.d_state, self.ref_params, self.g_base, d_base)
         return tuple(x for x in trees if x is not None)
 
 
@@ -163,6 +165,7 @@ def build_abstract(config: ConfigDict, mesh: Mesh) -> AbstractRun:
         g_base=out["g"][3],
         d_base=out["d"][3],
         g_plain_graphdef=g_parts[1],
+        d_base_shared=g_parts[3] is not None and d_parts[3] is not None and not config.disc.path,
     )
 
 

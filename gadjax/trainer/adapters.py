@@ -76,6 +76,20 @@ def split_trainable(
     return ModelParts(graphdef, plain_graphdef, base, cfg, mesh), params
 
 
+def share_backbone(d: ModelParts, g: ModelParts) -> None:
+    """Let D's frozen backbone BE G's frozen base (one copy in memory, not two). Valid when both are LoRA
+    and D's backbone was initialised from the student: their frozen weights are then the same values,
+    and frozen bases are never donated or updated."""
+    g_flat = dict(nnx.to_flat_state(g.base))
+    flat = []
+    for path, leaf in nnx.to_flat_state(d.base):
+        src = g_flat.get(path[1:]) if path[0] == "backbone" else None
+        if src is not None and src.shape == leaf.shape and src.dtype == leaf.dtype:
+            leaf = leaf.replace(src[...])
+        flat.append((path, leaf))
+    d.base = nnx.from_flat_state(flat)
+
+
 def param_bytes(tree: Any) -> int:
     """Bytes of the arrays in a params / optimizer-state tree (for the logs and the plan)."""
     return sum(int(x.size) * x.dtype.itemsize for x in jax.tree.leaves(tree) if hasattr(x, "dtype"))

@@ -34,7 +34,7 @@ from gadjax.parallel.mesh import make_mesh
 from gadjax.rollout.sampler import Sampler
 from gadjax.teacher.client import SpendingLimitReached
 from gadjax.trainer import build
-from gadjax.trainer.adapters import split_trainable
+from gadjax.trainer.adapters import share_backbone, split_trainable
 from gadjax.trainer.evaluation import TrainingEvaluator
 from gadjax.trainer.flops import device_peak_flops
 from gadjax.trainer.guards import DriftWatch, NonFiniteGuard
@@ -83,6 +83,13 @@ class Trainer(RunStateMixin, StageStepsMixin):
             else (None, None)
         )
         self.d_graphdef = self.d_parts.graphdef if disc is not None else None
+        if (
+            disc is not None
+            and self.g_parts.base is not None
+            and self.d_parts.base is not None
+            and not c.disc.path
+        ):
+            share_backbone(self.d_parts, self.g_parts)  # D's frozen backbone = G's frozen base
         self.reference_source = {"model": c.model.path or "random_init", "init_from": c.init_from}
         if c.init_from:
             g_params, d_params = self._init_from(c.init_from, g_params, d_params)

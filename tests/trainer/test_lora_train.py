@@ -110,3 +110,29 @@ def test_lora_base_is_frozen_in_base_dtype_and_adapters_stay_float32():
     merged = parts.full_params(params)  # the plain model's weights, B = 0: the bf16 base itself
     for a, b in zip(jax.tree.leaves(merged), jax.tree.leaves(parts.base), strict=True):
         np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+
+
+def test_d_backbone_shares_g_frozen_base():
+    import jax
+    from flax import nnx
+
+    from gadjax.models.decoder import Decoder
+    from gadjax.models.discriminator import discriminator_from_decoder
+    from gadjax.models.lora import LoraConfig
+    from gadjax.parallel.mesh import make_mesh
+    from gadjax.trainer.adapters import share_backbone, split_trainable
+    from tests.tiny_models import tiny_model_config
+
+    mesh = make_mesh((1, -1, 1))
+    student = Decoder(tiny_model_config(), rngs=nnx.Rngs(0))
+    disc = discriminator_from_decoder(student)
+    cfg = LoraConfig(4, 8.0, ("q", "v"))
+    g, _ = split_trainable(student, cfg, jax.random.key(0), mesh)
+    d, d_params = split_trainable(disc, cfg, jax.random.key(1), mesh)
+    assert ("head",) in dict(nnx.to_flat_state(d_params))  # D's head trains
+    share_backbone(d, g)
+    g_flat = dict(nnx.to_flat_state(g.base))
+    d_flat = dict(nnx.to_flat_state(d.base))
+    assert set(d_flat) == {("backbone", *p) for p in g_flat if p != ("lm_head",)}  # D has no LM head
+    for path, leaf in d_flat.items():
+        assert leaf[...] is g_flat[path[1:]][...], path  # the same buffer, not a copy
