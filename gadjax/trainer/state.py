@@ -60,6 +60,16 @@ class RunStateMixin:
         return trees["g_params"], trees.get("d_params", d_params)
 
     def _resume(self) -> None:
+        try:  # before restoring: a LoRA mismatch would otherwise surface as an orbax tree mismatch
+            meta = self.ckpt.read_meta()
+        except Exception:  # a damaged newest checkpoint: restore_newest_good below reports and skips it
+            meta = {}
+        if meta and meta.get("lora", {"g": False, "d": False}) != self._lora_meta():
+            raise ValueError(
+                f"config.resume: the checkpoints in {self.ckpt.directory} were trained with LoRA "
+                f"{meta.get('lora')} (G / D adapters), this config has {self._lora_meta()}; resume with the "
+                "same model.lora / disc.lora"
+            )
         templates = {"g_params": self.g_state.params, "g_opt": self.g_state.opt_state}
         if self.d_state is not None:
             templates.update(d_params=self.d_state.params, d_opt=self.d_state.opt_state)

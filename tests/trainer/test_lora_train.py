@@ -68,6 +68,14 @@ def test_lora_warmup_then_gad_resumes_bitwise(tmp_path):
     adapter = load_file(str(straight / "export" / "student_adapter" / "adapter_model.safetensors"))
     assert any(np.abs(v).max() > 0 for k, v in adapter.items() if "lora_B" in k)  # trained, not B = 0
 
+    # Changing the LoRA setting across a hand-off or a resume is refused, naming the key.
+    from gadjax.trainer.loop import Trainer
+
+    with pytest.raises(ValueError, match=r"config\.init_from: .* LoRA"):
+        Trainer(tiny_config(tmp_path / "full", stage="gad", init_from=str(warmup)))
+    with pytest.raises(ValueError, match=r"config\.resume: .* LoRA"):
+        Trainer(tiny_config(tmp_path, stage="gad", run_dir=str(straight), resume=True))
+
 
 @pytest.mark.parametrize(
     "key, value, match",
