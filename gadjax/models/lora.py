@@ -41,7 +41,7 @@ TARGETS: dict[str, str] = {
     "down": "down_proj",
 }
 _IN_AXES = {"o": 2}
-RANK_AXIS = "lora_rank"  # not in the rule table: adapters' rank dimension stays replicated
+RANK_AXIS = "lora_rank"  # the rule table shards it over fsdp unless another dimension already is
 
 
 @dataclasses.dataclass(frozen=True)
