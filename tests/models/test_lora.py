@@ -124,3 +124,17 @@ def test_one_step_changes_only_adapters_and_head(kind):
         assert "head" in changed
     for k, v in _flat(base).items():
         np.testing.assert_array_equal(v, base_before[k])
+
+
+def test_adapters_are_sharded_not_replicated_on_a_mesh():
+    from gadjax.models.sharding import init_sharded
+    from gadjax.parallel.mesh import make_mesh
+
+    mesh = make_mesh((1, -1, 2))  # fsdp 4 x tensor 2
+    model = init_sharded(lambda: Decoder(CFG, rngs=nnx.Rngs(0)), mesh)
+    lora.attach(model.blocks, ALL, jax.random.key(1))
+    for name in ALL.targets:
+        for ab in "ab":
+            arr = getattr(model.blocks, f"{name}_lora_{ab}")[...]
+            # Every adapter is split over fsdp: by its embed dimension, else by its rank dimension.
+            assert "fsdp" in jax.tree.leaves(tuple(arr.sharding.spec)), (name, ab, arr.sharding.spec)
