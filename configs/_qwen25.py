@@ -43,3 +43,12 @@ QWEN25_7B_INSTRUCT = dict(
     num_key_value_heads=4,
     tie_word_embeddings=False,
 )
+# Qwen/Qwen2.5-14B-Instruct: the 7B's fields but these.
+QWEN25_14B_INSTRUCT = dict(
+    QWEN25_7B_INSTRUCT,
+    hidden_size=5120,
+    intermediate_size=13824,
+    num_hidden_layers=48,
+    num_attention_heads=40,
+    num_key_value_heads=8,
+)

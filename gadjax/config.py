@@ -42,6 +42,12 @@ def _optim(lr: float) -> ConfigDict:
     )
 
 
+def _lora() -> ConfigDict:
+    # targets: fnmatch patterns over q_proj k_proj v_proj o_proj gate_proj up_proj down_proj (or our
+    # names q ... down; "attention", "mlp"). scale = alpha / rank, as PEFT. Dropout is not implemented.
+    return ConfigDict(dict(rank=0, alpha=16.0, dropout=0.0, targets=("*_proj",)))
+
+
 def base_config() -> ConfigDict:
     """Every key the trainer reads, with SPEC.md's defaults (GAD stage, Qwen2.5-7B-scale settings)."""
     c = ConfigDict()
@@ -61,6 +67,9 @@ def base_config() -> ConfigDict:
             # Attention backend (gadjax.models.attention): auto | xla | flash | splash | cudnn. auto: splash
             # on TPU, cudnn on GPU with bf16 (else xla), xla on CPU.
             attention="auto",
+            lora=_lora(),  # rank > 0: train low-rank adapters of G, the base frozen (gadjax.models.lora)
+            # dtype of every frozen LoRA base (G's with model.lora, D's with disc.lora); "" = param_dtype
+            base_dtype="",
         )
     )
     c.disc = ConfigDict(
@@ -75,6 +84,7 @@ def base_config() -> ConfigDict:
             # gad with init_from: False = D starts fresh from disc.path / the student with a new head
             # instead of the warmup's D (the paper's "no discriminator warmup" ablation).
             from_init_run=True,
+            lora=_lora(),  # rank > 0: train adapters of D's backbone (its head always fully), base frozen
         )
     )
     # The generator's reward in the gad stage. "discriminator" (SPEC.md): r = D(x, y_s). "regex": a
@@ -279,6 +289,8 @@ def _fail(key: str, msg: str) -> None:
 
 def validate(c: ConfigDict) -> ConfigDict:
     """Check every key the trainer relies on; raise ConfigValidationError naming the first bad one."""
+    from gadjax.trainer import adapters, evaluation
+
     if c.stage not in STAGES:
         _fail("stage", f"{c.stage!r} is not one of {STAGES}")
     if not c.run_dir:
@@ -290,6 +302,7 @@ def validate(c: ConfigDict) -> ConfigDict:
     for key in ("dtype", "param_dtype"):
         if c.model[key] not in DTYPES:
             _fail(f"model.{key}", f"{c.model[key]!r} is not one of {DTYPES}")
+    adapters.validate(c, _fail, DTYPES)
     if c.model.remat not in REMATS:
         _fail("model.remat", f"{c.model.remat!r} is not one of {REMATS}")
     from gadjax.models.attention import BACKENDS
@@ -367,8 +380,6 @@ def validate(c: ConfigDict) -> ConfigDict:
         _fail("teacher.base_url", "teacher.enabled needs teacher.base_url and teacher.model")
     if c.init_from and not os.path.isdir(c.init_from):
         _fail("init_from", f"{c.init_from!r} is not a directory (an earlier run_dir)")
-    from gadjax.trainer import evaluation
-
     evaluation.validate(c, _fail)
     return c
 

@@ -6,6 +6,9 @@ generation_config.json, tokenizer files) that transformers loads. With --discrim
 read as a GAD discriminator (backbone + a fresh score head unless SRC has one) and written as
 *ForSequenceClassification.
 
+With --adapter DIR (a PEFT LoRA directory, e.g. a LoRA run's export/student_adapter) the adapter is
+merged into SRC's weights: W + (lora_alpha / r) * B A, written as a plain HF checkpoint.
+
 The tokenizer comes from --tokenizer (a HF directory or .gguf) or else SRC. A SRC directory without
 tokenizer files (the model alone, as `save_pretrained` writes intermediate checkpoints) still converts:
 the weights are written, with a warning that DST has no tokenizer.
@@ -47,11 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("dst", help="output HF directory")
     p.add_argument("--tokenizer", default=None, help="tokenizer source: HF directory or .gguf (default: SRC)")
     p.add_argument("--discriminator", action="store_true", help="write a discriminator (sequence classifier)")
+    p.add_argument("--adapter", default=None, help="PEFT LoRA directory to merge into SRC's weights")
     p.add_argument("--max-shard-gb", type=float, default=2.0, help="safetensors shard size")
     args = cli.one_line_errors(p, PROG).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        cli.require_paths(("SRC", args.src), ("--tokenizer", args.tokenizer))
+        cli.require_paths(("SRC", args.src), ("--tokenizer", args.tokenizer), ("--adapter", args.adapter))
+        if args.adapter is not None and args.discriminator:
+            raise cli.InputError("--adapter merges a causal-LM adapter; drop --discriminator")
         if args.max_shard_gb <= 0:
             raise cli.InputError(f"--max-shard-gb must be > 0 (got {args.max_shard_gb})")
         tok_src = args.tokenizer or args.src
@@ -66,6 +72,11 @@ def main(argv: list[str] | None = None) -> int:
 
         with cli.input_errors(f"SRC {args.src}"):
             model = load_discriminator(args.src) if args.discriminator else load_decoder(args.src)
+        if args.adapter is not None:
+            from gadjax.models.peft_io import merge_peft_adapter
+
+            with cli.input_errors(f"--adapter {args.adapter}"):
+                merge_peft_adapter(model, args.adapter)
         tokenizer = None
         if has_tokenizer(tok_src):
             with cli.input_errors(f"{'--tokenizer' if args.tokenizer else 'SRC'} {tok_src}"):

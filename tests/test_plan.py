@@ -199,3 +199,23 @@ def test_rollout_micro_batches_shrink_the_rollout_program():
     assert one == c.rollout.max_new_tokens * (100 + 10)  # float32 compute: weights at full size
     c.rollout.micro_batches = 4
     assert floor_bytes(c, sizes)["rollout"] == 4 * one  # the breakdown's kv_cache is already one chunk's
+
+
+def test_tiny_lora_compiles_and_trains_less_state_than_full(capsys):
+    c = tiny.get_config()
+    c.model.lora.rank = c.disc.lora.rank = 2
+    c.model.base_dtype = "bfloat16"
+    rep = plan.main(c, "v5p-8")
+    out = capsys.readouterr().out
+    assert set(rep["programs"]) == set(plan.PROGRAMS)
+    lora, full = rep["trainable_bytes_per_chip"], rep["full_finetune_trainable_bytes_per_chip"]
+    for tag in ("g", "d"):
+        assert 0 < lora[f"{tag}_params"] < full[f"{tag}_params"] / 4
+        assert 0 < lora[f"{tag}_opt_state"] < full[f"{tag}_opt_state"] / 4
+    b = rep["breakdown_bytes_per_chip"]
+    # The frozen bases are bf16: half of the f32 full model's parameter bytes (the D head is trainable).
+    assert b["g_frozen_base"] * 2 == full["g_params"]
+    assert b["ref_params"] == b["g_params"]  # the reference holds a copy of the adapters only
+    assert "d_frozen_base_shared_with_g" in b  # D's frozen backbone is G's base, counted once
+    assert rep["programs"]["g_step"]["memory"]["alias"] > 0  # the adapters' state is still donated
+    assert "full fine-tuning:" in out and "LoRA rank 2" in out

@@ -90,7 +90,8 @@ def make_logprob_fn(
     slice, as in the policy step."""
 
     def one(params: Any, batch: Batch) -> jax.Array:
-        model = nnx.merge(graphdef, params)
+        # LoRA: params = (adapters, frozen base), see gadjax.trainer.adapters.
+        model = nnx.merge(graphdef, *params) if isinstance(params, tuple) else nnx.merge(graphdef, params)
         logp, _ = sequence_logprobs(
             model,
             batch["prompt_ids"],

@@ -11,6 +11,10 @@ slice keeps rows on every data shard) and scanned; every micro-batch loss is nor
 count of tokens (or prompts) of the whole batch, so the summed gradient equals the full-batch gradient,
 weighted by real token counts (levanter's grad_accum, verl's agg_loss with global token counts).
 
+LoRA (gadjax.models.lora): `state.params` holds only the trainable adapters (and D's head), and the step
+takes the frozen base as a fourth argument `frozen` (not donated, never differentiated); None = full
+fine-tuning, as before.
+
 Non-finite guard: if the loss or the gradient norm is not finite, the update is skipped (params and
 optimizer state unchanged, step count still advances) and `skipped` = 1 is reported.
 """
@@ -155,6 +159,11 @@ def _apply_update(
     }
 
 
+def _model(graphdef: nnx.GraphDef, params: Any, frozen: Any) -> nnx.Module:
+    """The model from its trainable params and, for LoRA, the frozen base (never differentiated)."""
+    return nnx.merge(graphdef, params) if frozen is None else nnx.merge(graphdef, params, frozen)
+
+
 def _sequence_inputs(b: Batch) -> tuple[jax.Array, ...]:
     """(prompt_ids, prompt_mask, response_ids, response_mask): the sequence arguments of
     `sequence_logprobs` / `sequence_scores`."""
@@ -173,12 +182,14 @@ def make_sft_step(
 ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
     """Token-mean cross-entropy of the teacher response (incl. EOS) given the prompt (SPEC.md seqkd)."""
 
-    def step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, Metrics]:
+    def step(
+        state: TrainState, batch: Batch, rng: jax.Array, frozen: Any = None
+    ) -> tuple[TrainState, Metrics]:
         del rng  # deterministic
         num_tokens = jnp.sum(batch["response_mask"]).astype(jnp.float32)
 
         def loss_fn(params, b):
-            model = nnx.merge(graphdef, params)
+            model = _model(graphdef, params, frozen)
             logp, _ = sequence_logprobs(model, *_sequence_inputs(b), chunk_size=chunk_size)
             loss = sft_loss(logp, b["response_mask"], num_tokens=num_tokens)
             return loss, {"sft_nll_sum": -jnp.sum(logp * b["response_mask"])}
@@ -217,7 +228,9 @@ def make_discriminator_step(
     d_loss_fn = losses[loss_type]
     n = n_samples
 
-    def step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, Metrics]:
+    def step(
+        state: TrainState, batch: Batch, rng: jax.Array, frozen: Any = None
+    ) -> tuple[TrainState, Metrics]:
         del rng
         b_prompts = batch["prompt_ids"].shape[0]
         grouped = dict(batch)
@@ -225,7 +238,7 @@ def make_discriminator_step(
         grouped["student_mask"] = batch["student_mask"].reshape(b_prompts, n, -1)
 
         def loss_fn(params, b):
-            model = nnx.merge(graphdef, params)
+            model = _model(graphdef, params, frozen)
             bp = b["prompt_ids"].shape[0]
             t = sequence_scores(model, *_sequence_inputs(b))
             rep = lambda x: jnp.repeat(x, n, axis=0)
@@ -289,7 +302,9 @@ def make_policy_step(
     """
     cfg = loss_cfg
 
-    def step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, Metrics]:
+    def step(
+        state: TrainState, batch: Batch, rng: jax.Array, frozen: Any = None
+    ) -> tuple[TrainState, Metrics]:
         del rng
         mask_all = batch["response_mask"].astype(jnp.float32)
         num_tokens = jnp.sum(mask_all)
@@ -297,7 +312,7 @@ def make_policy_step(
         horizon = float(batch["response_ids"].shape[1])
 
         def loss_fn(params, b):
-            model = nnx.merge(graphdef, params)
+            model = _model(graphdef, params, frozen)
             logp, entropy = sequence_logprobs(
                 model,
                 *_sequence_inputs(b),

@@ -24,6 +24,7 @@ from flax import nnx
 
 from gadjax.models import attention as A
 from gadjax.models import layers as L
+from gadjax.models import lora
 from gadjax.models.config import ModelConfig
 from gadjax.parallel.rules import constrain
 
@@ -107,14 +108,23 @@ def _layer(
     mask: jax.Array | None,
     cached: tuple[jax.Array, jax.Array, jax.Array] | None,
     backend: str = "xla",
+    lora_scale: float | None = None,
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    """One pre-norm transformer layer; returns the new hidden state and this layer's new k, v."""
+    """One pre-norm transformer layer; returns the new hidden state and this layer's new k, v.
+    `p` may hold LoRA adapters (`q_lora_a`, ...), applied unmerged with `lora_scale`."""
     dt = x.dtype
     p = {k: v.astype(dt) for k, v in p.items()}
+
+    def adapted(y: jax.Array, x_in: jax.Array, name: str) -> jax.Array:
+        """y + the LoRA delta of weight `name` when it has adapters (gadjax.models.lora), else y."""
+        if f"{name}_lora_a" not in p:
+            return y
+        return y + lora.delta(x_in, p[f"{name}_lora_a"], p[f"{name}_lora_b"], lora_scale)
+
     h = L.rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
-    q = jnp.einsum("btd,dnh->btnh", h, p["q"])
-    k = jnp.einsum("btd,dnh->btnh", h, p["k"])
-    v = jnp.einsum("btd,dnh->btnh", h, p["v"])
+    q = adapted(jnp.einsum("btd,dnh->btnh", h, p["q"]), h, "q")
+    k = adapted(jnp.einsum("btd,dnh->btnh", h, p["k"]), h, "k")
+    v = adapted(jnp.einsum("btd,dnh->btnh", h, p["v"]), h, "v")
     if cfg.attention_bias:
         q, k, v = q + p["q_bias"], k + p["k_bias"], v + p["v_bias"]
     if cfg.qk_norm:
@@ -125,10 +135,17 @@ def _layer(
     attn = A.attend(backend, q, k, v, key_valid, mask, cached)
     # As one [B*T, H*D] x [H*D, hidden] matmul: the 3-index einsum made XLA copy-transpose `o` per call.
     b, t = x.shape[:2]
-    x = x + (attn.reshape(b, t, -1) @ p["o"].reshape(-1, p["o"].shape[-1]))
+    attn = attn.reshape(b, t, -1)
+    x = x + adapted(attn @ p["o"].reshape(-1, p["o"].shape[-1]), attn, "o")
     x = constrain(x, ("batch", "length", "act_embed"))
     h = L.rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
-    x = x + L.swiglu(h, p["gate"], p["up"], p["down"])
+    if not any(f"{n}_lora_a" in p for n in ("gate", "up", "down")):
+        x = x + L.swiglu(h, p["gate"], p["up"], p["down"])
+    else:
+        g = adapted(jnp.einsum("btd,dm->btm", h, p["gate"]), h, "gate")
+        u = adapted(jnp.einsum("btd,dm->btm", h, p["up"]), h, "up")
+        a = jax.nn.silu(g) * u
+        x = x + adapted(jnp.einsum("btm,md->btd", a, p["down"]), a, "down")
     return constrain(x, ("batch", "length", "act_embed")), (k, v)
 
 
@@ -212,6 +229,7 @@ class Decoder(nnx.Module):
         x = self.embed_tokens(input_ids)
 
         read_cache = cache is not None and not cache_is_empty
+        lora_scale = getattr(self.blocks, "lora_scale", None)  # set by gadjax.models.lora.attach
 
         def body(x, layer):
             if not read_cache:
@@ -222,7 +240,7 @@ class Decoder(nnx.Module):
                 # Slots written before this call, and valid (not left padding).
                 cache_mask = (cache.mask.astype(bool) & (slots[None, :] < cache.index))[:, None, :]
                 cached = (k_cache, v_cache, jnp.broadcast_to(cache_mask, (x.shape[0], t, cache.max_length)))
-            return _layer(x, p, cfg, cos, sin, mask_new, new_mask, cached, backend)
+            return _layer(x, p, cfg, cos, sin, mask_new, new_mask, cached, backend, lora_scale)
 
         policy = REMAT_POLICIES[self.remat]
         if self.remat != "none":

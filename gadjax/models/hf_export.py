@@ -17,15 +17,8 @@ from flax import nnx
 from gadjax.models.decoder import Decoder
 from gadjax.models.discriminator import Discriminator
 from gadjax.models.hf_io import mapping_for, param_paths
+from gadjax.parallel.distributed import host_array
 from gadjax.storage import write_dir_when_complete
-
-
-def _host_array(x: jax.Array) -> np.ndarray:
-    if jax.process_count() > 1 and not x.is_fully_addressable:
-        from jax.experimental import multihost_utils
-
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(jax.device_get(x))
 
 
 def iter_hf_tensors(model: Decoder | Discriminator) -> Iterator[tuple[str, np.ndarray]]:
@@ -33,7 +26,7 @@ def iter_hf_tensors(model: Decoder | Discriminator) -> Iterator[tuple[str, np.nd
     cfg = model.config
     for path, leaf in param_paths(nnx.state(model, nnx.Param)).items():
         m = mapping_for(path)
-        arr = _host_array(leaf[...]).astype(np.float32)
+        arr = host_array(leaf[...]).astype(np.float32)
         if m.per_layer:
             for i in range(cfg.num_layers):
                 yield m.hf_name.format(i=i), np.ascontiguousarray(m.to_hf(arr[i], cfg))

@@ -29,8 +29,10 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
+import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -264,6 +266,17 @@ def wait_for_all_processes(name: str, timeout_s: float = 900.0) -> None:
     import orbax.checkpoint as ocp
 
     ocp.multihost.get_barrier_sync_fn()(key=name, timeout_ms=int(timeout_s * 1000))
+
+
+def host_array(x: Any) -> np.ndarray:
+    """A (possibly multi-host) jax.Array as a full numpy array on every process (a numpy array as is)."""
+    if isinstance(x, np.ndarray):
+        return x
+    if jax.process_count() > 1 and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
 
 
 def allgather_json(obj: object) -> list:

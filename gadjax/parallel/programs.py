@@ -79,12 +79,18 @@ def jit_step(
     mesh: Mesh,
     batch_example: dict[str, Any],
     rules: Rules = DEFAULT_RULES,
+    frozen_shardings: Any = None,
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
-    """jax.jit(step) with explicit shardings: state (donated), batch by rows, rng and metrics replicated."""
+    """jax.jit(step) with explicit shardings: state (donated), batch by rows, rng and metrics replicated.
+    With `frozen_shardings` (LoRA) the step takes a fourth argument, the frozen base: not donated, so it
+    can be shared (G's base with the KL reference)."""
     replicated = NamedSharding(mesh, PartitionSpec())
+    ins = (state_shardings, batch_shardings(batch_example, mesh, rules), replicated)
+    if frozen_shardings is not None:
+        ins = (*ins, frozen_shardings)
     return jax.jit(
         step,
-        in_shardings=(state_shardings, batch_shardings(batch_example, mesh, rules), replicated),
+        in_shardings=ins,
         out_shardings=(state_shardings, replicated),
         donate_argnums=(0,),
     )

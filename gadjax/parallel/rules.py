@@ -35,6 +35,9 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("kv_heads", "tensor"),
     ("head_dim", None),
     ("mlp", "tensor"),
+    # LoRA adapters' rank dimension: over fsdp where no other dimension of the adapter already is (B of
+    # q/k/v/gate/up has no embed dimension; without this rule it would be replicated on every chip).
+    ("lora_rank", "fsdp"),
     ("norm", None),
     ("act_embed", None),
     ("act_heads", "tensor"),

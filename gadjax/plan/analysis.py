@@ -33,7 +33,8 @@ def _path_name(path: tuple) -> str:
 
 def _largest_arrays(run: AbstractRun, k: int = 5) -> list[dict[str, Any]]:
     items = []
-    for tag, tree in (("g", run.g_state), ("d", run.d_state), ("ref", run.ref_params)):
+    trees = (("g", run.g_state), ("d", run.d_state), ("ref", run.ref_params), ("g_base", run.g_base))
+    for tag, tree in (*trees, ("d_base", None if run.d_base_shared else run.d_base)):
         for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
             nbytes = int(np.prod(x.shape)) * jnp.dtype(x.dtype).itemsize
             shard = x.sharding.shard_shape(x.shape)
@@ -68,6 +69,10 @@ def our_breakdown(config: ConfigDict, run: AbstractRun) -> dict[str, int]:
         "d_grads": d_params,
         "ref_params": per_chip_bytes(run.ref_params),
     }
+    for tag, base in (("g", run.g_base), ("d", run.d_base)):  # LoRA: the frozen bases
+        if base is not None:
+            shared = tag == "d" and run.d_base_shared
+            out[f"{tag}_frozen_base" + ("_shared_with_g" if shared else "")] = per_chip_bytes(base)
     b, n = config.data.batch_size, config.rollout.n_samples
     p, r = config.data.max_prompt_tokens, config.rollout.max_new_tokens
     item = jnp.dtype(config.model.dtype).itemsize

@@ -81,16 +81,21 @@ def program_specs(config: ConfigDict, run: AbstractRun) -> list[ProgramSpec]:
         micro_batches=m_r,
     )
     cache_dtype = jnp.dtype(config.model.dtype)
-    params = run.g_state.params
+    # LoRA: the sampler gets the plain model on the base with the adapted weights replaced by merged
+    # copies (transient); the base's other leaves are shared, so they count as resident.
+    lora_g = run.g_base is not None
+    params = run.g_base if lora_g else run.g_state.params
+    rollout_resident = _shared_base_leaves(run) if lora_g else params
     ids = _sds((b // m_r, p), i32, mesh, ("batch", "length"))
     layer_loop = resolve_layer_loop(scfg.layer_loop, mesh)  # the target's devices decide, as in Sampler
-    rollout = jax.jit(functools.partial(_rollout, run.g_graphdef, scfg, cache_dtype, layer_loop))
+    graphdef = run.g_plain_graphdef if lora_g else run.g_graphdef
+    rollout = jax.jit(functools.partial(_rollout, graphdef, scfg, cache_dtype, layer_loop))
     specs.append(
         ProgramSpec(
             "rollout",
             rollout,
             (params, ids, ids, _rng(mesh)),
-            params,
+            rollout_resident,
             f"{b // m_r} prompts x {n} samples (x {m_r} chunks), KV cache {p}+{r_s} tokens",
         )
     )
@@ -107,12 +112,13 @@ def program_specs(config: ConfigDict, run: AbstractRun) -> list[ProgramSpec]:
         "response_mask": _rows((rows, r_s), i32, mesh),
     }
     ref_jit = jax.jit(ref_logprobs, out_shardings=g_batch["response_ids"].sharding)
+    ref_in = (run.ref_params, run.g_base) if lora_g else run.ref_params  # LoRA: adapters + G's base
     specs.append(
         ProgramSpec(
             "ref_logp",
             ref_jit,
-            (run.ref_params, g_batch),
-            run.ref_params,
+            (ref_in, g_batch),
+            ref_in,
             f"{rows} rows x {p}+{r_s} tokens, {m_g} micro-batches",
         )
     )
@@ -133,13 +139,14 @@ def program_specs(config: ConfigDict, run: AbstractRun) -> list[ProgramSpec]:
         loss_type=config.disc.loss,
         micro_batches=m_d,
     )
-    d_jit = jit_step(d_step, _shardings(run.d_state), mesh, d_batch)
+    d_jit = jit_step(d_step, _shardings(run.d_state), mesh, d_batch, frozen_shardings=_shardings(run.d_base))
+    d_frozen = () if run.d_base is None else (run.d_base,)
     specs.append(
         ProgramSpec(
             "d_step",
             d_jit,
-            (run.d_state, d_batch, _rng(mesh)),
-            run.d_state,
+            (run.d_state, d_batch, _rng(mesh), *d_frozen),
+            (run.d_state, *d_frozen),
             f"{b} teacher ({p}+{r_t}) + {rows} student ({p}+{r_s}) sequences, {m_d} micro-batches",
         )
     )
@@ -155,13 +162,14 @@ def program_specs(config: ConfigDict, run: AbstractRun) -> list[ProgramSpec]:
         temperature=t_lp,
     )
     pg_batch = dict(g_batch, advantages=_rows((rows,), f32, mesh), ref_logprobs=_rows((rows, r_s), f32, mesh))
-    g_jit = jit_step(g_step, _shardings(run.g_state), mesh, pg_batch)
+    g_jit = jit_step(g_step, _shardings(run.g_state), mesh, pg_batch, frozen_shardings=_shardings(run.g_base))
+    g_frozen = () if run.g_base is None else (run.g_base,)
     specs.append(
         ProgramSpec(
             "g_step",
             g_jit,
-            (run.g_state, pg_batch, _rng(mesh)),
-            run.g_state,
+            (run.g_state, pg_batch, _rng(mesh), *g_frozen),
+            (run.g_state, *g_frozen),
             f"{rows} rows x {p}+{r_s} tokens, {m_g} micro-batches",
         )
     )
@@ -169,4 +177,14 @@ def program_specs(config: ConfigDict, run: AbstractRun) -> list[ProgramSpec]:
 
 
 def _shardings(tree: Any) -> Any:
-    return jax.tree.map(lambda x: x.sharding, tree)
+    return None if tree is None else jax.tree.map(lambda x: x.sharding, tree)
+
+
+def _shared_base_leaves(run: AbstractRun) -> list[Any]:
+    """G's frozen base leaves that a LoRA rollout uses as they are (not adapted: embeddings, norms...)."""
+    from flax import nnx
+
+    from gadjax.models import lora
+
+    adapted = jax.eval_shape(lambda p, b: lora.merged_weights(p, b, 1.0), run.g_state.params, run.g_base)
+    return [leaf for path, leaf in nnx.to_flat_state(run.g_base) if path not in adapted]

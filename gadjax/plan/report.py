@@ -44,6 +44,13 @@ def format_report(rep: dict[str, Any]) -> str:
     for k, v in rep["breakdown_bytes_per_chip"].items():
         lines.append(f"  {k:<22}{_g(v)}")
     lines.append(f"  {'long-lived state':<22}{_g(rep['resident_state_bytes_per_chip'])}  (G, D, reference)")
+    t, full = rep["trainable_bytes_per_chip"], rep.get("full_finetune_trainable_bytes_per_chip")
+    for tag in ("g", "d"):
+        both = t[f"{tag}_params"] + t[f"{tag}_opt_state"]
+        line = f"  {tag.upper() + ' trainable + opt':<22}{_g(both)}"
+        if full:
+            line += f"  (full fine-tuning: {_g(full[f'{tag}_params'] + full[f'{tag}_opt_state']).strip()})"
+        lines.append(line + ("" if not rep.get("lora", {}).get(tag) else f"  LoRA rank {rep['lora'][tag]}"))
     lines += ["", "largest arrays (global shape, sharding spec, GiB per chip):"]
     for a in rep["largest_arrays"]:
         lines.append(

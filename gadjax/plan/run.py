@@ -14,7 +14,7 @@ from gadjax.plan.errors import PlanDoesNotFitError, PlanError
 from gadjax.plan.oom import advice, parse_oom
 from gadjax.plan.programs import PROGRAMS, program_specs
 from gadjax.plan.roofline import floor_bytes, program_bound, step_prediction, xla_cost
-from gadjax.plan.state import build_abstract, per_chip_bytes
+from gadjax.plan.state import build_abstract, per_chip_bytes, trainable_bytes
 from gadjax.plan.topology import GiB, parse_topology, topology_devices
 
 
@@ -62,7 +62,7 @@ def run_plan(
     hbm = hbm_bytes if hbm_bytes is not None else topo.chip.hbm_bytes
     mesh = make_plan_mesh(config, devices)
     run = build_abstract(config, mesh)
-    resident_total = sum(per_chip_bytes(x) for x in (run.g_state, run.d_state, run.ref_params))
+    resident_total = sum(per_chip_bytes(x) for x in run.resident())
     analytic = model_flops_per_step(config, run.model_config)
     breakdown = our_breakdown(config, run)
     floors = floor_bytes(config, breakdown)
@@ -92,11 +92,18 @@ def run_plan(
             "micro_batches_d": config.train.micro_batches_d,
         },
         "resident_state_bytes_per_chip": resident_total,
+        "trainable_bytes_per_chip": trainable_bytes(run),
         "breakdown_bytes_per_chip": breakdown,
         "largest_arrays": _largest_arrays(run),
         "notes": run.notes,
+        "lora": {"g": config.model.lora.rank, "d": config.disc.lora.rank},
         "programs": {},
     }
+    if config.model.lora.rank or config.disc.lora.rank:  # what full fine-tuning would hold (shapes only)
+        full = ConfigDict(config.to_dict())
+        full.model.lora.rank = full.disc.lora.rank = 0
+        full.model.base_dtype = ""
+        report["full_finetune_trainable_bytes_per_chip"] = trainable_bytes(build_abstract(full, mesh))
     specs = [s for s in program_specs(config, run) if s.name in programs]
     with use_mesh(mesh):
         for spec in specs:

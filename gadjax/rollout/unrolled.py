@@ -78,6 +78,8 @@ def decode_weights(model: Decoder) -> dict[str, Any]:
     cfg, dt = model.config, model.dtype
     h, d, nh, nkv = cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
     stacked = model.blocks.arrays()
+    if any(name.endswith("_lora_a") for name in stacked):  # the fused weights would drop the adapters
+        raise ValueError("decode_weights: the model has LoRA adapters; merge them first (gadjax.models.lora)")
     layers = []
     for i in range(cfg.num_layers):
         p = {name: arr[i] for name, arr in stacked.items()}  # parameter dtype (f32 master weights)

@@ -29,15 +29,15 @@ from gadjax.rollout.sampler import SamplingConfig
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def model_kwargs(config: ConfigDict) -> dict[str, Any]:
     """Decoder keyword arguments; model.attention is resolved (and checked) for this process's platform."""
     m = config.model
-    dtype = _DTYPES[m.dtype]
+    dtype = DTYPES[m.dtype]
     attention = resolve_attention(m.attention, dtype=dtype)
-    return dict(dtype=dtype, param_dtype=_DTYPES[m.param_dtype], remat=m.remat, attention=attention)
+    return dict(dtype=dtype, param_dtype=DTYPES[m.param_dtype], remat=m.remat, attention=attention)
 
 
 def student_config(config: ConfigDict) -> ModelConfig:
@@ -199,17 +199,6 @@ def steps_per_epoch(pipeline: Any) -> int:
 def copy_tree(tree: Any) -> Any:
     """A real copy (new buffers) so donating one tree never invalidates the other."""
     return jax.tree.map(jnp.copy, tree)
-
-
-def host_array(x: Any) -> np.ndarray:
-    """A (possibly multi-host) jax.Array as a full numpy array on every process."""
-    if isinstance(x, np.ndarray):
-        return x
-    if jax.process_count() > 1 and not x.is_fully_addressable:
-        from jax.experimental import multihost_utils
-
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(x)
 
 
 def global_host_batch(

@@ -24,17 +24,18 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-from flax import nnx
 from ml_collections import ConfigDict
 
 from gadjax import config as config_lib
 from gadjax.checkpoint import RunCheckpointer
 from gadjax.metrics import MetricsWriter, bar_postfix
+from gadjax.models.lora import lora_config
 from gadjax.parallel.distributed import wait_for_all_processes
 from gadjax.parallel.mesh import make_mesh
 from gadjax.rollout.sampler import Sampler
 from gadjax.teacher.client import SpendingLimitReached
 from gadjax.trainer import build
+from gadjax.trainer.adapters import share_backbone, split_trainable
 from gadjax.trainer.evaluation import TrainingEvaluator
 from gadjax.trainer.flops import device_peak_flops
 from gadjax.trainer.guards import DriftWatch, NonFiniteGuard
@@ -71,13 +72,31 @@ class Trainer(RunStateMixin, StageStepsMixin):
         student = build.build_student(c, self.mesh)
         self.model_config = student.config
         disc = build.build_discriminator(c, self.mesh, student) if self.stage != "seqkd" else None
-        self.g_graphdef, g_params = nnx.split(student, nnx.Param)
-        self.d_graphdef, d_params = nnx.split(disc, nnx.Param) if disc is not None else (None, None)
+        # LoRA (model.lora / disc.lora): adapters are attached now, after D copied the student's weights.
+        base_dtype = build.DTYPES[c.model.base_dtype] if c.model.base_dtype else None
+        self.g_parts, g_params = split_trainable(
+            student, lora_config(c.model.lora), jax.random.key(c.seed + 2), self.mesh, base_dtype
+        )
+        self.g_graphdef = self.g_parts.graphdef
+        self.d_parts, d_params = (
+            split_trainable(disc, lora_config(c.disc.lora), jax.random.key(c.seed + 3), self.mesh, base_dtype)
+            if disc is not None
+            else (None, None)
+        )
+        self.d_graphdef = self.d_parts.graphdef if disc is not None else None
+        if (
+            disc is not None
+            and self.g_parts.base is not None
+            and self.d_parts.base is not None
+            and not c.disc.path
+        ):
+            share_backbone(self.d_parts, self.g_parts)  # D's frozen backbone = G's frozen base
         self.reference_source = {"model": c.model.path or "random_init", "init_from": c.init_from}
         wait_for_all_processes("gadjax_models_built")  # before the first collective (restores, saves)
         if c.init_from:
             g_params, d_params = self._init_from(c.init_from, g_params, d_params)
         # SPEC.md: the reference is G at the start of the GAD stage (a copy: G's buffers get donated).
+        # With LoRA only the adapters are copied: the reference shares G's frozen base.
         self.ref_params = build.copy_tree(g_params) if self.stage == "gad" else None
 
         self.g_opt = build.build_optimizer(c.optim_g, self.total_steps)
@@ -88,8 +107,8 @@ class Trainer(RunStateMixin, StageStepsMixin):
         else:
             self.d_state = None
         self.sampler = (
-            Sampler(
-                (self.g_graphdef, g_params),
+            Sampler(  # samples from the plain model; with LoRA the adapters are merged per rollout
+                (self.g_parts.plain_graphdef, g_params if self.g_parts.base is None else self.g_parts.base),
                 build.sampling_config(c, self.tokenizer, self.model_config),
                 mesh=self.mesh,
             )

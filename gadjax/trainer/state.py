@@ -12,7 +12,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from gadjax.algo.steps import (
     TrainState,
@@ -44,6 +43,14 @@ class RunStateMixin:
         step = src.latest_step()
         templates = {"g_params": g_params}
         meta = src.read_meta(step)
+        ours = self._lora_meta()
+        theirs = meta.get("lora", {"g": False, "d": False})
+        d_too = d_params is not None and meta.get("has_d") and self.config.disc.from_init_run
+        if theirs["g"] != ours["g"] or (d_too and theirs["d"] != ours["d"]):
+            raise ValueError(
+                f"config.init_from: {run_dir} was trained with LoRA {theirs} (G / D adapters), this config "
+                f"has {ours}; a stage hand-off keeps the same model.lora / disc.lora setting"
+            )
         if d_params is not None and meta.get("has_d") and self.config.disc.from_init_run:
             templates["d_params"] = d_params
         trees, meta = src.restore(step, templates)
@@ -53,6 +60,16 @@ class RunStateMixin:
         return trees["g_params"], trees.get("d_params", d_params)
 
     def _resume(self) -> None:
+        try:  # before restoring: a LoRA mismatch would otherwise surface as an orbax tree mismatch
+            meta = self.ckpt.read_meta()
+        except Exception:  # a damaged newest checkpoint: restore_newest_good below reports and skips it
+            meta = {}
+        if meta and meta.get("lora", {"g": False, "d": False}) != self._lora_meta():
+            raise ValueError(
+                f"config.resume: the checkpoints in {self.ckpt.directory} were trained with LoRA "
+                f"{meta.get('lora')} (G / D adapters), this config has {self._lora_meta()}; resume with the "
+                "same model.lora / disc.lora"
+            )
         templates = {"g_params": self.g_state.params, "g_opt": self.g_state.opt_state}
         if self.d_state is not None:
             templates.update(d_params=self.d_state.params, d_opt=self.d_state.opt_state)
@@ -96,33 +113,48 @@ class RunStateMixin:
             # Each host's own iterator position (hosts read different shards; process 0 writes meta).
             "data_states": allgather_json(self.data_iter.get_state()),
             "reference_source": self.reference_source,
+            "lora": self._lora_meta(),
         }
         self.ckpt.save(step, trees, meta, force=force)
 
-    def export_best(self) -> None:
-        """HF export of the selected student to export/best (selection.json says which step and why)."""
+    def _lora_meta(self) -> dict[str, bool]:
+        """Which models train adapters: the checkpointed params are then the adapters (and D's head)."""
+        return {
+            "g": self.g_parts.lora is not None,
+            "d": self.d_parts is not None and self.d_parts.lora is not None,
+        }
+
+    def _export_student(self, params: Any, out: str) -> None:
+        """HF export of G (adapters merged); with LoRA also a PEFT adapter directory at <out>_adapter."""
         from gadjax.models.hf_export import save_hf_checkpoint
 
+        save_hf_checkpoint(self.g_parts.module(params), out, tokenizer=self.tokenizer)
+        if self.g_parts.lora is not None:
+            from gadjax.models.peft_io import save_peft_adapter
+
+            save_peft_adapter(params, self.g_parts.lora, self.model_config, out + "_adapter")
+
+    def export_best(self) -> None:
+        """HF export of the selected student to export/best (selection.json says which step and why)."""
         trees, meta = self.best_ckpt.restore(None, {"g_params": self.g_state.params})
-        student = nnx.merge(self.g_graphdef, trees["g_params"])
         out = os.path.join(self.config.run_dir, "export", "best")
-        save_hf_checkpoint(student, out, tokenizer=self.tokenizer)
+        self._export_student(trees["g_params"], out)
         if self.primary:
             log.info("exported the selected student (step %d) to %s", meta["step"], out)
 
     def student_params(self) -> tuple[Any, Any]:
-        """(graphdef, params) of the current student, for evaluation between steps (read-only)."""
-        return self.g_graphdef, self.g_state.params
+        """(graphdef, params) of the current student, for evaluation between steps (read-only); with
+        LoRA the plain model's graphdef and the merged weights."""
+        return self.g_parts.plain_graphdef, self.g_parts.full_params(self.g_state.params)
 
     def export(self) -> None:
         """HF export of the student (and the discriminator when export.discriminator)."""
         from gadjax.models.hf_export import save_hf_checkpoint
 
         out = os.path.join(self.config.run_dir, "export")
-        student = nnx.merge(self.g_graphdef, self.g_state.params)
-        save_hf_checkpoint(student, os.path.join(out, "student"), tokenizer=self.tokenizer)
+        self._export_student(self.g_state.params, os.path.join(out, "student"))
         if self.config.export.discriminator and self.d_state is not None:
-            disc = nnx.merge(self.d_graphdef, self.d_state.params)
+            disc = self.d_parts.module(self.d_state.params)
             save_hf_checkpoint(disc, os.path.join(out, "discriminator"), tokenizer=self.tokenizer)
         if self.primary:
             log.info("exported the student to %s", os.path.join(out, "student"))

@@ -25,6 +25,7 @@ from gadjax.algo.steps import (
     make_policy_step,
     make_sft_step,
 )
+from gadjax.parallel.distributed import host_array
 from gadjax.parallel.programs import jit_forward, jit_step, shard_batch
 from gadjax.parallel.rules import use_mesh
 from gadjax.teacher.errors import SpendingLimitReached, SpendingLimitReachedElsewhere
@@ -66,11 +67,12 @@ class StageStepsMixin:
         if key not in self._programs:
             c = self.config
             chunk = c.train.logprob_chunk
+            g_base = self.g_parts.base_shardings  # LoRA: the frozen base is a step argument
             if name == "sft":
                 fn = make_sft_step(
                     self.g_graphdef, self.g_opt, micro_batches=c.train.micro_batches_g, chunk_size=chunk
                 )
-                prog = jit_step(fn, self.g_shardings, self.mesh, batch)
+                prog = jit_step(fn, self.g_shardings, self.mesh, batch, frozen_shardings=g_base)
             elif name == "disc":
                 fn = make_discriminator_step(
                     self.d_graphdef,
@@ -80,7 +82,9 @@ class StageStepsMixin:
                     micro_batches=c.train.micro_batches_d,
                     update=not self.d_frozen,
                 )
-                prog = jit_step(fn, self.d_shardings, self.mesh, batch)
+                prog = jit_step(
+                    fn, self.d_shardings, self.mesh, batch, frozen_shardings=self.d_parts.base_shardings
+                )
             elif name == "policy":
                 loss_cfg = PolicyLossConfig(**c.loss.to_dict())
                 fn = make_policy_step(
@@ -91,11 +95,11 @@ class StageStepsMixin:
                     chunk_size=chunk,
                     temperature=self.logprob_temperature,
                 )
-                prog = jit_step(fn, self.g_shardings, self.mesh, batch)
+                prog = jit_step(fn, self.g_shardings, self.mesh, batch, frozen_shardings=g_base)
             elif name == "ref_logprobs":
                 prog = jit_forward(
                     make_logprob_fn(self.g_graphdef, chunk_size=chunk, temperature=self.logprob_temperature),
-                    self.g_shardings.params,
+                    self.g_shardings.params if g_base is None else (self.g_shardings.params, g_base),
                     self.mesh,
                     batch,
                 )
@@ -105,20 +109,24 @@ class StageStepsMixin:
         return self._programs[key]
 
     def _run(self, name: str, state: Any, batch: dict[str, np.ndarray], rng: jax.Array):
+        base = (self.d_parts if name == "disc" else self.g_parts).base
         with use_mesh(self.mesh):
-            return self._program(name, batch)(state, shard_batch(batch, self.mesh), rng)
+            args = (state, shard_batch(batch, self.mesh), rng)
+            return self._program(name, batch)(*args, *(() if base is None else (base,)))
 
     # ---- one step per stage -------------------------------------------------------------------------
     def _rollout(self, batch: dict[str, np.ndarray], rng: jax.Array, timer: _Timer) -> tuple[Any, dict]:
         with timer("rollout"):
+            weights = self.g_parts.full_params(self.g_state.params)  # LoRA: merged once per rollout
             out = self.sampler.generate(
-                batch["prompt_ids"], batch["prompt_mask"], rng, state=self.g_state.params, as_numpy=False
+                batch["prompt_ids"], batch["prompt_mask"], rng, state=weights, as_numpy=False
             )
-            out.response_ids = build.host_array(out.response_ids)
-            out.response_mask = build.host_array(out.response_mask)
-            lengths = build.host_array(out.response_lengths)
-            truncated = build.host_array(out.truncated)
-            logprobs = build.host_array(out.logprobs)
+            del weights
+            out.response_ids = host_array(out.response_ids)
+            out.response_mask = host_array(out.response_mask)
+            lengths = host_array(out.response_lengths)
+            truncated = host_array(out.truncated)
+            logprobs = host_array(out.logprobs)
         m = {
             "response_length_mean": float(lengths.mean()),
             "response_length_max": float(lengths.max()),
@@ -162,8 +170,9 @@ class StageStepsMixin:
             "advantages": np.asarray(adv, np.float32),
         }
         with timer("ref"), use_mesh(self.mesh):
-            ref = self._program("ref_logprobs", pol)(self.ref_params, shard_batch(pol, self.mesh))
-            pol["ref_logprobs"] = build.host_array(ref)
+            ref_in = self.g_parts.step_inputs(self.ref_params)  # LoRA: (warmup adapters, G's base)
+            ref = self._program("ref_logprobs", pol)(ref_in, shard_batch(pol, self.mesh))
+            pol["ref_logprobs"] = host_array(ref)
         with timer("g_step"):
             self.g_state, m = self._run("policy", self.g_state, pol, rng)
             m = _block(m)
