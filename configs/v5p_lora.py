@@ -8,8 +8,8 @@ configs/v5p.py (the 7B full fine-tuning run: data, batch, hyperparameters, micro
 adapters of rank 64 (alpha 128) on every attention and MLP projection of G and of D's backbone, D's
 scalar head trained fully, and the frozen bases stored in bfloat16. Only the adapters (and the head)
 have Adam moments; the gad stage's KL reference is a copy of the warmup adapters on G's base.
-`configs/v5p_lora.py:7b` (get_config("7b")) gives the same run for the 7B model. Smallest slices:
-README.md ("LoRA").
+`configs/v5p_lora.py:7b` (get_config("7b")) gives the same run for the 7B model. Smallest slices (the
+plan, README.md "LoRA"): 14B v5p-32 (rollout at 98% of HBM: v5p-64 for headroom), 7B v5p-16.
 SPEC.md's learning rate 1e-6 is for full fine-tuning; LoRA usually needs ~10-100x more (1e-5 here, to
 be tuned).
 """
