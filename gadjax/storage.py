@@ -1,7 +1,7 @@
 """Writing a run's files safely: a failed write (a full disk, a quota, a file-size limit) is one clear
 error that says what was kept, and an export's files replace the old ones only once all are written.
 
-Checkpoints (gadjax.checkpoint) and Hugging Face exports (gadjax.models.hf_io) both go through here, so a
+Checkpoints (gadjax.checkpoint) and Hugging Face exports (gadjax.models.hf_export) both go through here, so a
 week-long run that fills its disk stops with ``StorageWriteError`` (``gadjax.train`` exits 74) and leaves
 every committed checkpoint and the previous export as they were.
 """

@@ -268,6 +268,17 @@ def wait_for_all_processes(name: str, timeout_s: float = 900.0) -> None:
     ocp.multihost.get_barrier_sync_fn()(key=name, timeout_ms=int(timeout_s * 1000))
 
 
+def per_process(value: int | bool) -> np.ndarray:
+    """Every process's scalar ``value``, in process order, on every process (one allgather; every process
+    must call it at the same point). One process: ``[value]`` without a collective."""
+    mine = np.asarray([value])
+    if jax.process_count() == 1:
+        return mine
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(mine)).reshape(-1)
+
+
 def host_array(x: Any) -> np.ndarray:
     """A (possibly multi-host) jax.Array as a full numpy array on every process (a numpy array as is)."""
     if isinstance(x, np.ndarray):

@@ -17,8 +17,6 @@ import threading
 from types import FrameType
 from typing import Any
 
-import numpy as np
-
 log = logging.getLogger(__name__)
 
 # EX_TEMPFAIL (sysexits.h): "temporary failure, the user is invited to retry". A run that exits with it
@@ -76,13 +74,12 @@ class StopRequest:
         Multi-host: one allgather of a flag; every host must call this at the same step."""
         import jax
 
+        from gadjax.parallel.distributed import per_process
+
         if jax.process_count() == 1:
             return self.signame
-        from jax.experimental import multihost_utils
-
         codes = {name: i + 1 for i, name in enumerate(sorted(s.name for s in self.SIGNALS))}
-        mine = np.asarray([codes.get(self.signame or "", 0)], np.int32)
-        everyone = np.asarray(multihost_utils.process_allgather(mine)).reshape(-1)
+        everyone = per_process(codes.get(self.signame or "", 0))
         if not everyone.any():
             return None
         first = int(everyone[everyone > 0].min())

@@ -25,7 +25,7 @@ from gadjax.algo.steps import (
     make_policy_step,
     make_sft_step,
 )
-from gadjax.parallel.distributed import host_array
+from gadjax.parallel.distributed import host_array, per_process
 from gadjax.parallel.programs import jit_forward, jit_step, shard_batch
 from gadjax.parallel.rules import use_mesh
 from gadjax.teacher.errors import SpendingLimitReached, SpendingLimitReachedElsewhere
@@ -214,11 +214,7 @@ class StageStepsMixin:
         except SpendingLimitReached as e:
             local, failure = None, e
         if self.teacher is not None and jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
-            stopped = np.asarray(
-                multihost_utils.process_allgather(np.asarray([failure is not None]))
-            ).reshape(-1)
+            stopped = per_process(failure is not None)
             if failure is None and stopped.any():
                 failure = SpendingLimitReachedElsewhere([int(i) for i in np.flatnonzero(stopped)])
         if failure is not None:
