@@ -4,6 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-test
 PYTEST_ARGS ?=
+# Huge pages for glibc's large allocations: XLA:CPU allocates its step temporaries fresh on every call,
+# and faulting them in 4 KiB pages costs ~1 s of a 10 s policy step (README "Benchmarks"). Read by
+# glibc when a process starts, so it is set here for every target; override with GLIBC_TUNABLES=.
+export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 
 .PHONY: test test-fast lint demo demo-compare study venv clean
 

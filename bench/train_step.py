@@ -92,7 +92,8 @@ def bench_gadjax(batch, steps: int, remat: str, chunk: int) -> float:
 
 
 def gadjax_breakdown(batch, steps: int, remat: str, chunk: int) -> dict[str, float]:
-    """Seconds of the policy step's parts: backbone forward, + chunked log-probs, + backward, + AdamW."""
+    """Seconds of the policy step's parts: backbone forward, + chunked log-probs, + backward; the update
+    and its floor (update_breakdown)."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -129,7 +130,44 @@ def gadjax_breakdown(batch, steps: int, remat: str, chunk: int) -> dict[str, flo
         ("fwd_bwd_full_logits", jax.jit(jax.grad(full_logits))),
     ):
         out[name] = time_steps(lambda fn=fn: jax.block_until_ready(fn(params)), steps)
+    out.update(update_breakdown(params, steps))
     return out
+
+
+def update_breakdown(params, steps: int) -> dict[str, float]:
+    """Seconds of the policy step's update (global-norm clip + AdamW + the non-finite guard, as
+    `steps._apply_update` runs it) and of its floor: one jitted pass that reads params, grads and both
+    moments and writes params and moments (donated), the least memory traffic any AdamW can do."""
+    import jax
+    import jax.numpy as jnp
+
+    from gadjax.algo.optim import make_optimizer
+    from gadjax.algo.steps import TrainState, _apply_update
+
+    opt = make_optimizer(1e-6)
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 1e-3), params)
+    fresh = lambda: jax.tree.map(jnp.copy, TrainState.create(params, opt))
+    update = jax.jit(lambda st, g: _apply_update(st, jnp.float32(1.0), g, opt), donate_argnums=(0,))
+
+    def floor_pass(pmv, g):
+        p, m, v = pmv
+        m = jax.tree.map(lambda m, g: 0.9 * m + 0.1 * g, m, g)
+        v = jax.tree.map(lambda v, g: 0.999 * v + 0.001 * g * g, v, g)
+        p = jax.tree.map(lambda p, m, v: p - 1e-6 * m * jax.lax.rsqrt(v + 1e-16), p, m, v)
+        return p, m, v
+
+    floor = jax.jit(floor_pass, donate_argnums=(0,))
+    box = {"state": fresh(), "pmv": jax.tree.map(jnp.copy, (params, params, params))}
+
+    def run_update():
+        box["state"], metrics = update(box["state"], grads)
+        jax.block_until_ready((box["state"], metrics))
+
+    def run_floor():
+        box["pmv"] = floor(box["pmv"], grads)
+        jax.block_until_ready(box["pmv"])
+
+    return {"update": time_steps(run_update, steps), "update_floor": time_steps(run_floor, steps)}
 
 
 def bench_torch(batch, steps: int, p: int) -> float:

@@ -3,7 +3,8 @@
 The LM head matmul runs chunk by chunk over the time axis (``jax.lax.map`` over chunks of
 ``chunk_size`` positions), each chunk under ``jax.checkpoint`` so the backward pass recomputes that
 chunk's logits instead of storing every chunk's [B, C, V] residuals: peak logits memory is one
-[B, C, V] float32 block forward and backward. The matmul may run in a compute dtype (bf16) with float32
+[B, C, V] float32 block forward and backward. A sequence that fits one chunk is not checkpointed:
+there is nothing to save by recomputing it. The matmul may run in a compute dtype (bf16) with float32
 accumulation; the log-softmax is always float32 (SPEC.md: weights fp32, compute bf16, loss math fp32).
 """
 
@@ -98,7 +99,6 @@ def token_logprobs(
 
     array_head = None if callable(head) else head
 
-    @jax.checkpoint
     def chunk(w, h_c, t_c):
         logits = _logits(h_c, head if w is None else w, head_layout, compute_dtype)
         if inv_t != 1.0:
@@ -106,7 +106,12 @@ def token_logprobs(
         logp, ent = logprobs_from_logits(logits, t_c, return_entropy=return_entropy)
         return (logp, ent) if return_entropy else (logp,)
 
-    out = jax.lax.map(lambda xs: chunk(array_head, *xs), (hid, tgt))
+    if n == 1:
+        # One chunk: recomputing its logits in the backward pass would save no memory (the backward
+        # holds one [B, C, V] block either way), only cost a second LM-head matmul.
+        out = jax.tree.map(lambda x: x[None], chunk(array_head, hid[0], tgt[0]))
+    else:
+        out = jax.lax.map(lambda xs: jax.checkpoint(chunk)(array_head, *xs), (hid, tgt))
     unchunk = lambda x: x.swapaxes(0, 1).reshape(b, n * c)[:, :t]
     logp = unchunk(out[0])
     entropy = unchunk(out[1]) if return_entropy else None

@@ -77,11 +77,30 @@ def no_norm_bias_mask(params: Any) -> Any:
     return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
 
 
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+    """Scale the gradients by min(1, max_norm / ||g||): ``optax.clip_by_global_norm``'s result (to
+    rounding) and its (empty) state, so checkpoints are interchangeable.
+
+    optax writes the clip as ``select(norm < max_norm, g, g / norm * max_norm)``. The element-wise
+    divide counts as expensive to XLA, so it materialises the clipped gradients once for their three
+    consumers (both moments and the update): an extra read and write of every gradient. One scalar
+    factor is cheap to recompute inside each consumer's fusion, so the clipped copy never exists.
+    """
+
+    def update_fn(updates, state, params=None):
+        del params
+        g_norm = optax.tree.norm(updates)
+        factor = jnp.minimum(1.0, max_norm / g_norm)
+        return jax.tree.map(lambda t: t * factor.astype(t.dtype), updates), state
+
+    return optax.GradientTransformation(optax.init_empty_state, update_fn)
+
+
 def _clip_adamw(learning_rate, b1, b2, eps, weight_decay, grad_clip_norm, mask):
     adamw = optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=mask)
     if grad_clip_norm is None:
         return adamw
-    return optax.chain(optax.clip_by_global_norm(grad_clip_norm), adamw)
+    return optax.chain(clip_by_global_norm(grad_clip_norm), adamw)
 
 
 def make_optimizer(

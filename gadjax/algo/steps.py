@@ -142,19 +142,22 @@ def _apply_update(
     grad_norm, skipped, lr, then the step's own `extra` metrics."""
     grad_norm = optax.tree.norm(grads)
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    updates, new_opt = optimizer.update(grads, state.opt_state, state.params)
-    new_params = optax.apply_updates(state.params, updates)
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
-    new_state = TrainState(
-        step=state.step + 1,
-        params=keep(new_params, state.params),
-        opt_state=keep(new_opt, state.opt_state),
-    )
+
+    def update(params_and_opt):
+        params, opt_state = params_and_opt
+        updates, new_opt = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), new_opt
+
+    # A conditional, not a where(ok, new, old) over the trees: the where reads the old params and
+    # moments after the new ones are computed, so XLA cannot update the donated buffers in place and
+    # copies both moments every step (bench/train_step.py --breakdown, "update").
+    new_params, new_opt = jax.lax.cond(ok, update, lambda po: po, (state.params, state.opt_state))
+    new_state = TrainState(step=state.step + 1, params=new_params, opt_state=new_opt)
     return new_state, {
         "loss": loss,
         "grad_norm": grad_norm,
         "skipped": (~ok).astype(jnp.float32),
-        "lr": current_lr(new_opt).astype(jnp.float32),
+        "lr": current_lr(new_opt).astype(jnp.float32),  # a skipped step: the last applied update's
         **extra,
     }
 

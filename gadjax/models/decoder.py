@@ -15,6 +15,7 @@ decode: one token) and attends over everything cached so far.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.struct
@@ -109,11 +110,14 @@ def _layer(
     cached: tuple[jax.Array, jax.Array, jax.Array] | None,
     backend: str = "xla",
     lora_scale: float | None = None,
+    materialize_grads: bool = False,
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     """One pre-norm transformer layer; returns the new hidden state and this layer's new k, v.
-    `p` may hold LoRA adapters (`q_lora_a`, ...), applied unmerged with `lora_scale`."""
+    `p` may hold LoRA adapters (`q_lora_a`, ...), applied unmerged with `lora_scale`.
+    `materialize_grads`: see layers.dense."""
     dt = x.dtype
     p = {k: v.astype(dt) for k, v in p.items()}
+    proj = functools.partial(L.dense, materialize_grads=materialize_grads)
 
     def adapted(y: jax.Array, x_in: jax.Array, name: str) -> jax.Array:
         """y + the LoRA delta of weight `name` when it has adapters (gadjax.models.lora), else y."""
@@ -122,9 +126,9 @@ def _layer(
         return y + lora.delta(x_in, p[f"{name}_lora_a"], p[f"{name}_lora_b"], lora_scale)
 
     h = L.rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
-    q = adapted(jnp.einsum("btd,dnh->btnh", h, p["q"]), h, "q")
-    k = adapted(jnp.einsum("btd,dnh->btnh", h, p["k"]), h, "k")
-    v = adapted(jnp.einsum("btd,dnh->btnh", h, p["v"]), h, "v")
+    q = adapted(proj(h, p["q"]), h, "q")
+    k = adapted(proj(h, p["k"]), h, "k")
+    v = adapted(proj(h, p["v"]), h, "v")
     if cfg.attention_bias:
         q, k, v = q + p["q_bias"], k + p["k_bias"], v + p["v_bias"]
     if cfg.qk_norm:
@@ -136,16 +140,16 @@ def _layer(
     # As one [B*T, H*D] x [H*D, hidden] matmul: the 3-index einsum made XLA copy-transpose `o` per call.
     b, t = x.shape[:2]
     attn = attn.reshape(b, t, -1)
-    x = x + adapted(attn @ p["o"].reshape(-1, p["o"].shape[-1]), attn, "o")
+    x = x + adapted(proj(attn, p["o"].reshape(-1, p["o"].shape[-1])), attn, "o")
     x = constrain(x, ("batch", "length", "act_embed"))
     h = L.rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
     if not any(f"{n}_lora_a" in p for n in ("gate", "up", "down")):
-        x = x + L.swiglu(h, p["gate"], p["up"], p["down"])
+        x = x + L.swiglu(h, p["gate"], p["up"], p["down"], materialize_grads=materialize_grads)
     else:
-        g = adapted(jnp.einsum("btd,dm->btm", h, p["gate"]), h, "gate")
-        u = adapted(jnp.einsum("btd,dm->btm", h, p["up"]), h, "up")
+        g = adapted(proj(h, p["gate"]), h, "gate")
+        u = adapted(proj(h, p["up"]), h, "up")
         a = jax.nn.silu(g) * u
-        x = x + adapted(jnp.einsum("btm,md->btd", a, p["down"]), a, "down")
+        x = x + adapted(proj(a, p["down"]), a, "down")
     return constrain(x, ("batch", "length", "act_embed")), (k, v)
 
 
@@ -167,6 +171,7 @@ class Decoder(nnx.Module):
         remat: str = "none",
         attention: str = "xla",
         with_lm_head: bool = True,
+        materialize_grads: bool | None = None,
     ):
         if remat not in REMAT_POLICIES:
             raise ValueError(f"remat={remat!r}: expected one of {sorted(REMAT_POLICIES)}")
@@ -178,6 +183,11 @@ class Decoder(nnx.Module):
         self.attention = A.resolve(attention, dtype=dtype) if attention == "auto" else attention
         if self.attention not in A.BACKENDS:
             raise ValueError(f"attention={attention!r}: expected one of {A.BACKENDS}")
+        # None: on for jax's default platform when it is the CPU, where it speeds up the backward pass
+        # (layers.dense); a TPU program built on a CPU host (gadjax.plan) passes False.
+        if materialize_grads is None:
+            materialize_grads = jax.default_backend() == "cpu"
+        self.materialize_grads = bool(materialize_grads)
         h, vsz = config.hidden_size, config.vocab_size
         self.embed = param(0.02 * jax.random.normal(rngs.params(), (vsz, h), param_dtype), ("vocab", "embed"))
         self.blocks = Blocks(config, rngs, param_dtype)
@@ -240,7 +250,9 @@ class Decoder(nnx.Module):
                 # Slots written before this call, and valid (not left padding).
                 cache_mask = (cache.mask.astype(bool) & (slots[None, :] < cache.index))[:, None, :]
                 cached = (k_cache, v_cache, jnp.broadcast_to(cache_mask, (x.shape[0], t, cache.max_length)))
-            return _layer(x, p, cfg, cos, sin, mask_new, new_mask, cached, backend, lora_scale)
+            return _layer(
+                x, p, cfg, cos, sin, mask_new, new_mask, cached, backend, lora_scale, self.materialize_grads
+            )
 
         policy = REMAT_POLICIES[self.remat]
         if self.remat != "none":

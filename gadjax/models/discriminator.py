@@ -31,7 +31,7 @@ class Discriminator(nnx.Module):
     """Backbone (a Decoder without LM head) + scalar head; `__call__` returns float32 scores [B].
 
     `param_dtype` is the head's and the backbone's; the other keyword arguments (`dtype`, `remat`,
-    `attention`) go to the backbone's `Decoder`, with its defaults."""
+    `attention`, `materialize_grads`) go to the backbone's `Decoder`, with its defaults."""
 
     def __init__(
         self,
@@ -91,6 +91,7 @@ def discriminator_from_decoder(
             dtype=student.dtype,
             remat=student.remat,
             attention=student.attention,
+            materialize_grads=student.materialize_grads,
             head_init=head_init,
             head_std=head_std,
         )

@@ -58,12 +58,13 @@ def _unchunked(hidden, w, targets):
     return jnp.take_along_axis(jax.nn.log_softmax(logits, -1), targets[..., None], -1)[..., 0]
 
 
-def test_gradients_match_unchunked():
+@pytest.mark.parametrize("chunk_size", [4, 64])  # 64: one chunk, not checkpointed
+def test_gradients_match_unchunked(chunk_size):
     hidden, w, targets = _inputs(2)
     weights = jax.random.normal(jax.random.key(9), (B, T))  # a non-uniform cotangent
 
     def chunked(hd, ww):
-        lp, ent = token_logprobs(hd, ww, targets, chunk_size=4, return_entropy=True)
+        lp, ent = token_logprobs(hd, ww, targets, chunk_size=chunk_size, return_entropy=True)
         return jnp.sum(lp * weights) + 0.1 * jnp.sum(ent)
 
     def full(hd, ww):

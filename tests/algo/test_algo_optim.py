@@ -168,3 +168,20 @@ def test_bad_config_raises():
         make_optimizer(1e-3, "linear")
     with pytest.raises(ValueError, match="weight_decay_mask"):
         make_optimizer(1e-3, weight_decay_mask="some")
+
+
+def test_clip_matches_optax_clip_and_keeps_its_state_layout():
+    """gadjax's scalar-factor clip gives optax.clip_by_global_norm's update (to rounding) and the same
+    optimizer-state tree, so checkpoints written before it restore."""
+    from gadjax.algo.optim import clip_by_global_norm
+
+    params, grads = _params_grads(3, scale=10.0)  # norm >> 0.2: clipping active
+    ours = optax.chain(clip_by_global_norm(0.2), optax.adamw(1e-3, weight_decay=0.01))
+    ref = optax.chain(optax.clip_by_global_norm(0.2), optax.adamw(1e-3, weight_decay=0.01))
+    s_ours, s_ref = ours.init(params), ref.init(params)
+    assert jax.tree.structure(s_ours) == jax.tree.structure(s_ref)
+    for _ in range(3):
+        u_ours, s_ours = ours.update(grads, s_ours, params)
+        u_ref, s_ref = ref.update(grads, s_ref, params)
+        for a, b in zip(jax.tree.leaves((u_ours, s_ours)), jax.tree.leaves((u_ref, s_ref)), strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-9)
