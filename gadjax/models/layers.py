@@ -121,43 +121,45 @@ def attention(
     return out.reshape(b, t, h, d)
 
 
+def _einsum_dense(x: jax.Array, w: jax.Array) -> jax.Array:
+    """x [..., K] @ w [K, out...] -> [..., out...] as one einsum (no reshapes: shardings pass through)."""
+    o = "abcdefgh"[: w.ndim - 1]
+    return jnp.einsum(f"...k,k{o}->...{o}", x, w)
+
+
 @jax.custom_vjp
-def _matmul_materialized_grad(x: jax.Array, w: jax.Array) -> jax.Array:
-    return x @ w
+def _dense_materialized_grad(x: jax.Array, w: jax.Array) -> jax.Array:
+    return _einsum_dense(x, w)
 
 
-def _matmul_fwd(x: jax.Array, w: jax.Array):
-    return x @ w, (x, w)
+def _dense_fwd(x: jax.Array, w: jax.Array):
+    return _einsum_dense(x, w), (x, w)
 
 
-def _matmul_bwd(res, dy: jax.Array):
+def _dense_bwd(res, dy: jax.Array):
     x, w = res
+    k = x.shape[-1]
+    x2, w2 = x.reshape(-1, k), w.reshape(k, -1)
     # The barrier makes XLA write dy in its natural layout. Without it, XLA:CPU fuses dy's elementwise
     # producer (SiLU's derivative, the residual adds) into the transposed copy that the weight-gradient
     # matmul wants, a strided loop ~30x slower per element than a plain tiled transpose (bench/
     # train_step.py --breakdown: the backbone's backward went from 4.1x to ~3.4x its forward).
-    dy = jax.lax.optimization_barrier(dy)
-    return dy @ w.T, x.T @ dy
+    dy2 = jax.lax.optimization_barrier(dy.reshape(-1, w2.shape[1]))
+    return (dy2 @ w2.T).reshape(x.shape), (x2.T @ dy2).reshape(w.shape)
 
 
-_matmul_materialized_grad.defvjp(_matmul_fwd, _matmul_bwd)
+_dense_materialized_grad.defvjp(_dense_fwd, _dense_bwd)
 
 
 def dense(x: jax.Array, w: jax.Array, *, materialize_grads: bool = False) -> jax.Array:
     """x [..., K] @ w [K, out...] -> [..., out...]: a projection of the decoder layer.
 
-    materialize_grads=True (gadjax's CPU default) computes the same product with a custom VJP that
-    materializes the output gradient before the two backward matmuls (see _matmul_bwd); the values and
-    gradients are the same matmuls, summed in the same order. False is the plain einsum, which
-    accelerator compilers fuse best."""
-    k, out = x.shape[-1], w.shape[1:]
-    if w.shape[0] != k:
+    materialize_grads=True (gadjax's CPU default) has the same forward and a custom VJP that
+    materializes the output gradient before the two backward matmuls (see _dense_bwd); the gradients
+    are the same matmuls. False leaves the backward to autodiff, which accelerator compilers fuse best."""
+    if w.shape[0] != x.shape[-1]:
         raise ValueError(f"dense: x {x.shape} and w {w.shape} do not contract (last dim vs first)")
-    if not materialize_grads:
-        o = "abcdefgh"[: len(out)]
-        return jnp.einsum(f"...k,k{o}->...{o}", x, w)
-    y = _matmul_materialized_grad(x.reshape(-1, k), w.reshape(k, -1))
-    return y.reshape(*x.shape[:-1], *out)
+    return _dense_materialized_grad(x, w) if materialize_grads else _einsum_dense(x, w)
 
 
 def swiglu(
