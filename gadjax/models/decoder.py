@@ -15,7 +15,6 @@ decode: one token) and attends over everything cached so far.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import flax.struct
@@ -117,18 +116,18 @@ def _layer(
     `materialize_grads`: see layers.dense."""
     dt = x.dtype
     p = {k: v.astype(dt) for k, v in p.items()}
-    proj = functools.partial(L.dense, materialize_grads=materialize_grads)
+    # As one [B*T, H*D] x [H*D, hidden] matmul: the 3-index einsum made XLA copy-transpose `o` per call.
+    p["o"] = p["o"].reshape(-1, p["o"].shape[-1])
 
-    def adapted(y: jax.Array, x_in: jax.Array, name: str) -> jax.Array:
-        """y + the LoRA delta of weight `name` when it has adapters (gadjax.models.lora), else y."""
+    def project(x_in: jax.Array, name: str) -> jax.Array:
+        """x_in @ weight `name`, plus its LoRA delta when it has adapters (gadjax.models.lora)."""
+        y = L.dense(x_in, p[name], materialize_grads=materialize_grads)
         if f"{name}_lora_a" not in p:
             return y
         return y + lora.delta(x_in, p[f"{name}_lora_a"], p[f"{name}_lora_b"], lora_scale)
 
     h = L.rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
-    q = adapted(proj(h, p["q"]), h, "q")
-    k = adapted(proj(h, p["k"]), h, "k")
-    v = adapted(proj(h, p["v"]), h, "v")
+    q, k, v = project(h, "q"), project(h, "k"), project(h, "v")
     if cfg.attention_bias:
         q, k, v = q + p["q_bias"], k + p["k_bias"], v + p["v_bias"]
     if cfg.qk_norm:
@@ -137,19 +136,10 @@ def _layer(
     q = constrain(L.apply_rope(q, cos, sin), ("batch", "length", "act_heads", "head_dim"))
     k = L.apply_rope(k, cos, sin)
     attn = A.attend(backend, q, k, v, key_valid, mask, cached)
-    # As one [B*T, H*D] x [H*D, hidden] matmul: the 3-index einsum made XLA copy-transpose `o` per call.
     b, t = x.shape[:2]
-    attn = attn.reshape(b, t, -1)
-    x = x + adapted(proj(attn, p["o"].reshape(-1, p["o"].shape[-1])), attn, "o")
+    x = x + project(attn.reshape(b, t, -1), "o")
     x = constrain(x, ("batch", "length", "act_embed"))
-    h = L.rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
-    if not any(f"{n}_lora_a" in p for n in ("gate", "up", "down")):
-        x = x + L.swiglu(h, p["gate"], p["up"], p["down"], materialize_grads=materialize_grads)
-    else:
-        g = adapted(proj(h, p["gate"]), h, "gate")
-        u = adapted(proj(h, p["up"]), h, "up")
-        a = jax.nn.silu(g) * u
-        x = x + adapted(proj(a, p["down"]), a, "down")
+    x = x + L.swiglu(L.rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps), project)
     return constrain(x, ("batch", "length", "act_embed")), (k, v)
 
 

@@ -8,6 +8,7 @@ frequencies in float32, the "rotate_half" (non-interleaved) rotary layout.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -143,7 +144,7 @@ def _dense_bwd(res, dy: jax.Array):
     # The barrier makes XLA write dy in its natural layout. Without it, XLA:CPU fuses dy's elementwise
     # producer (SiLU's derivative, the residual adds) into the transposed copy that the weight-gradient
     # matmul wants, a strided loop ~30x slower per element than a plain tiled transpose (bench/
-    # train_step.py --breakdown: the backbone's backward went from 4.1x to ~3.4x its forward).
+    # train_step.py --breakdown: the backbone's forward + backward went from 3.86x to 3.35x its forward).
     dy2 = jax.lax.optimization_barrier(dy.reshape(-1, w2.shape[1]))
     return (dy2 @ w2.T).reshape(x.shape), (x2.T @ dy2).reshape(w.shape)
 
@@ -162,9 +163,7 @@ def dense(x: jax.Array, w: jax.Array, *, materialize_grads: bool = False) -> jax
     return _dense_materialized_grad(x, w) if materialize_grads else _einsum_dense(x, w)
 
 
-def swiglu(
-    x: jax.Array, gate: jax.Array, up: jax.Array, down: jax.Array, *, materialize_grads: bool = False
-) -> jax.Array:
-    """SwiGLU MLP (Shazeer 2020): down(silu(x gate) * (x up))."""
-    mg = dict(materialize_grads=materialize_grads)
-    return dense(jax.nn.silu(dense(x, gate, **mg)) * dense(x, up, **mg), down, **mg)
+def swiglu(x: jax.Array, project: Callable[[jax.Array, str], jax.Array]) -> jax.Array:
+    """SwiGLU MLP (Shazeer 2020): down(silu(x gate) * (x up)); `project(x, name)` applies the weight
+    `name` (the decoder's projection: `dense`, plus a LoRA delta where adapted)."""
+    return project(jax.nn.silu(project(x, "gate")) * project(x, "up"), "down")
