@@ -4,6 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-test
 PYTEST_ARGS ?=
+# pytest-xdist workers for `make test` / `make test-fast`. Much of a test's time is single-threaded
+# (XLA compiles, Python, subprocess start-up), so two workers on 2 cores finish the suite sooner; files
+# stay whole on one worker (--dist loadfile) so module fixtures load once. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
 # Huge pages for glibc's large allocations: XLA:CPU allocates its step temporaries fresh on every call,
 # and faulting them in 4 KiB pages costs ~1 s of a 10 s policy step (README "Benchmarks"). Read by
 # glibc when a process starts, so it is set here for every target; override with GLIBC_TUNABLES=.
@@ -29,11 +33,11 @@ lint: $(STAMP)
 
 # The whole suite, slow tests included, on an emulated 8-device CPU mesh (tests/conftest.py).
 test: lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # Iterating: skip the tests marked slow.
 test-fast: lint
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 # The embedded end-to-end GAD run (issue 7): persona teacher server, warmup + gad + the seqkd baseline,
 # evaluation, judge, report in runs/demo/. A second run reuses the venv, the model wheel, the teacher
