@@ -1,5 +1,6 @@
-"""gadjax.serve over real HTTP on loopback, driven by the official `openai` client, `requests`, gadjax's own
-TeacherClient and the CLI as a subprocess (issue 4, acceptance 4). Tiny random Qwen2 model, float32.
+"""gadjax.serve over real HTTP on loopback, driven by the official `openai` client, `requests` and gadjax's
+own TeacherClient (issue 4, acceptance 4); the CLI as a subprocess is in test_serve_cli.py. Tiny random
+Qwen2 model, float32.
 
 Compile budget: one Engine (one prompt bucket of 96 tokens, max_new_tokens 16) backs every in-process
 server, so the greedy tests share one compiled program per batch size.
@@ -9,14 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
-import os
-import re
-import shutil
-import signal
-import subprocess
-import sys
 import threading
-import time
 
 import jax
 import numpy as np
@@ -27,26 +21,12 @@ import requests
 from gadjax.models.hf_io import load_decoder
 from gadjax.models.tokenizer import load_tokenizer
 from gadjax.rollout.sampler import Sampler
-from gadjax.serve import READY_PREFIX
 from gadjax.serving import ChatService, Engine, GenParams, make_server
 from gadjax.teacher import TeacherClient, TeacherConfig
-from tests.models.hf_fixtures import make_hf_model
+from tests.serving.serve_fixtures import KEY, post, user
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TOKENIZER = os.path.join(REPO, "configs", "tiny_assets", "tokenizer")
-KEY = "test-secret-key-5f3a9c"
 PERSONA = "You are a pirate. Always talk like one."
 NAME = "tiny-qwen2"
-READY = re.compile(r"^gadjax\.serve listening on (\S+) \(model (.*)\)$")
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> str:
-    d = str(tmp_path_factory.mktemp("serve_model"))
-    make_hf_model("qwen2", d, vocab_size=384)  # tokenizer vocab 379 fits
-    for f in os.listdir(TOKENIZER):
-        shutil.copy(os.path.join(TOKENIZER, f), d)
-    return d
 
 
 @pytest.fixture(scope="module")
@@ -87,10 +67,6 @@ def client(stack) -> openai.OpenAI:
     return openai.OpenAI(base_url=stack[3], api_key=KEY, max_retries=0, timeout=60)
 
 
-def user(text: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": text}]
-
-
 def reference(stack, messages, max_tokens: int = 16) -> tuple[list[int], list[int]]:
     """(prompt ids, greedy response ids incl. a stop token) from the sampler run directly."""
     engine, tok, model = stack[:3]
@@ -99,14 +75,6 @@ def reference(stack, messages, max_tokens: int = 16) -> tuple[list[int], list[in
     sampler = Sampler(model, engine.sampling_config(GenParams(0.0, 1.0, max_tokens)))
     out = sampler.generate(np.array([ids]), np.ones((1, len(ids)), np.int32), jax.random.key(0))
     return ids, [int(t) for t in out.response_ids[0, : out.response_lengths[0]]]
-
-
-def post(url: str, body, key: str | None = KEY, raw: bytes | None = None) -> requests.Response:
-    headers = {"Content-Type": "application/json"}
-    if key is not None:
-        headers["Authorization"] = f"Bearer {key}"
-    data = raw if raw is not None else json.dumps(body).encode()
-    return requests.post(url + "/chat/completions", data=data, headers=headers, timeout=60)
 
 
 # ---------------------------------------------------------------- the openai client
@@ -304,114 +272,3 @@ def test_internal_error_is_500_and_server_keeps_serving(stack, client, monkeypat
     r = client.chat.completions.create(model=NAME, messages=user("hi"), temperature=0, max_tokens=4)
     assert r.usage.completion_tokens >= 1
     assert engine.stats()["errors"] >= 1
-
-
-# ---------------------------------------------------------------- the CLI
-
-
-def _start(args: list[str], env: dict[str, str], timeout: float) -> tuple[subprocess.Popen, str, str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gadjax.serve", *args],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    result: dict[str, str] = {}
-    reader = threading.Thread(target=lambda: result.setdefault("line", proc.stdout.readline()), daemon=True)
-    reader.start()
-    reader.join(timeout)
-    line = result.get("line", "")
-    if not line.startswith(READY_PREFIX):
-        proc.kill()
-        raise AssertionError(f"no ready line in {timeout}s: {line!r}\n{proc.stderr.read()[-3000:]}")
-    m = READY.match(line.strip())
-    assert m, line
-    return proc, m.group(1), m.group(2)
-
-
-def _stop(proc: subprocess.Popen) -> tuple[int, str]:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        _, err = proc.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise
-    return proc.returncode, err
-
-
-def test_cli_subprocess_starts_answers_and_stops_on_sigterm(model_dir, tmp_path):
-    env = {**os.environ, "GADJAX_CLI_KEY": KEY}
-    ready = tmp_path / "ready.txt"
-    proc, url, name = _start(
-        [
-            "--model",
-            model_dir,
-            "--port",
-            "0",
-            "--api-key-env",
-            "GADJAX_CLI_KEY",
-            "--max-new-tokens",
-            "8",
-            "--max-prompt-tokens",
-            "64",
-            "--batch-wait-ms",
-            "1",
-            "--served-model-name",
-            "cli-model",
-            "--ready-file",
-            str(ready),
-        ],
-        env,
-        120,
-    )
-    try:
-        assert name == "cli-model" and url.startswith("http://127.0.0.1:") and url.endswith("/v1")
-        assert ready.read_text().strip() == url
-        c = openai.OpenAI(base_url=url, api_key=KEY, max_retries=0, timeout=60)
-        assert [m.id for m in c.models.list().data] == ["cli-model"]
-        r = c.chat.completions.create(model="cli-model", messages=user("hi"), temperature=0, max_tokens=8)
-        assert r.choices[0].finish_reason in ("stop", "length") and 1 <= r.usage.completion_tokens <= 8
-        assert post(url, {"messages": user("hi")}, key=None).status_code == 401
-    finally:
-        rc, err = _stop(proc)
-    assert rc == 0, err[-3000:]
-    assert KEY not in err
-
-
-def test_cli_refuses_unset_key_variable(model_dir):
-    env = {k: v for k, v in os.environ.items() if k != "GADJAX_UNSET_KEY"}
-    out = subprocess.run(
-        [sys.executable, "-m", "gadjax.serve", "--model", model_dir, "--api-key-env", "GADJAX_UNSET_KEY"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 2 and "GADJAX_UNSET_KEY" in out.stderr
-
-
-@pytest.mark.slow
-def test_smollm2_gguf_answers_paris(tmp_path):
-    from tests.models.smollm2 import smollm2_gguf
-
-    gguf = smollm2_gguf()
-    t0 = time.time()
-    proc, url, name = _start(
-        ["--model", gguf, "--port", "0", "--max-new-tokens", "32", "--max-prompt-tokens", "64"],
-        dict(os.environ),
-        300,
-    )
-    try:
-        c = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=300)
-        r = c.chat.completions.create(
-            model=name, messages=user("What is the capital of France?"), temperature=0, max_tokens=32
-        )
-        text = r.choices[0].message.content
-        assert "Paris" in text, text
-        assert r.choices[0].finish_reason == "stop", (text, time.time() - t0)
-    finally:
-        rc, err = _stop(proc)
-    assert rc == 0, err[-3000:]
