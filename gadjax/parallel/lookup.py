@@ -8,7 +8,7 @@ built the whole [batch, length, embed] output, and the table's gradient came bac
 
 Here, under a shard_map, every device
   1. gathers the ids of the devices that hold the other column blocks of its vocab rows (ints: small),
-  2. takes the rows of its own vocab range (ids outside it read row 0 and are zeroed),
+  2. takes the rows of its own vocab range (ids outside it read zeros),
   3. sums over the vocab axes (every id is in exactly one range, so the sum adds exact zeros),
 and the result, embed-sharded, is handed to GSPMD's all-to-all to become batch-sharded. The backward is
 a scatter-add into the local shard; no device holds more than its shard of the table or its gradient.
@@ -38,26 +38,30 @@ def take_rows(table: jax.Array, ids: jax.Array, dtype: Any) -> jax.Array:
     if active is None or ids.ndim != 2:
         return jnp.take(table, ids, axis=0).astype(dtype)
     mesh, rules = active
-    vocab, embed = (_axes(a) for a in named_sharding(("vocab", "embed"), table.shape, mesh, rules).spec)
-    batch, length = (_axes(a) for a in named_sharding(("batch", "length"), ids.shape, mesh, rules).spec)
+    axes = lambda spec: tuple(_real_axes(mesh, a) for a in spec)  # noqa: E731
+    vocab, embed = axes(named_sharding(("vocab", "embed"), table.shape, mesh, rules).spec)
+    batch, length = axes(named_sharding(("batch", "length"), ids.shape, mesh, rules).spec)
     table_axes = vocab + embed
     gather = tuple(a for a in batch if a in table_axes)
     # The ids to gather must be the minor part of the batch sharding (a contiguous block of rows per device),
     # and the length dimension must not be split over the table's axes.
     if batch[len(batch) - len(gather) :] != gather or set(length) & set(table_axes):
         return jnp.take(table, ids, axis=0).astype(dtype)
-    rows_per_shard = table.shape[0] // max(1, _size(mesh, vocab))
+    rows_per_shard = table.shape[0] // _size(mesh, vocab)
     rest = batch[: len(batch) - len(gather)]
 
     def local(tab: jax.Array, idx: jax.Array) -> jax.Array:
         if gather:
             idx = jax.lax.all_gather(idx, gather, axis=0, tiled=True)
-        if not vocab:
+        if not vocab:  # every row is local: no masking, no sum
             return jnp.take(tab, idx, axis=0).astype(dtype)
         rel = idx - jax.lax.axis_index(vocab) * rows_per_shard
-        mine = (rel >= 0) & (rel < rows_per_shard)
-        rows = jnp.take(tab, jnp.where(mine, rel, 0), axis=0).astype(dtype)
-        return jax.lax.psum(jnp.where(mine[..., None], rows, jnp.zeros((), dtype)), vocab)
+        # Ids of other shards become out of bounds, which the take fills with zeros (and its transpose
+        # drops): a select on the rows instead cost a float32 copy of their gradient (TPU compile).
+        rel = jnp.where((rel >= 0) & (rel < rows_per_shard), rel, rows_per_shard)
+        # Cast after the take, as before: the backward's scatter-add of repeated tokens stays float32.
+        rows = jnp.take(tab, rel, axis=0, mode="fill", fill_value=0).astype(dtype)
+        return jax.lax.psum(rows, vocab)
 
     spec = lambda *axes: PartitionSpec(*(a or None for a in axes))  # noqa: E731
     return jax.shard_map(
@@ -66,6 +70,11 @@ def take_rows(table: jax.Array, ids: jax.Array, dtype: Any) -> jax.Array:
         in_specs=(spec(vocab, embed), spec(batch, length)),
         out_specs=spec(rest, length, embed),
     )(table, ids)
+
+
+def _real_axes(mesh: Any, entry: Any) -> tuple[str, ...]:
+    """The mesh axes of one PartitionSpec entry, without those of size 1 (they split nothing)."""
+    return tuple(a for a in _axes(entry) if mesh.shape[a] > 1)
 
 
 def _size(mesh: Any, axes: tuple[str, ...]) -> int:
