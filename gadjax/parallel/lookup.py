@@ -4,7 +4,7 @@ The table is [vocab, embed] sharded by the rule table (vocab over tensor, embed 
 ids [batch, length] have batch over (data, fsdp). A plain `jnp.take` left the partitioning to GSPMD,
 which on a mesh with data, fsdp and tensor all > 1 gathered the table over vocab and then could not move
 the result from embed-sharded to batch-sharded: "[SPMD] Involuntary full rematerialization" (every device
-built the whole [batch, length, embed] output, and the table's gradient came back whole on every device).
+built the whole [batch, length, embed] output; the table's gradient was all-reduced over every vocab row).
 
 Here, under a shard_map, every device
   1. gathers the ids of the devices that hold the other column blocks of its vocab rows (ints: small),
