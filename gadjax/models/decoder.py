@@ -26,6 +26,7 @@ from gadjax.models import attention as A
 from gadjax.models import layers as L
 from gadjax.models import lora
 from gadjax.models.config import ModelConfig
+from gadjax.parallel.lookup import take_rows
 from gadjax.parallel.rules import constrain
 
 REMAT_POLICIES = {
@@ -200,7 +201,8 @@ class Decoder(nnx.Module):
         )
 
     def embed_tokens(self, input_ids: jax.Array) -> jax.Array:
-        x = jnp.take(self.embed[...], input_ids, axis=0).astype(self.dtype)
+        # A sharded lookup: a plain take made GSPMD rematerialize the output in full (parallel.lookup).
+        x = take_rows(self.embed[...], input_ids, self.dtype)
         return constrain(x, ("batch", "length", "act_embed"))
 
     def __call__(
