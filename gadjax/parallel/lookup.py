@@ -17,17 +17,14 @@ A table whose vocab is not sharded (pure FSDP, the TPU plan's mesh) keeps the pl
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
-from gadjax.parallel.rules import active_mesh, named_sharding
-
-
-def _axes(entry: Any) -> tuple[str, ...]:
-    return (entry,) if isinstance(entry, str) else tuple(entry or ())
+from gadjax.parallel.rules import active_mesh, named_sharding, spec_axes
 
 
 def take_rows(table: jax.Array, ids: jax.Array, dtype: Any) -> jax.Array:
@@ -50,7 +47,7 @@ def take_rows(table: jax.Array, ids: jax.Array, dtype: Any) -> jax.Array:
     # rows per device), and the length dimension must not be split over the table's axes.
     if not vocab or batch[len(batch) - len(gather) :] != gather or set(length) & set(table_axes):
         return jnp.take(table, ids, axis=0).astype(dtype)
-    rows_per_shard = table.shape[0] // _size(mesh, vocab)
+    rows_per_shard = table.shape[0] // math.prod(mesh.shape[a] for a in vocab)
     rest = batch[: len(batch) - len(gather)]
 
     def local(tab: jax.Array, idx: jax.Array) -> jax.Array:
@@ -75,11 +72,4 @@ def take_rows(table: jax.Array, ids: jax.Array, dtype: Any) -> jax.Array:
 
 def _real_axes(mesh: Any, entry: Any) -> tuple[str, ...]:
     """The mesh axes of one PartitionSpec entry, without those of size 1 (they split nothing)."""
-    return tuple(a for a in _axes(entry) if mesh.shape[a] > 1)
-
-
-def _size(mesh: Any, axes: tuple[str, ...]) -> int:
-    size = 1
-    for a in axes:
-        size *= mesh.shape[a]
-    return size
+    return tuple(a for a in spec_axes(entry) if mesh.shape[a] > 1)

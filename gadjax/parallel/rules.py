@@ -48,6 +48,11 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
 Rules = Sequence[tuple[str, Any]]
 
 
+def spec_axes(entry: str | Sequence[str] | None) -> tuple[str, ...]:
+    """The mesh axes of one PartitionSpec entry (None, one axis name, or a tuple of them) as a tuple."""
+    return (entry,) if isinstance(entry, str) else tuple(entry or ())
+
+
 def logical_to_mesh_axes(logical: Sequence[str | None], rules: Rules = DEFAULT_RULES) -> PartitionSpec:
     """PartitionSpec for a tuple of logical names (unknown names and None stay replicated)."""
     table = dict(rules)
@@ -55,7 +60,7 @@ def logical_to_mesh_axes(logical: Sequence[str | None], rules: Rules = DEFAULT_R
     out = []
     for name in logical:
         axes = table.get(name) if name is not None else None
-        axes_t = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        axes_t = spec_axes(axes)
         # A mesh axis may shard only one dimension of an array.
         axes_t = tuple(a for a in axes_t if a not in used)
         used.update(axes_t)
@@ -71,7 +76,7 @@ def fit_spec_to_shape(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> 
     """
     out = []
     for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)), strict=False):
-        axes_t = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        axes_t = spec_axes(axes)
         kept: list[str] = []
         size = 1
         for a in axes_t:
