@@ -10,6 +10,11 @@ killed halfway leaves no half-written step behind):
 Randomness needs no saved state: step k draws from fold_in(key(seed), k), so resuming at k gives the
 same keys an uninterrupted run would. All processes take part in save and restore (orbax coordinates);
 restore places every array directly in the sharding of the abstract target.
+
+The directory may be local or on object storage (``gs://``): orbax writes both, committing a step on
+GCS with a ``commit_success.txt`` written last instead of a rename. Every process writes its own array
+shards into the same directory, so a multi-host run needs storage all hosts see (a bucket, or a shared
+filesystem); a restore on a new set of VMs reads them back.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from gadjax import paths
 from gadjax.storage import StorageWriteError, write_failure
 
 log = logging.getLogger(__name__)
@@ -59,7 +65,7 @@ class RunCheckpointer:
     """Save / restore a run's state every `every` steps, keeping the newest `keep`."""
 
     def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
-        self.directory = os.path.abspath(directory)
+        self.directory = paths.absolute(directory)  # gs://... stays a URL
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=async_save
         )
@@ -146,9 +152,9 @@ class RunCheckpointer:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         if jax.process_index() == 0:
             for step in steps:
-                src = os.path.join(self.directory, str(step))
-                if os.path.isdir(src):
-                    os.replace(src, f"{src}.damaged-{stamp}")
+                src = paths.as_path(self.directory) / str(step)
+                if src.is_dir():  # on object storage a rename copies and deletes each file
+                    src.rename(f"{os.fspath(src)}.damaged-{stamp}")
         from gadjax.parallel.distributed import sync_global_devices
 
         sync_global_devices("gadjax_checkpoint_set_aside")

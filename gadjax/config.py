@@ -9,11 +9,11 @@ anything is compiled and names the offending key.
 from __future__ import annotations
 
 import ast
-import glob
-import os
 from typing import Any
 
 from ml_collections import ConfigDict
+
+from gadjax import paths
 
 STAGES = ("seqkd", "warmup", "gad")
 DTYPES = ("float32", "bfloat16")
@@ -130,7 +130,9 @@ def base_config() -> ConfigDict:
             top_p=1.0,
             max_tokens=1536,
             concurrency=8,
-            cache_path="",  # default: <run_dir>/teacher_cache.sqlite
+            # default: <run_dir>/teacher_cache.p<process>.sqlite; with a gs:// run_dir it lives on this
+            # host ($GADJAX_LOCAL_DIR) and a copy goes to the bucket at each checkpoint (gadjax.run_dir).
+            cache_path="",
             max_ahead=512,
             # Spending limits per process (0 = none): at the limit the run stops (exit 3); what was
             # received is in the cache, and a resume with a higher limit does not pay for it again.
@@ -179,8 +181,19 @@ def base_config() -> ConfigDict:
             debug_signal_process=-1,  # tests: only this process gets that SIGTERM (-1: every process)
         )
     )
+    # run_dir, checkpoint.dir and init_from may be gs://BUCKET/... (README "Runs on cloud storage").
     c.checkpoint = ConfigDict(dict(every=50, keep=3, dir=""))  # dir default: <run_dir>/checkpoints
-    c.metrics = ConfigDict(dict(tensorboard=True, wandb=False, wandb_project="gadjax", progress=True))
+    c.metrics = ConfigDict(
+        dict(
+            tensorboard=True,
+            wandb=False,
+            wandb_project="gadjax",
+            progress=True,
+            # gs:// run_dir: metrics.jsonl and TensorBoard files are written on this host and copied to
+            # the bucket this often (seconds), at every checkpoint and at the end.
+            sync_every_s=300.0,
+        )
+    )
     # Reward-hacking watch (SPEC.md): warn when these drift out of band.
     c.guards = ConfigDict(
         dict(
@@ -274,13 +287,13 @@ def parse_path_list(value: Any) -> list[Any]:
         if not isinstance(parsed, list | tuple):
             raise ValueError(f"expected a list, got {text!r}")
         return list(parsed)
-    paths: list[Any] = []
+    found: list[Any] = []
     for item in (p.strip() for p in text.split(",")):
         if not item:
             continue
-        matches = sorted(glob.glob(item)) if any(c in item for c in "*?[") else []
-        paths.extend(matches or [item])
-    return paths
+        matches = paths.glob(item) if any(c in item for c in "*?[") else []  # gs://b/*.jsonl too
+        found.extend(matches or [item])
+    return found
 
 
 def _fail(key: str, msg: str) -> None:
@@ -297,7 +310,7 @@ def validate(c: ConfigDict) -> ConfigDict:
         _fail("run_dir", "must be set")
     if not c.model.path and not c.model.random_init.enabled:
         _fail("model.path", "must name a HF directory or .gguf file (or enable model.random_init)")
-    if c.model.path and not os.path.exists(c.model.path):
+    if c.model.path and not paths.exists(c.model.path):
         _fail("model.path", f"{c.model.path!r} does not exist")
     for key in ("dtype", "param_dtype"):
         if c.model[key] not in DTYPES:
@@ -330,7 +343,7 @@ def validate(c: ConfigDict) -> ConfigDict:
     if not c.data.train:
         _fail("data.train", "no training files given")
     for path in c.data.train:
-        if not os.path.exists(path):
+        if not paths.exists(path):
             _fail("data.train", f"{path!r} does not exist")
     kinds = sorted({_data_kind(p) for p in c.data.train})
     if c.data.kind == "auto" and len(kinds) > 1:  # the data source reads one kind, chosen by the first file
@@ -378,15 +391,15 @@ def validate(c: ConfigDict) -> ConfigDict:
         _fail("data.process_sharding", "'replicate' needs offline responses (teacher.enabled=False)")
     if c.teacher.enabled and (not c.teacher.base_url or not c.teacher.model):
         _fail("teacher.base_url", "teacher.enabled needs teacher.base_url and teacher.model")
-    if c.init_from and not os.path.isdir(c.init_from):
-        _fail("init_from", f"{c.init_from!r} is not a directory (an earlier run_dir)")
+    if c.init_from and not paths.isdir(paths.join(c.init_from, "checkpoints")):
+        _fail("init_from", f"{c.init_from!r} holds no checkpoints/ (it must be an earlier run_dir)")
     evaluation.validate(c, _fail)
     return c
 
 
 def _data_kind(path: str) -> str:
     """What data.kind='auto' reads `path` as (gadjax.data.sources.open_source)."""
-    return "tfds" if os.path.isdir(path) else ("parquet" if path.endswith(".parquet") else "jsonl")
+    return "tfds" if paths.isdir(path) else ("parquet" if path.endswith(".parquet") else "jsonl")
 
 
 def _positive(c: ConfigDict, *keys: str) -> None:

@@ -1,6 +1,9 @@
 """Metric sinks: JSONL (always), TensorBoard (tensorboardX), optional Weights & Biases, a tqdm bar.
 
 Only the primary process (jax.process_index() == 0) writes; the others get a writer that drops.
+With a ``gs://`` run_dir the files are written on this host (object storage has no append) and copied
+into the run_dir every ``sync_every_s`` seconds, at each :meth:`MetricsWriter.sync` (the trainer calls it
+at checkpoints) and at close (gadjax.run_dir).
 """
 
 from __future__ import annotations
@@ -12,6 +15,9 @@ import time
 from typing import Any
 
 import numpy as np
+
+from gadjax import paths
+from gadjax.run_dir import RunDir
 
 # Keys shown on the progress bar, in order, when present.
 BAR_KEYS = ("d_loss", "d_acc", "sft_loss", "pg_loss", "kl_loss", "reward_mean", "response_length_mean")
@@ -41,29 +47,36 @@ class MetricsWriter:
         config: dict[str, Any] | None = None,
         primary: bool = True,
         resume_step: int | None = None,
+        sync_every_s: float = 300.0,
     ):
         """``resume_step``: the run resumes after this step; records of later steps (written before a
         crash or preemption, and about to be redone) move to metrics.replaced.jsonl, so metrics.jsonl
-        holds each step once."""
+        holds each step once. ``sync_every_s``: how often a remote run_dir gets the files (gs:// only)."""
         self.primary = primary
-        self.path = os.path.join(run_dir, "metrics.jsonl")
         self._file = None
         self._tb = None
         self._wandb = None
+        self._sync_every_s = sync_every_s
+        self._last_sync = time.monotonic()
         if not primary:
             return
-        os.makedirs(run_dir, exist_ok=True)
-        if resume_step is not None and os.path.exists(self.path):
-            self._drop_after(resume_step)
+        self.run_dir = RunDir(run_dir)
+        self.path = self.run_dir.local_path("metrics.jsonl")
+        if resume_step is not None:
+            # A resumed run on a new VM continues the records the bucket has (up to its checkpoint).
+            self.run_dir.fetch("metrics.jsonl", overwrite=True)
+            self.run_dir.fetch("metrics.replaced.jsonl", overwrite=True)
+            if os.path.exists(self.path):
+                self._drop_after(resume_step)
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
         if tensorboard:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+            self._tb = SummaryWriter(self.run_dir.local_path("tensorboard"))
         if wandb:
             import wandb as wb  # optional dependency
 
-            self._wandb = wb.init(project=wandb_project, dir=run_dir, config=config or {})
+            self._wandb = wb.init(project=wandb_project, dir=self.run_dir.local, config=config or {})
 
     def _drop_after(self, step: int) -> None:
         with open(self.path, encoding="utf-8") as f:
@@ -97,13 +110,29 @@ class MetricsWriter:
                     self._tb.add_scalar(f"{stage}/{k}", v, step)
         if self._wandb is not None:
             self._wandb.log({f"{stage}/{k}": v for k, v in record.items() if k != "stage"}, step=step)
+        if self.run_dir.remote and time.monotonic() - self._last_sync >= self._sync_every_s:
+            self.sync()
         return record
+
+    def sync(self) -> None:
+        """Flush, and copy the files into a remote run_dir (nothing to copy for a local one)."""
+        if not self.primary:
+            return
+        if self._file is not None and not self._file.closed:
+            self._file.flush()
+        if self._tb is not None:
+            self._tb.flush()
+        for name in ("metrics.jsonl", "metrics.replaced.jsonl", "tensorboard"):
+            self.run_dir.push(name)
+        self._last_sync = time.monotonic()
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
         if self._tb is not None:
             self._tb.close()
+        if self.primary:
+            self.sync()
         if self._wandb is not None:
             self._wandb.finish()
 
@@ -113,6 +142,6 @@ def bar_postfix(record: dict[str, Any]) -> dict[str, str]:
 
 
 def read_metrics(run_dir: str) -> list[dict[str, Any]]:
-    """All records of `<run_dir>/metrics.jsonl` (for reports and tests)."""
-    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """All records of `<run_dir>/metrics.jsonl`, local or gs:// (for reports and tests)."""
+    text = paths.read_text(paths.join(run_dir, "metrics.jsonl"))
+    return [json.loads(line) for line in text.splitlines() if line.strip()]

@@ -13,6 +13,8 @@ import os
 import shutil
 from collections.abc import Iterator
 
+from gadjax import paths
+
 STORAGE_ERROR_EXIT_CODE = 74  # EX_IOERR (sysexits.h): a checkpoint or export could not be written
 
 
@@ -22,6 +24,8 @@ class StorageWriteError(Exception):
 
 def free_space(path: str) -> str:
     """Free space on the filesystem holding ``path`` (its nearest existing ancestor), for messages."""
+    if paths.is_remote(path):
+        return "object storage"
     probe = os.path.abspath(path)
     while not os.path.exists(probe) and os.path.dirname(probe) != probe:
         probe = os.path.dirname(probe)
@@ -50,10 +54,14 @@ def is_write_error(err: BaseException) -> bool:
 
 @contextlib.contextmanager
 def write_dir_when_complete(out_dir: str, what: str) -> Iterator[str]:
-    """Yield a scratch directory to write ``out_dir``'s new files into. On success each file is moved into
-    ``out_dir`` (a rename: it cannot run out of space; other files there are left alone); on a failed
-    write the scratch directory is removed and ``out_dir`` (a previous export) is untouched."""
-    partial = out_dir.rstrip(os.sep) + ".partial"
+    """Yield a local scratch directory to write ``out_dir``'s new files into; on success they are
+    published into ``out_dir`` (local or ``gs://``) by :func:`gadjax.paths.publish_dir`, which marks the
+    directory incomplete while its files are replaced, so no reader takes a half-written export. Other
+    files there are left alone. On a failed write the scratch directory is removed and ``out_dir`` (a
+    previous export) is untouched."""
+    # Local: beside out_dir (same filesystem: each file is then a rename); remote: on this host's disk.
+    partial = paths.local_mirror(out_dir, "staging") if paths.is_remote(out_dir) else out_dir.rstrip(os.sep)
+    partial += ".partial"
     shutil.rmtree(partial, ignore_errors=True)  # a crash of an earlier attempt
     try:
         os.makedirs(partial)
@@ -62,14 +70,13 @@ def write_dir_when_complete(out_dir: str, what: str) -> Iterator[str]:
         shutil.rmtree(partial, ignore_errors=True)
         if not is_write_error(e):
             raise
-        kept = (
-            f"The previous {what} there is unchanged." if os.path.isdir(out_dir) else "Nothing was written."
-        )
+        kept = f"The previous {what} there is unchanged." if paths.isdir(out_dir) else "Nothing was written."
         raise write_failure(what, out_dir, e, kept) from e
-    os.makedirs(out_dir, exist_ok=True)
-    for name in os.listdir(partial):
-        target = os.path.join(out_dir, name)
-        if os.path.isdir(target) and not os.path.islink(target):
-            shutil.rmtree(target)
-        os.replace(os.path.join(partial, name), target)
-    os.rmdir(partial)
+    try:
+        paths.publish_dir(partial, out_dir)
+    except Exception as e:
+        shutil.rmtree(partial, ignore_errors=True)
+        if not is_write_error(e):
+            raise
+        kept = f"{out_dir} is marked {paths.INCOMPLETE_MARKER} (readers refuse it) until a write completes."
+        raise write_failure(what, out_dir, e, kept) from e

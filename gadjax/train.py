@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 
+from gadjax.paths import StorageAccessError
 from gadjax.storage import STORAGE_ERROR_EXIT_CODE, StorageWriteError
 from gadjax.teacher.client import SpendingLimitReached
 from gadjax.trainer.loop import StepHook, Trainer, run
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         except SpendingLimitReached as e:
             print(f"gadjax.train: {cli.one_line(e)}", file=sys.stderr)
             sys.exit(SPENDING_LIMIT_EXIT_CODE)
-        except StorageWriteError as e:  # a full disk: what was kept, and how to go on
+        except (StorageWriteError, StorageAccessError) as e:  # a full disk, a bucket we cannot use
             print(f"gadjax.train: {cli.one_line(e)}", file=sys.stderr)
             sys.exit(STORAGE_ERROR_EXIT_CODE)
 

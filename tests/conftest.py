@@ -22,3 +22,16 @@ def pytest_collection_modifyitems(config, items):
     instead of running alone at the end while the other worker idles."""
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.path not in slow_files)
+
+
+import pytest  # noqa: E402  (after the environment above is set)
+
+
+@pytest.fixture(scope="module")
+def gcs(tmp_path_factory):
+    """A fake-gcs-server on loopback for the module's tests (tests/gcs_emulator.py): every GCS client of
+    the project (gcsfs, TensorStore) reaches it through the environment it sets, restored afterwards."""
+    from tests.gcs_emulator import GcsEmulator
+
+    with GcsEmulator(str(tmp_path_factory.mktemp("gcs"))) as emulator:
+        yield emulator

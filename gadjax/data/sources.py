@@ -23,21 +23,24 @@ from typing import Any
 
 import numpy as np
 
+from gadjax import paths as gpaths
 from gadjax.data.rows import BadRowCounter, DataError, normalize_row, parse_jsonl_line
 
 PathLike = str | os.PathLike
 
 
-def _as_paths(paths: PathLike | Sequence[PathLike]) -> list[str]:
+def _as_paths(paths: PathLike | Sequence[PathLike]) -> tuple[list[str], list[str]]:
+    """(names as given, local files to read): a gs:// file is downloaded once to this host's disk
+    (random access by byte offset and memory-mapped parquet need local files); messages name the URL."""
     if isinstance(paths, str | os.PathLike):
         paths = [paths]
-    out = [os.fspath(p) for p in paths]
-    if not out:
+    names = [os.fspath(p) for p in paths]
+    if not names:
         raise ValueError("no data files given")
-    for p in out:
-        if not os.path.isfile(p):
+    for p in names:
+        if not (gpaths.exists(p) and not gpaths.isdir(p)):
             raise FileNotFoundError(f"data file not found: {p}")
-    return out
+    return names, [gpaths.localize(p, "data") for p in names]
 
 
 def _record(i: int, row) -> dict[str, Any]:
@@ -59,7 +62,7 @@ class _FileSource:
         skip_bad_rows: bool = False,
         require_response: bool = False,
     ):
-        self.paths = _as_paths(paths)
+        self.names, self.paths = _as_paths(paths)
         self.require_response = require_response
         self.bad_rows = BadRowCounter()
         self._index(skip_bad_rows)
@@ -83,8 +86,9 @@ class JsonlSource(_FileSource):
             with open(path, "rb") as f:
                 offset = 0
                 for lineno, line in enumerate(f, start=1):
+                    where = f"{self.names[fi]}:{lineno}"
                     if line.strip() and self._is_good_row(
-                        skip_bad_rows, parse_jsonl_line, line, f"{path}:{lineno}", self.require_response
+                        skip_bad_rows, parse_jsonl_line, line, where, self.require_response
                     ):
                         files.append(fi)
                         offsets.append(offset)
@@ -101,7 +105,7 @@ class JsonlSource(_FileSource):
         return len(self._offset)
 
     def where(self, i: int) -> str:
-        return f"{self.paths[self._file[i]]}:{self._line[i]}"
+        return f"{self.names[self._file[i]]}:{self._line[i]}"
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         i = int(i)
@@ -127,7 +131,7 @@ class JsonlSource(_FileSource):
         return state
 
     def __repr__(self) -> str:
-        return f"JsonlSource({self.paths}, rows={len(self)}, skipped={self.bad_rows.total})"
+        return f"JsonlSource({self.names}, rows={len(self)}, skipped={self.bad_rows.total})"
 
 
 class ParquetSource(_FileSource):
@@ -142,11 +146,11 @@ class ParquetSource(_FileSource):
             try:
                 table = pq.read_table(path, memory_map=True)
             except Exception as e:  # pyarrow raises several types for a non-parquet file
-                raise DataError(path, f"not a readable parquet file: {e}", "bad_file") from None
+                raise DataError(self.names[fi], f"not a readable parquet file: {e}", "bad_file") from None
             self._tables.append(table)
             for ri, raw in enumerate(table.to_pylist()):
                 if self._is_good_row(
-                    skip_bad_rows, normalize_row, raw, f"{path}:{ri}", self.require_response
+                    skip_bad_rows, normalize_row, raw, f"{self.names[fi]}:{ri}", self.require_response
                 ):
                     files.append(fi)
                     rows.append(ri)
@@ -157,7 +161,7 @@ class ParquetSource(_FileSource):
         return len(self._row)
 
     def where(self, i: int) -> str:
-        return f"{self.paths[self._file[i]]}:{self._row[i]}"
+        return f"{self.names[self._file[i]]}:{self._row[i]}"
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         i = int(i)
@@ -165,7 +169,7 @@ class ParquetSource(_FileSource):
         return _record(i, normalize_row(raw, self.where(i), self.require_response))
 
     def __repr__(self) -> str:
-        return f"ParquetSource({self.paths}, rows={len(self)}, skipped={self.bad_rows.total})"
+        return f"ParquetSource({self.names}, rows={len(self)}, skipped={self.bad_rows.total})"
 
 
 def _decode(x: Any) -> str:
@@ -185,7 +189,7 @@ class TfdsSource:
 
         from gadjax.data import tfds_builder  # registers the builder class with tfds
 
-        self.data_dir, self.split = os.fspath(data_dir), split
+        self.data_dir, self.split = gpaths.localize(data_dir, "data"), split  # array_record reads local files
         self._ds = tfds.data_source(tfds_builder.GadRows.name, data_dir=self.data_dir, split=split)
         self.bad_rows = BadRowCounter()
 
@@ -224,7 +228,7 @@ def open_source(
     """
     first = os.fspath(paths if isinstance(paths, str | os.PathLike) else paths[0])
     if kind == "auto":
-        kind = "tfds" if os.path.isdir(first) else ("parquet" if first.endswith(".parquet") else "jsonl")
+        kind = "tfds" if gpaths.isdir(first) else ("parquet" if first.endswith(".parquet") else "jsonl")
     if kind == "jsonl":
         return JsonlSource(paths, skip_bad_rows, require_response)
     if kind == "parquet":

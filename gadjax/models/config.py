@@ -12,6 +12,8 @@ import json
 import os
 from typing import Any
 
+from gadjax.paths import localize
+
 # model_type -> family traits. Qwen2 always has q/k/v biases; Qwen3 normalises q and k per head.
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
@@ -121,7 +123,8 @@ class ModelConfig:
 
     @classmethod
     def from_file(cls, path: str) -> ModelConfig:
-        """Read `path` (a config.json, or a directory holding one)."""
+        """Read `path` (a config.json, or a directory holding one; local or gs://)."""
+        path = localize(path)
         if os.path.isdir(path):
             path = os.path.join(path, "config.json")
         try:

@@ -24,6 +24,8 @@ import numpy as np
 from gguf import GGUFReader, GGUFValueType
 from gguf.quants import dequantize
 
+from gadjax.paths import localize
+
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3")
 
 _HF_ARCHITECTURES = {
@@ -96,7 +98,7 @@ def read_gguf(path: str | os.PathLike) -> GGUFReader:
     """The parsed GGUF file (read-only, memory-mapped). Parsing the metadata takes seconds (a 49k-token
     vocabulary is read field by field), and the model and its tokenizer read the same file, as does every
     run of a study in one process: the reader is shared while the file is unchanged (path, size, mtime)."""
-    path = os.fspath(path)
+    path = localize(path)  # gs:// -> a local copy (the reader memory-maps it)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"GGUF file not found: {path}")
     st = os.stat(path)

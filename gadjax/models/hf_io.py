@@ -30,6 +30,7 @@ from gadjax.models.decoder import Decoder
 from gadjax.models.discriminator import Discriminator, fresh_head
 from gadjax.models.sharding import logical_names
 from gadjax.parallel.rules import DEFAULT_RULES, Rules, named_sharding
+from gadjax.paths import localize
 
 log = logging.getLogger(__name__)
 
@@ -265,8 +266,10 @@ def load_decoder(
 ) -> Decoder:
     """Load a HF directory or GGUF file as a Decoder, each parameter placed in its sharding.
 
-    model_kwargs go to Decoder (dtype, param_dtype, remat, attention).
+    model_kwargs go to Decoder (dtype, param_dtype, remat, attention). A ``gs://`` path is downloaded once
+    to this host's disk (gadjax.paths.localize).
     """
+    path = localize(path)
     cfg, tensors = _iter_source(path)
     return _load_into(abstract_decoder(cfg, **model_kwargs), cfg, tensors, mesh, rules)
 
@@ -284,6 +287,7 @@ def load_discriminator(
     """A discriminator from a checkpoint. A student checkpoint gives the backbone and a fresh head
     (SPEC.md: D is initialised from the student); an exported discriminator (with `score.weight`) also
     gives its head."""
+    path = localize(path)
     cfg, tensors = _iter_source(path)
     abstract = nnx.eval_shape(
         lambda: Discriminator(

@@ -20,6 +20,8 @@ from flax import nnx
 
 from gadjax.models import lora
 from gadjax.models.config import ModelConfig
+from gadjax.paths import localize
+from gadjax.storage import write_dir_when_complete
 
 CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
 _MODULE = {
@@ -62,8 +64,6 @@ def save_peft_adapter(
         for i in range(model_config.num_layers):
             tensors[_key(i, name, "A")] = np.ascontiguousarray(a[i].reshape(-1, r).T)
             tensors[_key(i, name, "B")] = np.ascontiguousarray(b[i].reshape(r, -1).T)
-    os.makedirs(out_dir, exist_ok=True)
-    save_file(tensors, os.path.join(out_dir, WEIGHTS_FILE), metadata={"format": "pt"})
     config = {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
@@ -79,8 +79,11 @@ def save_peft_adapter(
         "inference_mode": True,
         "modules_to_save": None,
     }
-    with open(os.path.join(out_dir, CONFIG_FILE), "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=2)
+    # Staged and published as one unit (local or gs://): a reader never takes half an adapter.
+    with write_dir_when_complete(out_dir, "PEFT adapter export") as partial:
+        save_file(tensors, os.path.join(partial, WEIGHTS_FILE), metadata={"format": "pt"})
+        with open(os.path.join(partial, CONFIG_FILE), "w", encoding="utf-8") as f:
+            json.dump(config, f, indent=2)
     return out_dir
 
 
@@ -88,6 +91,7 @@ def read_peft_adapter(path: str, model_config: ModelConfig) -> tuple[lora.LoraCo
     """(LoraConfig, {"q_lora_a": [layers, in..., r], ...}) from a PEFT LoRA directory for this model."""
     from safetensors.numpy import load_file
 
+    path = localize(path)  # a gs:// adapter is downloaded once
     with open(os.path.join(path, CONFIG_FILE), encoding="utf-8") as f:
         conf = json.load(f)
     if conf.get("peft_type") != "LORA":

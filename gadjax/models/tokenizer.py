@@ -22,6 +22,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_token
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from gadjax.models.gguf import gguf_field, read_gguf
+from gadjax.paths import localize
 
 # llama.cpp token types (gguf TokenType): only these two become added tokens matched whole in the text.
 _CONTROL, _USER_DEFINED = 3, 4
@@ -191,7 +192,7 @@ def load_tokenizer(path: str | os.PathLike, require_chat_template: bool = True) 
     ``eos_token_id`` and ``pad_token_id`` (pad falls back to eos) and, unless ``require_chat_template`` is
     False, a ``chat_template``; a missing one raises ValueError naming the path.
     """
-    path = os.fspath(path)
+    path = localize(path)  # gs:// -> a local copy (transformers reads local files)
     if os.path.isdir(path) and not any(os.path.isfile(os.path.join(path, f)) for f in _HF_FILES):
         path = _find_gguf(path) or path
     if os.path.isfile(path) and path.endswith(".gguf"):

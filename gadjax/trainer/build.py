@@ -6,7 +6,6 @@ Nothing here trains; gadjax/train.py calls these once and then loops.
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import jax
@@ -26,6 +25,7 @@ from gadjax.models.hf_io import load_decoder, load_discriminator
 from gadjax.models.sharding import init_sharded
 from gadjax.models.tokenizer import load_tokenizer
 from gadjax.rollout.sampler import SamplingConfig
+from gadjax.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +130,11 @@ def sampling_config(config: ConfigDict, tokenizer: Any, model_cfg: ModelConfig) 
     )
 
 
+def teacher_cache_name() -> str:
+    """Each process's teacher cache in the run dir (SQLite files are not shared between hosts)."""
+    return f"teacher_cache.p{jax.process_index()}.sqlite"
+
+
 def build_teacher(config: ConfigDict):
     """The online teacher client (None when teacher.enabled is off)."""
     t = config.teacher
@@ -138,7 +143,11 @@ def build_teacher(config: ConfigDict):
     from gadjax.teacher.client import TeacherClient
     from gadjax.teacher.config import TeacherConfig
 
-    cache = t.cache_path or os.path.join(config.run_dir, f"teacher_cache.p{jax.process_index()}.sqlite")
+    cache = t.cache_path
+    if not cache:  # this process's own SQLite file on this host's disk; a resumed run takes the bucket's copy
+        run_dir = RunDir(config.run_dir)
+        run_dir.fetch(teacher_cache_name())
+        cache = run_dir.local_path(teacher_cache_name())
     return TeacherClient(
         TeacherConfig(
             base_url=t.base_url,

@@ -19,17 +19,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 from typing import Any
 
 from ml_collections import ConfigDict
 
+from gadjax import paths
 from gadjax.eval.selection import Selector
+from gadjax.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
 LENGTH_REFERENCES = ("teacher", "first")
 JUDGE_SUMMARY_KEYS = ("judge_score", "judge_n_ok", "judge_n_failed")
+JUDGE_CACHE = "judge_cache.sqlite"  # in the run dir, unless eval.judge.cache_path says otherwise
 
 
 def validate(c: ConfigDict, fail: Any) -> None:
@@ -40,7 +42,7 @@ def validate(c: ConfigDict, fail: Any) -> None:
     if e.every and not e.data:
         fail("eval.data", "eval.every > 0 needs evaluation rows (a held-out jsonl / parquet / tfds dir)")
     for path in e.data:
-        if not os.path.exists(path):
+        if not paths.exists(path):
             fail("eval.data", f"{path!r} does not exist")
     if e.temperature < 0:
         fail("eval.temperature", "must be >= 0 (0 = greedy)")
@@ -69,7 +71,10 @@ def _judge_settings(c: ConfigDict) -> Any:
 
     kw = {f.name: c.eval.judge[f.name] for f in dataclasses.fields(JudgeSettings)}
     kw["api_key_env"] = kw["api_key_env"] or None
-    kw["cache_path"] = kw["cache_path"] or os.path.join(c.run_dir, "judge_cache.sqlite")
+    if not kw["cache_path"]:  # SQLite needs a real filesystem: with a gs:// run_dir it lives on this host
+        run_dir = RunDir(c.run_dir)
+        run_dir.fetch(JUDGE_CACHE)
+        kw["cache_path"] = run_dir.local_path(JUDGE_CACHE)
     return JudgeSettings(**kw)
 
 
@@ -107,8 +112,8 @@ class TrainingEvaluator:
         self.rows = [source[i] for i in range(n)]
         if not self.rows:
             raise ValueError(f"config.eval.data: {list(c.eval.data)} holds no rows")
-        self.dir = os.path.join(c.run_dir, "eval")
-        self.selection_path = os.path.join(c.run_dir, "selection.json")
+        self.dir = paths.join(c.run_dir, "eval")
+        self.selection_path = paths.join(c.run_dir, "selection.json")
         self.selector: Selector | None = None
         self._pending_reference = False
         if c.select.metric:
@@ -126,9 +131,8 @@ class TrainingEvaluator:
         )
 
     def _load_or_create_selector(self) -> None:
-        if self.c.resume and os.path.exists(self.selection_path):
-            with open(self.selection_path, encoding="utf-8") as f:
-                state = json.load(f)
+        if self.c.resume and paths.exists(self.selection_path):
+            state = json.loads(paths.read_text(self.selection_path))
             self.selector = self._new_selector(state.get("reference_length"))
             self.selector.restore(state)
             return
@@ -194,16 +198,12 @@ class TrainingEvaluator:
         return flat, new_best
 
     def _write_generations(self, step: int, res: dict[str, Any]) -> None:
-        os.makedirs(self.dir, exist_ok=True)
-        path = os.path.join(self.dir, f"step_{step}.jsonl")
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
-            f.write(json.dumps({"step": step, "summary": res["summary"], "decoding": res["decoding"]}) + "\n")
-            for g in res["generations"]:
-                f.write(
-                    json.dumps({k: v for k, v in g.items() if k != "student_token_ids"}, ensure_ascii=False)
-                    + "\n"
-                )
-        os.replace(path + ".tmp", path)
+        lines = [json.dumps({"step": step, "summary": res["summary"], "decoding": res["decoding"]})]
+        lines += [
+            json.dumps({k: v for k, v in g.items() if k != "student_token_ids"}, ensure_ascii=False)
+            for g in res["generations"]
+        ]
+        paths.write_text(paths.join(self.dir, f"step_{step}.jsonl"), "\n".join(lines) + "\n")
 
     def write_selection(self) -> None:
         """selection.json (process 0): call after the best checkpoint, if any, is committed."""
@@ -220,6 +220,4 @@ class TrainingEvaluator:
                 + (f"{list(sel.length_band)} x {sel.reference_length:.1f}" if sel.length_band else "any band")
             ),
         }
-        with open(self.selection_path + ".tmp", "w", encoding="utf-8") as f:
-            json.dump(state, f, indent=2, default=float)
-        os.replace(self.selection_path + ".tmp", self.selection_path)
+        paths.write_text(self.selection_path, json.dumps(state, indent=2, default=float))

@@ -10,7 +10,8 @@ One loop, three stages (SPEC.md "Stages"), chosen by `config.stage`:
 
 Every step logs to <run_dir>/metrics.jsonl (+ TensorBoard), checkpoints go to <run_dir>/checkpoints
 every `checkpoint.every` steps and at the end (`--config.resume` continues exactly), and the final
-student is exported as a Hugging Face directory to <run_dir>/export/student.
+student is exported as a Hugging Face directory to <run_dir>/export/student. run_dir may be a local
+path or a bucket (gs://...): gadjax.paths and gadjax.run_dir say what is written where.
 """
 
 from __future__ import annotations
@@ -27,12 +28,14 @@ import jax
 from ml_collections import ConfigDict
 
 from gadjax import config as config_lib
+from gadjax import paths
 from gadjax.checkpoint import RunCheckpointer
 from gadjax.metrics import MetricsWriter, bar_postfix
 from gadjax.models.lora import lora_config
 from gadjax.parallel.distributed import wait_for_all_processes
 from gadjax.parallel.mesh import make_mesh
 from gadjax.rollout.sampler import Sampler
+from gadjax.run_dir import RunDir
 from gadjax.teacher.client import SpendingLimitReached
 from gadjax.trainer import build
 from gadjax.trainer.adapters import share_backbone, split_trainable
@@ -55,7 +58,7 @@ class Trainer(RunStateMixin, StageStepsMixin):
         self.stage = c.stage
         self.primary = jax.process_index() == 0
         self.mesh = make_mesh(tuple(c.mesh.shape))
-        os.makedirs(c.run_dir, exist_ok=True)
+        self.run_dir = RunDir(c.run_dir)  # + this host's working copy for SQLite caches and metrics
         self.tokenizer = build.build_tokenizer(c)
         self.teacher = build.build_teacher(c)
         self.data = build.build_data(c, self.tokenizer, self.teacher)
@@ -116,7 +119,7 @@ class Trainer(RunStateMixin, StageStepsMixin):
             else None
         )
         self._programs: dict[str, Any] = {}
-        ckpt_dir = c.checkpoint.dir or os.path.join(c.run_dir, "checkpoints")
+        ckpt_dir = c.checkpoint.dir or paths.join(c.run_dir, "checkpoints")
         self.ckpt = RunCheckpointer(ckpt_dir, keep=c.checkpoint.keep)
         self.start_step = 0
         self.data_state = None
@@ -138,6 +141,7 @@ class Trainer(RunStateMixin, StageStepsMixin):
             config=c.to_dict(),
             primary=self.primary,
             resume_step=self.start_step if c.resume else None,
+            sync_every_s=c.metrics.sync_every_s,
         )
         self.evaluator = None
         self.best_ckpt = None
@@ -146,7 +150,7 @@ class Trainer(RunStateMixin, StageStepsMixin):
             if c.resume:
                 self.evaluator.forget_after(self.start_step)
             if c.select.metric:  # one slot, outside the keep-N rotation; saved rarely, so synchronously
-                self.best_ckpt = RunCheckpointer(os.path.join(c.run_dir, "best"), keep=1, async_save=False)
+                self.best_ckpt = RunCheckpointer(paths.join(c.run_dir, "best"), keep=1, async_save=False)
         self.nonfinite = NonFiniteGuard(c.train.max_bad_steps)
         g = c.guards
         self.drift = DriftWatch(g.response_length_max_ratio, g.d_acc_low, g.d_acc_high, g.window)
@@ -262,7 +266,9 @@ def run(config: ConfigDict, on_step: StepHook | None = None) -> dict[str, Any]:
         d.process_id if d.process_id >= 0 else None,
     )
     if jax.process_index() == 0:
-        os.makedirs(config.run_dir, exist_ok=True)
-        with open(os.path.join(config.run_dir, "config.json"), "w", encoding="utf-8") as f:
-            json.dump(config.to_dict(), f, indent=2, default=str)
+        # A missing bucket, missing credentials or permission fail here, in one line, before any work.
+        paths.check_writable(config.run_dir)
+        paths.write_text(
+            paths.join(config.run_dir, "config.json"), json.dumps(config.to_dict(), indent=2, default=str)
+        )
     return Trainer(config).run(on_step)

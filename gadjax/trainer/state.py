@@ -7,12 +7,12 @@ g_/d_state, g_/d_graphdef, ckpt, data_iter, tokenizer). Checkpoint layout: gadja
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from gadjax import paths
 from gadjax.algo.steps import (
     TrainState,
 )
@@ -21,6 +21,8 @@ from gadjax.models.sharding import state_shardings
 from gadjax.parallel.distributed import allgather_json
 from gadjax.parallel.programs import train_state_shardings
 from gadjax.parallel.rules import use_mesh
+from gadjax.trainer import build
+from gadjax.trainer.evaluation import JUDGE_CACHE
 
 log = logging.getLogger("gadjax.train")
 
@@ -39,7 +41,7 @@ class RunStateMixin:
 
     def _init_from(self, run_dir: str, g_params: Any, d_params: Any) -> tuple[Any, Any]:
         """G (and D) parameters from an earlier run's latest checkpoint (e.g. warmup -> gad)."""
-        src = RunCheckpointer(os.path.join(run_dir, "checkpoints"))
+        src = RunCheckpointer(paths.join(run_dir, "checkpoints"))
         step = src.latest_step()
         templates = {"g_params": g_params}
         meta = src.read_meta(step)
@@ -116,6 +118,18 @@ class RunStateMixin:
             "lora": self._lora_meta(),
         }
         self.ckpt.save(step, trees, meta, force=force)
+        self._push_run_files()
+
+    def _push_run_files(self) -> None:
+        """With a gs:// run_dir: copy what lives on this host (metrics, SQLite caches) into the bucket, so a
+        run resumed on a new VM neither loses records nor pays the teacher again (gadjax.run_dir)."""
+        self.metrics.sync()
+        c = self.config
+        if self.teacher is not None and not c.teacher.cache_path:
+            self.run_dir.push(build.teacher_cache_name())
+        judge = self.evaluator is not None and self.evaluator.judge is not None
+        if self.primary and judge and not c.eval.judge.cache_path:
+            self.run_dir.push(JUDGE_CACHE)
 
     def _lora_meta(self) -> dict[str, bool]:
         """Which models train adapters: the checkpointed params are then the adapters (and D's head)."""
@@ -137,7 +151,7 @@ class RunStateMixin:
     def export_best(self) -> None:
         """HF export of the selected student to export/best (selection.json says which step and why)."""
         trees, meta = self.best_ckpt.restore(None, {"g_params": self.g_state.params})
-        out = os.path.join(self.config.run_dir, "export", "best")
+        out = paths.join(self.config.run_dir, "export", "best")
         self._export_student(trees["g_params"], out)
         if self.primary:
             log.info("exported the selected student (step %d) to %s", meta["step"], out)
@@ -151,10 +165,10 @@ class RunStateMixin:
         """HF export of the student (and the discriminator when export.discriminator)."""
         from gadjax.models.hf_export import save_hf_checkpoint
 
-        out = os.path.join(self.config.run_dir, "export")
-        self._export_student(self.g_state.params, os.path.join(out, "student"))
+        out = paths.join(self.config.run_dir, "export")
+        self._export_student(self.g_state.params, paths.join(out, "student"))
         if self.config.export.discriminator and self.d_state is not None:
             disc = self.d_parts.module(self.d_state.params)
-            save_hf_checkpoint(disc, os.path.join(out, "discriminator"), tokenizer=self.tokenizer)
+            save_hf_checkpoint(disc, paths.join(out, "discriminator"), tokenizer=self.tokenizer)
         if self.primary:
-            log.info("exported the student to %s", os.path.join(out, "student"))
+            log.info("exported the student to %s", paths.join(out, "student"))
