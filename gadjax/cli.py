@@ -175,9 +175,12 @@ def input_errors(what: str) -> Iterator[None]:
 
 
 def require_paths(*flag_paths: tuple[str, str | None]) -> None:
-    """Fail fast (before the slow imports) on input paths that do not exist: ``("--model", path)``."""
+    """Fail fast (before the slow imports) on input paths that do not exist: ``("--model", path)``;
+    local or gs:// (gadjax.paths)."""
+    from gadjax import paths
+
     for flag, path in flag_paths:
-        if path is not None and not os.path.exists(path):
+        if path is not None and not paths.exists(path):
             raise InputError(f"{flag}: no such file or directory: {path}")
 
 

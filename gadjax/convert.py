@@ -21,6 +21,8 @@ import logging
 import os
 import sys
 
+from gadjax.paths import localize
+
 PROG = "gadjax.convert"
 log = logging.getLogger(PROG)
 
@@ -34,6 +36,7 @@ def has_tokenizer(path: str) -> bool:
     transformers would otherwise build a tokenizer from config.json alone: an error for Llama and, for
     Qwen2 / Qwen3, an empty one-token tokenizer that must not be written out.
     """
+    path = localize(path)  # gs:// -> this host's copy (downloaded once)
     if not os.path.isdir(path):
         return path.endswith(".gguf")
     files = os.listdir(path)

@@ -68,6 +68,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from gadjax import paths
 from gadjax.eval.judge import JudgeSettings
 from gadjax.eval.settings import EvalSettings
 
@@ -182,13 +183,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("--judge-model needs --judge-url")
     if args.teacher_system_prompt is not None and not args.teacher_model:
         raise SystemExit("--teacher-system-prompt needs --teacher-model")
-    paths = (("--model", args.model), ("--tokenizer", args.tokenizer), ("--data", args.data))
-    for flag, path in (*paths, ("--teacher-model", args.teacher_model)):
-        if path is not None and not os.path.exists(path):  # before the slow imports
+    inputs = (("--model", args.model), ("--tokenizer", args.tokenizer), ("--data", args.data))
+    for flag, path in (*inputs, ("--teacher-model", args.teacher_model)):
+        if path is not None and not paths.exists(path):  # before the slow imports (gs:// too)
             raise SystemExit(f"{flag}: no such file or directory: {path}")
     judge = None
     if args.judge_url:
-        cache = args.judge_cache or os.path.join(args.out, "judge_cache.sqlite")
+        # SQLite needs a local disk: beside the outputs, or on this host when --out is gs://.
+        cache = args.judge_cache or os.path.join(paths.local_mirror(args.out, "eval"), "judge_cache.sqlite")
         if cache.lower() == "none":
             cache = None
         else:
@@ -262,12 +264,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         teacher_system_prompt=args.teacher_system_prompt,
     )
     info = {
-        "model": os.path.abspath(args.model),
-        "tokenizer": os.path.abspath(args.tokenizer or args.model),
-        "data": os.path.abspath(args.data),
+        "model": paths.absolute(args.model),
+        "tokenizer": paths.absolute(args.tokenizer or args.model),
+        "data": paths.absolute(args.data),
     }
     if args.teacher_model:
-        info["teacher_model"] = os.path.abspath(args.teacher_model)
+        info["teacher_model"] = paths.absolute(args.teacher_model)
     eval_path, gen_path = write_results(result, args.out, name, info)
     print(format_summary(result, name))
     print(f"wrote {eval_path}\nwrote {gen_path}")

@@ -136,3 +136,12 @@ def test_a_run_on_a_missing_bucket_fails_in_one_line_before_any_work(gcs, tmp_pa
                   expect=74)  # fmt: skip
     last = proc.stderr.strip().splitlines()[-1]
     assert "gs://no-such-bucket/run: no such bucket" in last, proc.stderr[-2000:]
+
+
+def test_a_resume_with_another_process_count_is_refused_naming_the_rule():
+    from gadjax.trainer.state import _check_process_count
+
+    _check_process_count([{"pos": 0}], "gs://b/run/checkpoints")  # 1 saved, 1 here (the test process)
+    _check_process_count(None, "gs://b/run/checkpoints")  # meta unreadable: restore reports the damage
+    with pytest.raises(ValueError, match=r"data states of 2 processes, this run has 1; .*same slice shape"):
+        _check_process_count([{"pos": 0}, {"pos": 5}], "gs://b/run/checkpoints")

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from jax.sharding import Mesh
 
+from gadjax import paths
 from gadjax.eval.distribution import marker_gap, two_sample_test
 from gadjax.eval.generation import default_stop_ids, generate_responses
 from gadjax.eval.judge import JudgeResult, judge_summary, render_question, run_judge
@@ -311,32 +311,21 @@ def summarize(metrics: Mapping[str, Any], n_prompts: int) -> dict[str, float | i
     }
 
 
-def _atomic_write(path: str, text: str) -> None:
-    d = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_results(
     result: Mapping[str, Any], out_dir: str, name: str, info: Mapping[str, Any] | None = None
 ) -> tuple[str, str]:
     """Write ``eval_<name>.json`` (everything but the generations, plus ``name`` and ``info`` such as
-    the model path) and ``generations_<name>.jsonl`` (one line per prompt). Returns both paths."""
+    the model path) and ``generations_<name>.jsonl`` (one line per prompt), each whole or not at all;
+    ``out_dir`` may be local or gs://. Returns both paths."""
     if not name or os.sep in name or name.startswith("."):
         raise ValueError(f"evaluation name {name!r}: must be a plain file-name label")
-    os.makedirs(out_dir, exist_ok=True)
-    eval_path = os.path.join(out_dir, f"eval_{name}.json")
-    gen_path = os.path.join(out_dir, f"generations_{name}.jsonl")
+    paths.makedirs(out_dir)
+    eval_path = paths.join(out_dir, f"eval_{name}.json")
+    gen_path = paths.join(out_dir, f"generations_{name}.jsonl")
     doc = {"name": name, **dict(info or {}), **{k: v for k, v in result.items() if k != "generations"}}
-    _atomic_write(gen_path, "".join(json.dumps(g, ensure_ascii=False) + "\n" for g in result["generations"]))
-    _atomic_write(eval_path, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    lines = [json.dumps(g, ensure_ascii=False) + "\n" for g in result["generations"]]
+    paths.write_text(gen_path, "".join(lines))
+    paths.write_text(eval_path, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
     return eval_path, gen_path
 
 

@@ -27,6 +27,16 @@ from gadjax.trainer.evaluation import JUDGE_CACHE
 log = logging.getLogger("gadjax.train")
 
 
+def _check_process_count(data_states: list | None, directory: str) -> None:
+    """A run resumes with as many processes as it saved with: each saved its own data iterator position
+    (hosts read different shards). The devices may be new VMs; the slice shape and process count stay."""
+    if data_states is not None and len(data_states) != jax.process_count():
+        raise ValueError(
+            f"config.resume: the checkpoints in {directory} hold data states of {len(data_states)} "
+            f"processes, this run has {jax.process_count()}; resume on the same slice shape (as many hosts)"
+        )
+
+
 class RunStateMixin:
     """Train states, init_from, resume, save and HF export of a Trainer."""
 
@@ -66,6 +76,7 @@ class RunStateMixin:
             meta = self.ckpt.read_meta()
         except Exception:  # a damaged newest checkpoint: restore_newest_good below reports and skips it
             meta = {}
+        _check_process_count(meta.get("data_states"), self.ckpt.directory)  # before the slow restore
         if meta and meta.get("lora", {"g": False, "d": False}) != self._lora_meta():
             raise ValueError(
                 f"config.resume: the checkpoints in {self.ckpt.directory} were trained with LoRA "
@@ -93,11 +104,7 @@ class RunStateMixin:
             self.d_state = TrainState(step=d_step, params=trees["d_params"], opt_state=trees["d_opt"])
         self.start_step = int(meta["step"])
         states = meta["data_states"]
-        if len(states) != jax.process_count():
-            raise ValueError(
-                f"config.resume: the checkpoint holds data states of {len(states)} processes, this run has "
-                f"{jax.process_count()}; resume with the same number of processes"
-            )
+        _check_process_count(states, self.ckpt.directory)
         self.data_state = states[jax.process_index()]
         log.info("resumed from step %d", self.start_step)
 
