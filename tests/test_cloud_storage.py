@@ -131,6 +131,38 @@ def test_two_processes_resume_from_the_bucket_on_new_machines(gcs, tmp_path):
         np.testing.assert_allclose(eb[k], ea[k], rtol=0, atol=TOL, err_msg=k)
 
 
+@pytest.mark.slow
+def test_the_teacher_cache_follows_the_run_to_a_new_vm(gcs, tmp_path):
+    """An online teacher (a real loopback server) with run_dir on gs://: the run stops at its spending limit
+    (5 answers paid), and a resume on a new VM (empty local disk) with a higher limit pays none of them
+    again: the per-process SQLite cache went to the bucket and came back."""
+    import json
+
+    sys.path.insert(0, os.path.join(REPO, "tests", "teacher"))
+    from fake_server import FakeOpenAI
+
+    gcs.create_bucket("paid")
+    with open(TRAIN_JSONL, encoding="utf-8") as src:
+        rows = [json.loads(line) for line in src][:24]
+    prompts = "".join(json.dumps({"messages": r["messages"]}) + "\n" for r in rows)
+    paths.write_text("gs://paid/prompts.jsonl", prompts)
+    with FakeOpenAI() as srv:
+        common = [
+            "--config.stage=seqkd", "--config.train.steps=2", "--config.data.train=gs://paid/prompts.jsonl",
+            "--config.teacher.enabled=true", f"--config.teacher.base_url={srv.base_url}",
+            "--config.teacher.model=fake", "--config.teacher.api_key_env=", "--config.teacher.max_tokens=8",
+            "--config.run_dir=gs://paid/run", "--config.checkpoint.every=1",
+            "--config.metrics.tensorboard=false",
+        ]  # fmt: skip
+        _train(tmp_path, "vm1", gcs, *common, "--config.teacher.max_requests=5", expect=3)
+        paid_first = set(srv.prompts_seen())
+        assert len(paid_first) == 5 and paths.exists("gs://paid/run/teacher_cache.p0.sqlite")
+        srv.clear()
+        _train(tmp_path, "vm2", gcs, *common, "--config.teacher.max_requests=100", "--config.resume=true")
+        assert srv.prompts_seen() and not paid_first & set(srv.prompts_seen())  # nothing paid twice
+    assert [r["step"] for r in read_metrics("gs://paid/run")] == [1, 2]
+
+
 def test_a_run_on_a_missing_bucket_fails_in_one_line_before_any_work(gcs, tmp_path):
     proc = _train(tmp_path, "vm", gcs, "--config.run_dir=gs://no-such-bucket/run", "--config.train.steps=1",
                   expect=74)  # fmt: skip

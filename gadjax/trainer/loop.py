@@ -230,6 +230,10 @@ class Trainer(RunStateMixin, StageStepsMixin):
             if bar is not None:
                 bar.close()
             self.metrics.close()
+            try:  # a spending limit or an error: what was paid for is kept (not over the original error)
+                self.push_caches()
+            except Exception as e:  # noqa: BLE001
+                log.error("could not copy the caches to %s: %s", c.run_dir, " ".join(str(e).split())[:300])
             self.ckpt.close()
             if self.best_ckpt is not None:
                 self.best_ckpt.close()

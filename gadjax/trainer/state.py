@@ -125,12 +125,13 @@ class RunStateMixin:
             "lora": self._lora_meta(),
         }
         self.ckpt.save(step, trees, meta, force=force)
-        self._push_run_files()
-
-    def _push_run_files(self) -> None:
-        """With a gs:// run_dir: copy what lives on this host (metrics, SQLite caches) into the bucket, so a
-        run resumed on a new VM neither loses records nor pays the teacher again (gadjax.run_dir)."""
         self.metrics.sync()
+        self.push_caches()
+
+    def push_caches(self) -> None:
+        """With a gs:// run_dir: copy the SQLite caches that live on this host into the bucket (at each
+        checkpoint, and when the run stops for any reason), so a run resumed on a new VM does not pay the
+        teacher or the judge again for what it received (gadjax.run_dir)."""
         c = self.config
         if self.teacher is not None and not c.teacher.cache_path:
             self.run_dir.push(build.teacher_cache_name())
