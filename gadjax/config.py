@@ -9,11 +9,14 @@ anything is compiled and names the offending key.
 from __future__ import annotations
 
 import ast
+import functools
 import glob
 import os
 from typing import Any
 
 from ml_collections import ConfigDict
+
+from gadjax.data import packing
 
 STAGES = ("seqkd", "warmup", "gad")
 DTYPES = ("float32", "bfloat16")
@@ -173,6 +176,7 @@ def base_config() -> ConfigDict:
             micro_batches_g=1,
             micro_batches_d=1,
             logprob_chunk=256,
+            **packing.DEFAULTS,  # packing, pack_length, pack_rows: packed passes (gadjax.data.packing)
             max_bad_steps=3,  # consecutive non-finite steps before the run stops
             debug_kill_at_step=0,  # tests: SIGKILL this process right after this step's checkpoint
             debug_signal_at_step=0,  # tests: SIGTERM this process after this step (a preemption notice)
@@ -381,18 +385,16 @@ def validate(c: ConfigDict) -> ConfigDict:
     if c.init_from and not os.path.isdir(c.init_from):
         _fail("init_from", f"{c.init_from!r} is not a directory (an earlier run_dir)")
     evaluation.validate(c, _fail)
+    packing.validate(c, _fail)
     return c
 
 
-def _data_kind(path: str) -> str:
-    """What data.kind='auto' reads `path` as (gadjax.data.sources.open_source)."""
+def _data_kind(path: str) -> str:  # what data.kind='auto' reads `path` as (data.sources.open_source)
     return "tfds" if os.path.isdir(path) else ("parquet" if path.endswith(".parquet") else "jsonl")
 
 
 def _positive(c: ConfigDict, *keys: str) -> None:
     for key in keys:
-        node: Any = c
-        for part in key.split("."):
-            node = node[part]
+        node: Any = functools.reduce(lambda n, part: n[part], key.split("."), c)
         if not isinstance(node, int) or node < 1:
             _fail(key, f"must be a positive integer (got {node!r})")

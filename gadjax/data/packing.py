@@ -32,6 +32,11 @@ from collections.abc import Sequence
 import numpy as np
 
 MAX_ROWS_PER_SEQUENCE = 64  # row slots per sequence (J): the discriminator reads each row's last token
+PACK_ALIGN = 128  # pack_length=0 rounds the longest row up to this (TPU lanes, the flash/splash blocks)
+
+# The config keys (gadjax.config's train section). pack_length 0: the longest possible row (prompt cap +
+# response cap) rounded up to PACK_ALIGN. pack_rows 0: ``auto_rows`` (one padded micro-batch's tokens).
+DEFAULTS = dict(packing=False, pack_length=0, pack_rows=0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -297,3 +302,46 @@ def student_scores(layout: Packing, row_scores: np.ndarray) -> np.ndarray:
     """The samples' scores [B*N] (rollout order) from ``pack_discriminator``'s per-slot scores."""
     per_row = layout.row_values(row_scores).reshape(-1, layout.group_size)
     return per_row[:, 1:].reshape(-1)
+
+
+def longest_row(c) -> int:
+    """The longest row any packed pass of config ``c`` sees: the prompt cap plus the longest response cap
+    of its stage (teacher responses; seqkd aside, the rollout's too)."""
+    response = c.data.max_response_tokens
+    if c.stage != "seqkd":
+        response = max(response, c.rollout.max_new_tokens)
+    return int(c.data.max_prompt_tokens + response)
+
+
+def pack_length(c) -> int:
+    """``train.pack_length``, with 0 resolved to the longest row rounded up to PACK_ALIGN."""
+    if c.train.pack_length:
+        return int(c.train.pack_length)
+    return -(-longest_row(c) // PACK_ALIGN) * PACK_ALIGN
+
+
+def validate(c, fail) -> None:
+    """Config checks of the packing keys (gadjax.config.validate's ``fail`` names the key)."""
+    t = c.train
+    if not isinstance(t.packing, bool):
+        fail("train.packing", f"must be True or False (got {t.packing!r})")
+    for key in ("pack_length", "pack_rows"):
+        if not isinstance(t[key], int) or t[key] < 0:
+            fail(f"train.{key}", f"must be an integer >= 0 (0 = auto), got {t[key]!r}")
+    if not t.packing:
+        return
+    longest = longest_row(c)
+    if t.pack_length and t.pack_length < longest:
+        fail(
+            "train.pack_length",
+            f"{t.pack_length} is shorter than the longest possible row, {longest} tokens "
+            "(data.max_prompt_tokens + data.max_response_tokens / rollout.max_new_tokens): "
+            "a row never splits across sequences",
+        )
+    n = c.rollout.n_samples
+    if c.stage != "seqkd" and t.pack_rows and t.pack_rows * (pack_length(c) // longest) < 1 + n:
+        fail(
+            "train.pack_rows",
+            f"{t.pack_rows} sequences of train.pack_length={pack_length(c)} cannot hold a discriminator "
+            f"group (the teacher row and rollout.n_samples={n} samples, {longest} tokens each at the caps)",
+        )
