@@ -193,10 +193,6 @@ def pack(
         raise ValueError(
             f"pack: a row of {int(lens.max())} tokens does not fit train.pack_length={shape.length}"
         )
-    if group_size > shape.rows * min(shape.slots, shape.length // max(1, int(lens.max(initial=1)))):
-        raise ValueError(
-            f"pack: a group of {group_size} rows does not fit train.pack_rows={shape.rows} sequences"
-        )
     free = np.zeros(0, np.int64)  # free tokens of every sequence so far (micro-batch m: m*S .. m*S+S-1)
     count = np.zeros(0, np.int64)  # rows in each sequence
     groups_in = np.zeros(0, np.int64)  # groups in each micro-batch
@@ -215,12 +211,17 @@ def pack(
             placed = _fit(lens[rows], free[m * shape.rows : (m + 1) * shape.rows], count, m, shape)
             if placed is not None:
                 break
-        if placed is None:  # a fresh micro-batch (always fits: checked above)
+        if placed is None:  # a fresh micro-batch
             m = groups_in.size
             free = np.concatenate([free, np.full(shape.rows, shape.length, np.int64)])
             count = np.concatenate([count, np.zeros(shape.rows, np.int64)])
             groups_in = np.concatenate([groups_in, [0]])
             placed = _fit(lens[rows], free[m * shape.rows :], count, m, shape)
+            if placed is None:
+                raise ValueError(
+                    f"pack: a group of {group_size} rows ({int(lens[rows].sum())} tokens) does not fit one "
+                    f"micro-batch of train.pack_rows={shape.rows} x train.pack_length={shape.length}"
+                )
         groups_in[m] += 1
         for b, s in zip(rows, placed, strict=True):
             seq[b] = s
@@ -318,6 +319,23 @@ def pack_length(c) -> int:
     if c.train.pack_length:
         return int(c.train.pack_length)
     return -(-longest_row(c) // PACK_ALIGN) * PACK_ALIGN
+
+
+def pack_shape(c, kind: str, shards: int) -> PackShape:
+    """The packed micro-batch of pass ``kind`` (disc | sft | policy; the reference pass uses policy's):
+    ``train.pack_rows`` sequences, or (0) as many as hold one padded micro-batch's tokens, the memory the
+    padded config was sized for (``auto_rows``); ``shards`` = the mesh's batch shards (data x fsdp)."""
+    length = pack_length(c)
+    if c.train.pack_rows:
+        return PackShape(rows=int(c.train.pack_rows), length=length)
+    b, p, n = c.data.batch_size, c.data.max_prompt_tokens, c.rollout.n_samples
+    if kind == "disc":
+        rows, cap = b // c.train.micro_batches_d * (1 + n), longest_row(c)
+    elif kind == "sft":
+        rows, cap = b // c.train.micro_batches_g, p + c.data.max_response_tokens
+    else:
+        rows, cap = b * n // c.train.micro_batches_g, p + c.rollout.max_new_tokens
+    return PackShape(rows=auto_rows(rows, cap, length, shards), length=length)
 
 
 def validate(c, fail) -> None:

@@ -156,21 +156,7 @@ class StageStepsMixin:
         raise KeyError(name)
 
     def _pack_shape(self, kind: str) -> packing.PackShape:
-        """The packed micro-batch of pass `kind` (disc | sft | policy): train.pack_rows sequences, or as
-        many as hold one padded micro-batch's tokens (the memory the padded config was sized for)."""
-        c = self.config
-        length = packing.pack_length(c)
-        if c.train.pack_rows:
-            return packing.PackShape(rows=c.train.pack_rows, length=length)
-        b, p = c.data.batch_size, c.data.max_prompt_tokens
-        if kind == "disc":
-            rows, cap = b // c.train.micro_batches_d * (1 + self.n), packing.longest_row(c)
-        elif kind == "sft":
-            rows, cap = b // c.train.micro_batches_g, p + c.data.max_response_tokens
-        else:
-            rows, cap = b * self.n // c.train.micro_batches_g, p + c.rollout.max_new_tokens
-        shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
-        return packing.PackShape(rows=packing.auto_rows(rows, cap, length, shards), length=length)
+        return packing.pack_shape(self.config, kind, self.mesh.shape["data"] * self.mesh.shape["fsdp"])
 
     def _run(self, name: str, state: Any, batch: dict[str, np.ndarray], rng: jax.Array, horizon: float = 0.0):
         base = (self.d_parts if name.startswith("disc") else self.g_parts).base
