@@ -63,8 +63,13 @@ def packed_logprobs(
     )
 
 
-def _nonempty(mb: Batch) -> jax.Array:
-    return jnp.any(mb["segments"] > 0)
+def micro_flags(batch: Batch) -> jax.Array:
+    """[M] bool: which micro-batches hold a row. Reduced once, before the scan, and replicated, so every
+    device takes the same branch of the skip (a conditional around collectives must agree everywhere)."""
+    flags = jnp.any(batch["segments"] > 0, axis=(1, 2))
+    if not jax.sharding.get_abstract_mesh().empty:
+        flags = jax.lax.with_sharding_constraint(flags, jax.sharding.PartitionSpec())
+    return flags
 
 
 def _zeros(shapes: Any) -> Any:
@@ -88,15 +93,16 @@ def scan_micro(
     first = jax.tree.map(lambda x: x[0], batch)
     zeros = _zeros(jax.eval_shape(fn, params, first))
 
-    def body(carry, mb):
-        (loss, metrics), g = jax.lax.cond(_nonempty(mb), lambda b: fn(params, b), lambda b: zeros, mb)
+    def body(carry, xs):
+        mb, run = xs
+        (loss, metrics), g = jax.lax.cond(run, lambda b: fn(params, b), lambda b: zeros, mb)
         metrics = dict(metrics)
         rows = {k: metrics.pop(k) for k in row_keys}
         return jax.tree.map(jnp.add, carry, (loss, metrics, g)), rows
 
     (_, m0), g0 = zeros
     init = (jnp.zeros((), jnp.float32), {k: v for k, v in m0.items() if k not in row_keys}, g0)
-    (loss, metrics, g), rows = jax.lax.scan(body, init, batch)
+    (loss, metrics, g), rows = jax.lax.scan(body, init, (batch, micro_flags(batch)))
     return loss, g, metrics, rows
 
 
@@ -270,6 +276,6 @@ def make_packed_logprob_fn(
             return packed_logprobs(model, mb, chunk_size=chunk_size, temperature=temperature)[0]
 
         zero = lambda mb: jnp.zeros(mb["targets"].shape, jnp.float32)  # noqa: E731
-        return jax.lax.map(lambda mb: jax.lax.cond(_nonempty(mb), one, zero, mb), batch)
+        return jax.lax.map(lambda xs: jax.lax.cond(xs[1], one, zero, xs[0]), (batch, micro_flags(batch)))
 
     return fn
