@@ -261,6 +261,17 @@ class StageStepsMixin:
         out.update({k: float(v) for k, v in adv_m.items()})
         return out
 
+    def _computed(
+        self, prefix: str, kind: str, tokens: int, context: int, metrics: dict
+    ) -> tuple[float, int]:
+        """(tokens, mean attention context) a train pass computes: its padded rows, or with train.packing
+        the packed micro-batches it ran (a packed sequence attends causally over its whole length)."""
+        runs = metrics.get(f"{prefix}_pack_micro_batches")
+        if runs is None:
+            return tokens, context
+        shape = self._pack_shape(kind)
+        return float(runs) * shape.rows * shape.length, shape.length // 2
+
     def _flops(self, batch: dict[str, np.ndarray], roll: Any, metrics: dict) -> float:
         """Estimated FLOPs of this step (rollout forward + D and G forward/backward + reference)."""
         cfg = self.model_config
@@ -268,7 +279,7 @@ class StageStepsMixin:
         rows = batch["prompt_ids"].shape[0]
         total = 0.0
         if self.stage == "seqkd" or "sft_loss" in metrics:
-            total += train_flops(cfg, rows * (p + r), (p + r) // 2)
+            total += train_flops(cfg, *self._computed("g", "sft", rows * (p + r), (p + r) // 2, metrics))
         if roll is not None:
             rs = roll.response_ids.shape[1]
             gen = float(metrics["rollout_tokens"])
@@ -276,14 +287,12 @@ class StageStepsMixin:
                 forward_flops_per_token(cfg, p // 2) * rows * p
                 + forward_flops_per_token(cfg, p + rs // 2) * gen
             )
-            total += train_flops(cfg, rows * (p + r) + rows * self.n * (p + rs), p + max(r, rs) // 2)
+            d_tokens = rows * (p + r) + rows * self.n * (p + rs)
+            total += train_flops(cfg, *self._computed("d", "disc", d_tokens, p + max(r, rs) // 2, metrics))
         if self.stage == "gad":
             rs = roll.response_ids.shape[1]
-            g_tokens = rows * self.n * (p + rs)
-            total += (
-                train_flops(cfg, g_tokens, (p + rs) // 2)
-                + forward_flops_per_token(cfg, (p + rs) // 2) * g_tokens
-            )
+            g_tokens, ctx = self._computed("g", "policy", rows * self.n * (p + rs), (p + rs) // 2, metrics)
+            total += train_flops(cfg, g_tokens, ctx) + forward_flops_per_token(cfg, ctx) * g_tokens
         return total
 
     def _next_local_batch(self) -> Any:
