@@ -9,7 +9,6 @@ anything is compiled and names the offending key.
 from __future__ import annotations
 
 import ast
-import functools
 import glob
 import os
 from typing import Any
@@ -389,12 +388,15 @@ def validate(c: ConfigDict) -> ConfigDict:
     return c
 
 
-def _data_kind(path: str) -> str:  # what data.kind='auto' reads `path` as (data.sources.open_source)
+def _data_kind(path: str) -> str:
+    """What data.kind='auto' reads `path` as (gadjax.data.sources.open_source)."""
     return "tfds" if os.path.isdir(path) else ("parquet" if path.endswith(".parquet") else "jsonl")
 
 
 def _positive(c: ConfigDict, *keys: str) -> None:
     for key in keys:
-        node: Any = functools.reduce(lambda n, part: n[part], key.split("."), c)
+        node: Any = c
+        for part in key.split("."):
+            node = node[part]
         if not isinstance(node, int) or node < 1:
             _fail(key, f"must be a positive integer (got {node!r})")
