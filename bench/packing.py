@@ -17,7 +17,7 @@ policy step. For each: wall seconds per call (best of ``--steps`` after a compil
 processed (rows x width computed) and real tokens; ``ratio`` = padded seconds / packed seconds.
 Prints one JSON line, with this machine's load average (only ratios from a quiet machine mean much).
 
-Usage: .venv/bin/python bench/packing.py [--prompts 2] [--samples 4] [--steps 2] [--pack-rows 1]
+Usage: .venv/bin/python bench/packing.py [--prompts 2] [--samples 4] [--steps 1] [--pack-rows 1]
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--prompts", type=int, default=2)
     ap.add_argument("--samples", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=1)
     ap.add_argument("--pack-rows", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--programs", default="ref,d_step,g_step")
@@ -132,6 +132,11 @@ def main() -> None:
     def real(batch_masks) -> int:
         return int(sum(int(m.sum()) for m in batch_masks))
 
+    def timed(name: str, padded, packed) -> dict[str, float]:
+        row = dict(padded_s=best_time(padded, args.steps), packed_s=best_time(packed, args.steps))
+        print(json.dumps({name: row}), file=sys.stderr, flush=True)
+        return row
+
     out: dict = {}
     wanted = args.programs.split(",")
     g_graph, g_params = nnx.split(Decoder(mc, rngs=nnx.Rngs(0), remat="full"), nnx.Param)
@@ -142,8 +147,7 @@ def main() -> None:
         pack_fn = jax.jit(PK.make_packed_logprob_fn(g_graph))
         a, b = dev(g_padded), dev(g_packed)
         out["ref"] = dict(
-            padded_s=best_time(lambda: np.asarray(pad_fn(g_params, a)), args.steps),
-            packed_s=best_time(lambda: np.asarray(pack_fn(g_params, b)), args.steps),
+            **timed("ref", lambda: np.asarray(pad_fn(g_params, a)), lambda: np.asarray(pack_fn(g_params, b))),
             padded_tokens=len(adv) * g_width,
             packed_tokens=computed(g_layout),
             real_tokens=g_real,
@@ -155,8 +159,11 @@ def main() -> None:
         pack_fn = jax.jit(PK.make_packed_policy_step(g_graph, opt, PolicyLossConfig(), horizon=horizon))
         a, b = dev(g_padded), dev(g_packed)
         out["g_step"] = dict(
-            padded_s=best_time(lambda: float(pad_fn(state, a, key)[1]["loss"]), args.steps),
-            packed_s=best_time(lambda: float(pack_fn(state, b, key)[1]["loss"]), args.steps),
+            **timed(
+                "g_step",
+                lambda: float(pad_fn(state, a, key)[1]["loss"]),
+                lambda: float(pack_fn(state, b, key)[1]["loss"]),
+            ),
             padded_tokens=len(adv) * g_width,
             packed_tokens=computed(g_layout),
             real_tokens=g_real,
@@ -169,13 +176,16 @@ def main() -> None:
         a, b = dev(w), dev(d_packed)
         d_rows = args.prompts * (1 + n)
         out["d_step"] = dict(
-            padded_s=best_time(lambda: float(pad_fn(state, a, key)[1]["loss"]), args.steps),
-            packed_s=best_time(lambda: float(pack_fn(state, b, key)[1]["loss"]), args.steps),
+            **timed(
+                "d_step",
+                lambda: float(pad_fn(state, a, key)[1]["loss"]),
+                lambda: float(pack_fn(state, b, key)[1]["loss"]),
+            ),
             padded_tokens=d_rows * (w["prompt_ids"].shape[1] + w["response_ids"].shape[1]),
             packed_tokens=computed(d_layout),
             real_tokens=real([w["prompt_mask"]] * (1 + n) + [w["response_mask"], w["student_mask"]]),
         )
-    for r in out.values():
+    for r in out.values():  # (each program also went to stderr as it finished)
         r["ratio"] = r["padded_s"] / r["packed_s"]
         r["token_ratio"] = r["padded_tokens"] / r["packed_tokens"]
     print(
