@@ -14,6 +14,7 @@ from typing import Any
 from ml_collections import ConfigDict
 
 from gadjax import paths
+from gadjax.data import packing
 
 STAGES = ("seqkd", "warmup", "gad")
 DTYPES = ("float32", "bfloat16")
@@ -175,6 +176,7 @@ def base_config() -> ConfigDict:
             micro_batches_g=1,
             micro_batches_d=1,
             logprob_chunk=256,
+            **packing.DEFAULTS,  # packing, pack_length, pack_rows: packed passes (gadjax.data.packing)
             max_bad_steps=3,  # consecutive non-finite steps before the run stops
             debug_kill_at_step=0,  # tests: SIGKILL this process right after this step's checkpoint
             debug_signal_at_step=0,  # tests: SIGTERM this process after this step (a preemption notice)
@@ -394,6 +396,7 @@ def validate(c: ConfigDict) -> ConfigDict:
     if c.init_from and not paths.isdir(paths.join(c.init_from, "checkpoints")):
         _fail("init_from", f"{c.init_from!r} holds no checkpoints/ (it must be an earlier run_dir)")
     evaluation.validate(c, _fail)
+    packing.validate(c, _fail)
     return c
 
 

@@ -219,3 +219,18 @@ def test_tiny_lora_compiles_and_trains_less_state_than_full(capsys):
     assert "d_frozen_base_shared_with_g" in b  # D's frozen backbone is G's base, counted once
     assert rep["programs"]["g_step"]["memory"]["alias"] > 0  # the adapters' state is still donated
     assert "full fine-tuning:" in out and "LoRA rank 2" in out
+
+
+def test_tiny_packed_programs_compile_for_the_worst_case():
+    """train.packing: ref_logp / d_step / g_step compile with the worst-case micro-batch bucket; their
+    predicted time comes from the micro-batches a step under the length profile runs (fewer)."""
+    c = tiny.get_config()
+    c.train.packing = True
+    rep = plan.run_plan(c, "v5p-8", ["ref_logp", "d_step", "g_step"], log=None, profile="cpu")
+    lengths = rep["lengths"]["programs"]
+    for name in ("ref_logp", "d_step", "g_step"):
+        assert "packed: worst case" in rep["programs"][name]["what"], name
+        assert f"{lengths[name]['micro_worst_bucket']} micro-batches" in rep["programs"][name]["what"]
+        assert lengths[name]["micro_batches"] <= lengths[name]["micro_worst"]
+        assert rep["programs"][name]["total_bytes"] <= rep["hbm_bytes_per_chip"]
+    assert rep["lengths"]["packing"] is True and "tokens per step under the 'cpu'" in plan.format_report(rep)

@@ -51,10 +51,12 @@ def kl_loss(
     horizon: float | None = None,
     num_tokens: jax.Array | float | None = None,
     num_seqs: jax.Array | float | None = None,
+    row_tokens: jax.Array | None = None,
 ) -> jax.Array:
     """The actor's KL loss as verl computes it: agg_loss(kl_penalty(logp, ref, kind), mask, mode).
 
     The G loss is then ``pg_loss + beta * kl_loss`` (verl ``use_kl_loss=True``, ``kl_loss_coef`` beta).
+    ``row_tokens``: packed rows (gadjax.algo.losses.aggregate_loss).
     """
     return aggregate_loss(
         kl_penalty(logp, ref_logp, kind),
@@ -63,4 +65,5 @@ def kl_loss(
         horizon=horizon,
         num_tokens=num_tokens,
         num_seqs=num_seqs,
+        row_tokens=row_tokens,
     )

@@ -53,6 +53,7 @@ def aggregate_loss(
     horizon: float | None = None,
     num_tokens: jax.Array | float | None = None,
     num_seqs: jax.Array | float | None = None,
+    row_tokens: jax.Array | None = None,
 ) -> jax.Array:
     """Aggregate a per-token loss matrix [B, T] into a scalar, as verl's ``core_algos.agg_loss``.
 
@@ -76,6 +77,10 @@ def aggregate_loss(
       horizon: constant normaliser for ``seq-mean-token-sum-norm`` (default T).
       num_tokens: global token count for ``token-mean`` (default: this batch's count).
       num_seqs: global non-empty sequence count for the ``seq-mean-*`` modes (default: this batch's).
+      row_tokens: packed rows (gadjax.data.packing): [B, T] holds the response-token count n_b of the row
+        each masked token belongs to, and the rows of loss_mat are packed sequences, not rows. Every mode
+        is then a weighted token sum: sum_t L[b] / n_b summed over rows is sum_tokens L / n_row(token).
+        num_seqs is required, and horizon for ``seq-mean-token-sum-norm``.
     Returns:
       float32 scalar; 0 when nothing is unmasked.
     """
@@ -85,6 +90,8 @@ def aggregate_loss(
             f"aggregate_loss: loss_mat {loss_mat.shape} and mask {mask.shape} must both be [B, T]"
         )
     masked = loss_mat * mask
+    if row_tokens is not None:
+        return _aggregate_packed(masked, mask, _f32(row_tokens), mode, horizon, num_tokens, num_seqs)
     if mode == "token-mean":
         den = jnp.sum(mask) if num_tokens is None else _f32(num_tokens)
         return _safe_div(jnp.sum(masked), den)
@@ -103,6 +110,27 @@ def aggregate_loss(
             raise ValueError(f"aggregate_loss: horizon must be > 0, got {h}")
         return _safe_div(jnp.sum(seq_sum * seq_valid), den) / h
     raise ValueError(f"aggregate_loss: unknown loss_agg_mode {mode!r}; expected one of {LOSS_AGG_MODES}")
+
+
+def _aggregate_packed(masked, mask, row_tokens, mode, horizon, num_tokens, num_seqs) -> jax.Array:
+    """aggregate_loss for packed rows: the padded layout's value, from per-token row lengths."""
+    if mode == "token-mean":
+        den = jnp.sum(mask) if num_tokens is None else _f32(num_tokens)
+        return _safe_div(jnp.sum(masked), den)
+    if mode not in LOSS_AGG_MODES:
+        raise ValueError(f"aggregate_loss: unknown loss_agg_mode {mode!r}; expected one of {LOSS_AGG_MODES}")
+    if num_seqs is None or (mode == "seq-mean-token-sum-norm" and horizon is None):
+        raise ValueError(f"aggregate_loss: packed rows need num_seqs (and horizon) for {mode!r}")
+    den = _f32(num_seqs)
+    if mode == "seq-mean-token-mean":
+        return _safe_div(jnp.sum(_safe_div(masked, row_tokens)), den)
+    total = _safe_div(jnp.sum(masked), den)
+    return total / float(horizon) if mode == "seq-mean-token-sum-norm" else total
+
+
+def packed_num_seqs(mask: jax.Array, row_tokens: jax.Array) -> jax.Array:
+    """Rows with >= 1 masked token in a packed batch: each row's tokens carry 1 / n_row and sum to 1."""
+    return jnp.round(jnp.sum(_safe_div(_f32(mask), _f32(row_tokens))))
 
 
 def sft_loss(
@@ -213,6 +241,7 @@ def ppo_clip_loss(
     horizon: float | None = None,
     num_tokens: jax.Array | float | None = None,
     num_seqs: jax.Array | float | None = None,
+    row_tokens: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """PPO clipped surrogate with dual clip, exactly verl's ``compute_policy_loss_vanilla``.
 
@@ -228,6 +257,7 @@ def ppo_clip_loss(
       old_logp: [B, T] log-probs under the rollout policy (treated as constants).
       advantages: [B, T] per-token advantages, or [B] per-sequence (broadcast over T).
       mask: [B, T] response mask.
+      row_tokens: packed rows, see ``aggregate_loss``.
     Returns:
       (loss, metrics) with verl's metric names: ``pg_clipfrac`` (fraction of tokens where the eps clip
       binds), ``pg_clipfrac_lower`` (dual clip binds, A < 0), ``ppo_kl`` (masked mean of old_logp - logp,
@@ -253,7 +283,13 @@ def ppo_clip_loss(
     pg_losses = jnp.where(adv < 0, clip_pg_losses2, clip_pg_losses1)
 
     loss = aggregate_loss(
-        pg_losses, mask, loss_agg_mode, horizon=horizon, num_tokens=num_tokens, num_seqs=num_seqs
+        pg_losses,
+        mask,
+        loss_agg_mode,
+        horizon=horizon,
+        num_tokens=num_tokens,
+        num_seqs=num_seqs,
+        row_tokens=row_tokens,
     )
     metrics = {
         "pg_clipfrac": masked_mean((pg_losses2 > pg_losses1).astype(jnp.float32), mask),

@@ -12,6 +12,10 @@ xla: cuDNN's fused attention has no float32 kernel), CPU -> xla, so CPU numerics
 reference path (bench/attention.py measures when flash pays on CPU). splash and cudnn attend over the
 new tokens only; a call that also reads a KV cache (decode) takes the xla path, which reads the
 cache in place.
+
+Packing (several rows in one sequence, gadjax.data.packing): `segments` [B,T] int (0 = padding, k > 0 =
+the k-th row of the sequence) keeps each query on its own row's keys. Every backend takes it: xla and
+cudnn through the dense mask, flash per block, splash as the kernel's own segment ids.
 """
 
 from __future__ import annotations
@@ -65,33 +69,40 @@ def attend(
     key_valid: jax.Array,
     mask: jax.Array | None,
     cached: tuple[jax.Array, jax.Array, jax.Array] | None = None,
+    segments: jax.Array | None = None,
 ) -> jax.Array:
     """Causal GQA over the new tokens (+ an optional KV cache) with a resolved `backend`.
 
     q [B,T,H,D]; k, v [B,T,Hkv,D]; key_valid [B,T] (True = a real token); `mask` is the dense causal
-    mask [B,T,T] (= causal & key_valid), needed by the DENSE_MASK backends only; `cached` as in
-    `layers.attention`. Returns [B,T,H,D] in q's dtype.
+    mask [B,T,T] (= causal & key_valid [& same segment]), needed by the DENSE_MASK backends only; `cached`
+    as in `layers.attention`; `segments` [B,T] (packed rows, see the module doc) or None.
+    Returns [B,T,H,D] in q's dtype.
     """
+    if segments is not None and cached is not None:
+        raise ValueError("attend: packed segments with a KV cache (decode never packs rows)")
     if backend == "flash":
-        return flash.attention(q, k, v, key_valid, cached)
+        return flash.attention(q, k, v, key_valid, cached, segments=segments)
     if backend == "xla" or cached is not None:
         if mask is None:
-            mask = causal_mask(key_valid)
+            mask = causal_mask(key_valid, segments)
         return L.attention(q, k, v, mask, cached)
     if backend == "splash":
         from gadjax.models import splash
 
-        return splash.attention(q, k, v, key_valid)
+        return splash.attention(q, k, v, key_valid, segments=segments)
     if backend == "cudnn":
-        return cudnn_attention(q, k, v, mask if mask is not None else causal_mask(key_valid))
+        return cudnn_attention(q, k, v, mask if mask is not None else causal_mask(key_valid, segments))
     raise ValueError(f"attention backend {backend!r} is not resolved (expected one of {BACKENDS[1:]})")
 
 
-def causal_mask(key_valid: jax.Array) -> jax.Array:
-    """[B,T,T] bool: query i sees key j <= i when j is a real token."""
+def causal_mask(key_valid: jax.Array, segments: jax.Array | None = None) -> jax.Array:
+    """[B,T,T] bool: query i sees key j <= i when j is a real token (and, packed, of i's segment)."""
     t = key_valid.shape[1]
     causal = jnp.tril(jnp.ones((t, t), bool))
-    return causal[None] & key_valid.astype(bool)[:, None, :]
+    mask = causal[None] & key_valid.astype(bool)[:, None, :]
+    if segments is not None:
+        mask = mask & (segments[:, :, None] == segments[:, None, :])
+    return mask
 
 
 def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:

@@ -5,7 +5,8 @@ Layers are stacked (every per-layer parameter has a leading `layers` axis) and a
 logical axis names in its `out_sharding` metadata; gadjax.parallel.rules maps them onto the mesh.
 
 Inputs are token ids with an explicit attention mask and positions, so LEFT-padded batches (prompts)
-and RIGHT-padded ones (responses) both work: positions = max(cumsum(mask) - 1, 0).
+and RIGHT-padded ones (responses) both work: positions = max(cumsum(mask) - 1, 0). Packed sequences
+(several rows in one, gadjax.data.packing) also pass `segment_ids`: no token attends across rows.
 
 KV cache: `init_cache` allocates heads-major [layers, batch, kv_heads, max_len, head_dim] keys and
 values (read in place by attention, see layers.attention) plus a slot-validity mask and a write
@@ -111,6 +112,7 @@ def _layer(
     backend: str = "xla",
     lora_scale: float | None = None,
     materialize_grads: bool = False,
+    segments: jax.Array | None = None,
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     """One pre-norm transformer layer; returns the new hidden state and this layer's new k, v.
     `p` may hold LoRA adapters (`q_lora_a`, ...), applied unmerged with `lora_scale`.
@@ -136,7 +138,7 @@ def _layer(
         k = L.rms_norm(k, p["k_norm"], cfg.rms_norm_eps)
     q = constrain(L.apply_rope(q, cos, sin), ("batch", "length", "act_heads", "head_dim"))
     k = L.apply_rope(k, cos, sin)
-    attn = A.attend(backend, q, k, v, key_valid, mask, cached)
+    attn = A.attend(backend, q, k, v, key_valid, mask, cached, segments)
     b, t = x.shape[:2]
     x = x + project(attn.reshape(b, t, -1), "o")
     x = constrain(x, ("batch", "length", "act_embed"))
@@ -213,6 +215,7 @@ class Decoder(nnx.Module):
         cache: KVCache | None = None,
         *,
         cache_is_empty: bool = False,
+        segment_ids: jax.Array | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
         """Hidden states after the final norm, [B, T, hidden], and the updated cache (or None).
 
@@ -220,13 +223,15 @@ class Decoder(nnx.Module):
         cache.index and attend to all valid cached slots before them. cache_is_empty=True (a prefill
         into a fresh cache) skips reading the cache: it has no valid slot yet, and attending over its
         zeros cost prefill FLOPs and made XLA constant-fold the scores of the zero cache at compile time.
+        segment_ids [B, T] (packed rows: 0 = padding, k = the k-th row): attention stays within a row;
+        positions then restart at 0 on each row (the caller's job, gadjax.data.packing).
         """
         cfg = self.config
         mask_new = attention_mask.astype(bool)
         t = input_ids.shape[1]
         backend = self.attention
         # The dense [B, T, T] mask only for the backends that read it; flash / splash mask per block.
-        new_mask = A.causal_mask(mask_new) if backend in A.DENSE_MASK else None
+        new_mask = A.causal_mask(mask_new, segment_ids) if backend in A.DENSE_MASK else None
         cos, sin = L.rope_cos_sin(positions, rope_inv_freq_for(cfg))
         x = self.embed_tokens(input_ids)
 
@@ -243,7 +248,18 @@ class Decoder(nnx.Module):
                 cache_mask = (cache.mask.astype(bool) & (slots[None, :] < cache.index))[:, None, :]
                 cached = (k_cache, v_cache, jnp.broadcast_to(cache_mask, (x.shape[0], t, cache.max_length)))
             return _layer(
-                x, p, cfg, cos, sin, mask_new, new_mask, cached, backend, lora_scale, self.materialize_grads
+                x,
+                p,
+                cfg,
+                cos,
+                sin,
+                mask_new,
+                new_mask,
+                cached,
+                backend,
+                lora_scale,
+                self.materialize_grads,
+                segment_ids,
             )
 
         policy = REMAT_POLICIES[self.remat]

@@ -58,6 +58,18 @@ class Discriminator(nnx.Module):
         last = jnp.take_along_axis(hidden, idx[:, None, None], axis=1)[:, 0]
         return jnp.einsum("bd,d->b", last.astype(jnp.float32), self.head[...].astype(jnp.float32))
 
+    def scores_at(
+        self, input_ids: jax.Array, positions: jax.Array, segment_ids: jax.Array, index: jax.Array
+    ) -> jax.Array:
+        """Packed rows (gadjax.data.packing): float32 scores [S, J] read at `index` [S, J], the column of
+        each row's last token in its sequence (SPEC.md: the score is the head at the last valid token).
+
+        input_ids, positions, segment_ids: [S, L]; attention stays within a row. The read is a gather
+        along each sequence, so it stays on the shard that holds the sequence."""
+        hidden, _ = self.backbone(input_ids, positions, segment_ids > 0, segment_ids=segment_ids)
+        last = jnp.take_along_axis(hidden, index[:, :, None], axis=1)  # [S, J, hidden]
+        return jnp.einsum("sjd,d->sj", last.astype(jnp.float32), self.head[...].astype(jnp.float32))
+
 
 def fresh_head(
     config: ModelConfig,

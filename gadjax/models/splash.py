@@ -32,13 +32,22 @@ def block_for(t: int) -> int:
 
 
 def attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Array, *, interpret: bool = False
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    key_valid: jax.Array,
+    *,
+    interpret: bool = False,
+    segments: jax.Array | None = None,
 ) -> jax.Array:
-    """Causal GQA over the new tokens: q [B,T,H,D], k, v [B,T,Hkv,D], key_valid [B,T] -> [B,T,H,D]."""
+    """Causal GQA over the new tokens: q [B,T,H,D], k, v [B,T,Hkv,D], key_valid [B,T] -> [B,T,H,D].
+
+    `segments` [B,T] (packed rows: 0 = padding, k = the k-th row) are the kernel's segment ids as given;
+    without them, real tokens are segment 1 and padding 0."""
     t = q.shape[1]
     blk = block_for(t)
     pad = -t % blk
-    seg = key_valid.astype(jnp.int32)
+    seg = (key_valid if segments is None else segments).astype(jnp.int32)
     if pad:  # padded tail: segment 0, after every real query, sliced off below
         q, k, v = (jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))) for x in (q, k, v))
         seg = jnp.pad(seg, ((0, 0), (0, pad)))

@@ -3,7 +3,8 @@
 The parameter shardings come from the logical-axis rule table; optimizer-state leaves (Adam's mu and nu
 mirror the parameter tree) take the sharding of the parameter whose path they end with, everything
 else (step counts, hyperparameters) is replicated. Batches are split over the ("data", "fsdp") axes by
-their leading (row) dimension.
+their row dimension: the leading one, or the second for packed batches ([micro-batches, rows, ...],
+gadjax.data.packing: `row_axis=1`).
 """
 
 from __future__ import annotations
@@ -58,19 +59,22 @@ def train_state_shardings(abstract_state: TrainState, param_shardings: Any, mesh
     )
 
 
-def batch_shardings(batch: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Any:
-    """Each array's leading dimension over the "batch" logical axis (data x fsdp), the rest replicated."""
+def batch_shardings(batch: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES, row_axis: int = 0) -> Any:
+    """Each array's `row_axis` dimension over the "batch" logical axis (data x fsdp), the rest replicated."""
 
     def one(x: Any) -> NamedSharding:
         shape = tuple(x.shape)
-        return named_sharding(("batch",) + (None,) * (len(shape) - 1), shape, mesh, rules)
+        names = (None,) * row_axis + ("batch",) + (None,) * (len(shape) - 1 - row_axis)
+        return named_sharding(names, shape, mesh, rules)
 
     return jax.tree.map(one, batch)
 
 
-def shard_batch(batch: dict[str, Any], mesh: Mesh, rules: Rules = DEFAULT_RULES) -> dict[str, jax.Array]:
+def shard_batch(
+    batch: dict[str, Any], mesh: Mesh, rules: Rules = DEFAULT_RULES, row_axis: int = 0
+) -> dict[str, jax.Array]:
     """Place a host batch (numpy, the same on every process) on the mesh with batch_shardings."""
-    return jax.device_put(batch, batch_shardings(batch, mesh, rules))
+    return jax.device_put(batch, batch_shardings(batch, mesh, rules, row_axis))
 
 
 def jit_step(
@@ -80,12 +84,13 @@ def jit_step(
     batch_example: dict[str, Any],
     rules: Rules = DEFAULT_RULES,
     frozen_shardings: Any = None,
+    row_axis: int = 0,
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """jax.jit(step) with explicit shardings: state (donated), batch by rows, rng and metrics replicated.
     With `frozen_shardings` (LoRA) the step takes a fourth argument, the frozen base: not donated, so it
     can be shared (G's base with the KL reference)."""
     replicated = NamedSharding(mesh, PartitionSpec())
-    ins = (state_shardings, batch_shardings(batch_example, mesh, rules), replicated)
+    ins = (state_shardings, batch_shardings(batch_example, mesh, rules, row_axis), replicated)
     if frozen_shardings is not None:
         ins = (*ins, frozen_shardings)
     return jax.jit(
@@ -102,9 +107,10 @@ def jit_forward(
     mesh: Mesh,
     batch_example: dict[str, Any],
     rules: Rules = DEFAULT_RULES,
+    row_axis: int = 0,
 ) -> Callable[[Any, dict[str, Any]], jax.Array]:
     """jax.jit of a forward-only (params, batch) -> per-row array function, rows split like the batch."""
-    out = named_sharding(("batch",), (next(iter(batch_example.values())).shape[0],), mesh, rules)
-    return jax.jit(
-        fn, in_shardings=(param_shardings, batch_shardings(batch_example, mesh, rules)), out_shardings=out
-    )
+    lead = next(iter(batch_example.values())).shape[: row_axis + 1]
+    out = named_sharding((None,) * row_axis + ("batch",), lead, mesh, rules)
+    ins = (param_shardings, batch_shardings(batch_example, mesh, rules, row_axis))
+    return jax.jit(fn, in_shardings=ins, out_shardings=out)

@@ -25,5 +25,6 @@ if __name__ == "__main__":
         "TPU slice, e.g. v5p-64, v4-8, v5e-16, v6e-8 or v5:2x4x4 (default: config.plan.topology, else v5p-8)",
     )
     flags.DEFINE_string("programs", ",".join(PROGRAMS), f"comma-separated subset of {PROGRAMS}")
+    flags.DEFINE_string("profile", "paper", "length mix (gadjax.data.lengths): paper | gad_student | cpu")
     flags.mark_flags_as_required(["config"])
     app.run(_cli)

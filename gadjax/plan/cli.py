@@ -16,12 +16,15 @@ from gadjax.plan.run import run_plan
 
 
 def main(
-    config: ConfigDict, topology: str | None = None, programs: Sequence[str] = PROGRAMS
+    config: ConfigDict,
+    topology: str | None = None,
+    programs: Sequence[str] = PROGRAMS,
+    profile: str = "paper",
 ) -> dict[str, Any]:
     """Entry for `gadjax.train --compile_only`: run the plan, print the table and one JSON line."""
     topology = topology or config.get("plan", {}).get("topology", "") or "v5p-8"
     log = lambda s: print(s, file=sys.stderr, flush=True)
-    rep = run_plan(config, topology, programs, log=log)
+    rep = run_plan(config, topology, programs, log=log, profile=profile)
     print(format_report(rep))
     print(json.dumps({"plan": rep}, default=str))
     return rep
@@ -33,7 +36,7 @@ def _cli(argv: list[str]) -> None:
     t = flags.FLAGS
     rep_programs = [p.strip() for p in t.programs.split(",") if p.strip()]
     try:
-        main(t.config, t.topology or None, rep_programs)
+        main(t.config, t.topology or None, rep_programs, t.profile)
     except PlanError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -173,6 +173,10 @@ def program_specs(config: ConfigDict, run: AbstractRun) -> list[ProgramSpec]:
             f"{rows} rows x {p}+{r_s} tokens, {m_g} micro-batches",
         )
     )
+    if config.train.packing:  # the score and train passes on packed rows, compiled for the worst case
+        from gadjax.plan.packed import packed_specs
+
+        specs = specs[:1] + packed_specs(config, run, _sds, _rng, _shardings, ProgramSpec)
     return specs
 
 

@@ -40,6 +40,16 @@ def format_report(rep: dict[str, Any]) -> str:
         "  (layer scan, micro-batch scan, decode loop) ONCE; model TFLOP/chip = analytic step FLOPs / chips)",
     ]
     lines += _roofline_lines(rep)
+    if "lengths" in rep:  # real tokens per program under the length profile (gadjax.plan.lengths)
+        from gadjax.plan.lengths import format_table
+
+        ln = rep["lengths"]
+        packed = "packed (train.packing=true)" if ln["packing"] else "padded (train.packing=false)"
+        lines += [
+            "",
+            f"tokens per step under the {ln['profile']!r} length profile; this config runs {packed}:",
+        ]
+        lines.append(format_table(ln["programs"]))
     lines += ["", "our breakdown, GiB per chip:"]
     for k, v in rep["breakdown_bytes_per_chip"].items():
         lines.append(f"  {k:<22}{_g(v)}")

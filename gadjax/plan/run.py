@@ -46,12 +46,18 @@ def run_plan(
     devices: Sequence[Any] | None = None,
     hbm_bytes: int | None = None,
     log: Callable[[str], None] | None = print,
+    profile: str = "paper",
 ) -> dict[str, Any]:
     """Compile `programs` of `config` for `topology`; return the per-chip report (raises if it does not fit).
 
     devices / hbm_bytes override the topology's (tests). `log` gets progress lines (None: silent).
+    `profile` (gadjax.data.lengths) is the length mix of the real-token counts (report["lengths"]) and,
+    with train.packing, of the packed programs' FLOPs (the micro-batches a step really runs).
     """
+    from gadjax.data.lengths import get_profile
     from gadjax.parallel.rules import use_mesh
+    from gadjax.plan.lengths import program_tokens
+    from gadjax.plan.packed import packed_model_flops
 
     validate_for_plan(config)
     unknown = set(programs) - set(PROGRAMS)
@@ -64,6 +70,10 @@ def run_plan(
     run = build_abstract(config, mesh)
     resident_total = sum(per_chip_bytes(x) for x in run.resident())
     analytic = model_flops_per_step(config, run.model_config)
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    lengths = program_tokens(config, get_profile(profile), steps=4, shards=shards)
+    if config.train.packing:
+        analytic.update(packed_model_flops(config, run.model_config, lengths))
     breakdown = our_breakdown(config, run)
     floors = floor_bytes(config, breakdown)
     report: dict[str, Any] = {
@@ -97,6 +107,7 @@ def run_plan(
         "largest_arrays": _largest_arrays(run),
         "notes": run.notes,
         "lora": {"g": config.model.lora.rank, "d": config.disc.lora.rank},
+        "lengths": {"profile": profile, "packing": bool(config.train.packing), "programs": lengths},
         "programs": {},
     }
     if config.model.lora.rank or config.disc.lora.rank:  # what full fine-tuning would hold (shapes only)

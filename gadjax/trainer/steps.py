@@ -4,6 +4,9 @@ seqkd: SFT of G. warmup: rollout -> D step (-> SFT of G after train.d_only_steps
 (pre-update) -> D step -> GRPO advantages -> G policy step (PPO clip + k3 KL to the reference). The jitted
 programs (gadjax.algo.steps, sharded by gadjax.parallel.programs) are built once per batch shape. A mixin of
 gadjax.trainer.loop.Trainer.
+
+train.packing: the D, G, reference and SFT passes run on packed rows instead (gadjax.data.packing lays them
+out on the host, gadjax.algo.packed computes the same losses); the rollout and the rewards are unchanged.
 """
 
 from __future__ import annotations
@@ -17,6 +20,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gadjax.algo.packed import (
+    make_packed_discriminator_step,
+    make_packed_logprob_fn,
+    make_packed_policy_step,
+    make_packed_sft_step,
+)
 from gadjax.algo.steps import (
     PolicyLossConfig,
     group_advantages,
@@ -25,6 +34,7 @@ from gadjax.algo.steps import (
     make_policy_step,
     make_sft_step,
 )
+from gadjax.data import packing
 from gadjax.parallel.distributed import host_array, per_process
 from gadjax.parallel.programs import jit_forward, jit_step, shard_batch
 from gadjax.parallel.rules import use_mesh
@@ -58,12 +68,23 @@ def _block(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: np.asarray(v) for k, v in metrics.items()}
 
 
+def _pack_metrics(prefix: str, layout: packing.Packing) -> dict[str, float]:
+    """How full the packed micro-batches were: micro-batches run, real tokens / tokens computed."""
+    real = float(np.sum(layout.prompt_len + layout.response_len))
+    computed = layout.used * layout.shape.rows * layout.shape.length
+    return {f"{prefix}_pack_micro_batches": float(layout.used), f"{prefix}_pack_fill": real / computed}
+
+
 class StageStepsMixin:
     """The per-stage step of a Trainer and its program cache."""
 
     # ---- compiled programs (one per batch shape, cached) --------------------------------------------
-    def _program(self, name: str, batch: dict[str, np.ndarray]):
-        key = (name,) + tuple((k, v.shape) for k, v in sorted(batch.items()))
+    def _program(self, name: str, batch: dict[str, np.ndarray], horizon: float = 0.0):
+        key = (name, horizon) + tuple((k, v.shape) for k, v in sorted(batch.items()))
+        if name.endswith("_packed"):
+            if key not in self._programs:
+                self._programs[key] = self._packed_program(name, batch, horizon)
+            return self._programs[key]
         if key not in self._programs:
             c = self.config
             chunk = c.train.logprob_chunk
@@ -108,11 +129,41 @@ class StageStepsMixin:
             self._programs[key] = prog
         return self._programs[key]
 
-    def _run(self, name: str, state: Any, batch: dict[str, np.ndarray], rng: jax.Array):
-        base = (self.d_parts if name == "disc" else self.g_parts).base
+    def _packed_program(self, name: str, batch: dict[str, np.ndarray], horizon: float):
+        """The packed passes (gadjax.algo.packed): batches are [micro-batches, rows, pack_length]."""
+        c = self.config
+        chunk, temp = c.train.logprob_chunk, self.logprob_temperature
+        g_base = self.g_parts.base_shardings
+        if name == "sft_packed":
+            fn = make_packed_sft_step(self.g_graphdef, self.g_opt, chunk_size=chunk)
+            return jit_step(fn, self.g_shardings, self.mesh, batch, frozen_shardings=g_base, row_axis=1)
+        if name == "disc_packed":
+            fn = make_packed_discriminator_step(
+                self.d_graphdef, self.d_opt, n_samples=self.n, loss_type=c.disc.loss, update=not self.d_frozen
+            )
+            d_base = self.d_parts.base_shardings
+            return jit_step(fn, self.d_shardings, self.mesh, batch, frozen_shardings=d_base, row_axis=1)
+        if name == "policy_packed":
+            loss_cfg = PolicyLossConfig(**c.loss.to_dict())
+            fn = make_packed_policy_step(
+                self.g_graphdef, self.g_opt, loss_cfg, horizon=horizon, chunk_size=chunk, temperature=temp
+            )
+            return jit_step(fn, self.g_shardings, self.mesh, batch, frozen_shardings=g_base, row_axis=1)
+        if name == "ref_packed":
+            params = self.g_shardings.params if g_base is None else (self.g_shardings.params, g_base)
+            fn = make_packed_logprob_fn(self.g_graphdef, chunk_size=chunk, temperature=temp)
+            return jit_forward(fn, params, self.mesh, batch, row_axis=1)
+        raise KeyError(name)
+
+    def _pack_shape(self, kind: str) -> packing.PackShape:
+        return packing.pack_shape(self.config, kind, self.mesh.shape["data"] * self.mesh.shape["fsdp"])
+
+    def _run(self, name: str, state: Any, batch: dict[str, np.ndarray], rng: jax.Array, horizon: float = 0.0):
+        base = (self.d_parts if name.startswith("disc") else self.g_parts).base
+        row_axis = 1 if name.endswith("_packed") else 0
         with use_mesh(self.mesh):
-            args = (state, shard_batch(batch, self.mesh), rng)
-            return self._program(name, batch)(*args, *(() if base is None else (base,)))
+            args = (state, shard_batch(batch, self.mesh, row_axis=row_axis), rng)
+            return self._program(name, batch, horizon)(*args, *(() if base is None else (base,)))
 
     # ---- one step per stage -------------------------------------------------------------------------
     def _rollout(self, batch: dict[str, np.ndarray], rng: jax.Array, timer: _Timer) -> tuple[Any, dict]:
@@ -149,16 +200,25 @@ class StageStepsMixin:
             "student_mask": roll.response_mask,
         }
         with timer("d_step"):
-            self.d_state, m = self._run("disc", self.d_state, d_batch, rng)
+            if not self.config.train.packing:
+                self.d_state, m = self._run("disc", self.d_state, d_batch, rng)
+                return _prefixed(_block(m), "d_")
+            layout, packed = packing.pack_discriminator(*d_batch.values(), self.n, self._pack_shape("disc"))
+            self.d_state, m = self._run("disc_packed", self.d_state, packed, rng)
             m = _block(m)
-        return _prefixed(m, "d_")
+            m["student_scores"] = packing.student_scores(layout, m.pop("row_scores"))
+        return _prefixed({**m, **_pack_metrics("d", layout)}, "d_")
 
     def _sft_step(self, batch: dict[str, np.ndarray], rng: jax.Array, timer: _Timer) -> dict:
         sft_batch = {k: batch[k] for k in ("prompt_ids", "prompt_mask", "response_ids", "response_mask")}
         with timer("g_step"):
-            self.g_state, m = self._run("sft", self.g_state, sft_batch, rng)
+            if not self.config.train.packing:
+                self.g_state, m = self._run("sft", self.g_state, sft_batch, rng)
+                return _prefixed(_block(m), "g_")
+            layout, packed = packing.pack_padded(*sft_batch.values(), self._pack_shape("sft"))
+            self.g_state, m = self._run("sft_packed", self.g_state, packed, rng)
             m = _block(m)
-        return _prefixed(m, "g_")
+        return _prefixed({**m, **_pack_metrics("g", layout)}, "g_")
 
     def _policy_step(self, roll: Any, scores: np.ndarray, rng: jax.Array, timer: _Timer) -> dict:
         adv, adv_m = group_advantages(jnp.asarray(scores), self.n)
@@ -169,6 +229,8 @@ class StageStepsMixin:
             "response_mask": roll.response_mask,
             "advantages": np.asarray(adv, np.float32),
         }
+        if self.config.train.packing:
+            return self._packed_policy_step(pol, adv_m, rng, timer)
         with timer("ref"), use_mesh(self.mesh):
             ref_in = self.g_parts.step_inputs(self.ref_params)  # LoRA: (warmup adapters, G's base)
             ref = self._program("ref_logprobs", pol)(ref_in, shard_batch(pol, self.mesh))
@@ -180,6 +242,36 @@ class StageStepsMixin:
         out.update({k: float(v) for k, v in adv_m.items()})
         return out
 
+    def _packed_policy_step(self, pol: dict, adv_m: dict, rng: jax.Array, timer: _Timer) -> dict:
+        """The reference pass and the G step on packed rows (the padded response width is the horizon of
+        the seq-mean-token-sum-norm mode, as in the padded step)."""
+        with timer("ref"):
+            rows = (pol[k] for k in ("prompt_ids", "prompt_mask", "response_ids", "response_mask"))
+            layout, packed = packing.pack_padded(*rows, self._pack_shape("policy"))
+            with use_mesh(self.mesh):
+                ref_in = self.g_parts.step_inputs(self.ref_params)  # LoRA: (warmup adapters, G's base)
+                prog = self._program("ref_packed", packed)
+                ref = host_array(prog(ref_in, shard_batch(packed, self.mesh, row_axis=1)))
+        packed.update(advantages=layout.spread_rows(pol["advantages"]), ref_logprobs=ref)
+        with timer("g_step"):
+            horizon = float(pol["response_ids"].shape[1])
+            self.g_state, m = self._run("policy_packed", self.g_state, packed, rng, horizon)
+            m = _block(m)
+        out = _prefixed({**m, **_pack_metrics("g", layout)}, "g_")
+        out.update({k: float(v) for k, v in adv_m.items()})
+        return out
+
+    def _computed(
+        self, prefix: str, kind: str, tokens: int, context: int, metrics: dict
+    ) -> tuple[float, int]:
+        """(tokens, mean attention context) a train pass computes: its padded rows, or with train.packing
+        the packed micro-batches it ran (a packed sequence attends causally over its whole length)."""
+        runs = metrics.get(f"{prefix}_pack_micro_batches")
+        if runs is None:
+            return tokens, context
+        shape = self._pack_shape(kind)
+        return float(runs) * shape.rows * shape.length, shape.length // 2
+
     def _flops(self, batch: dict[str, np.ndarray], roll: Any, metrics: dict) -> float:
         """Estimated FLOPs of this step (rollout forward + D and G forward/backward + reference)."""
         cfg = self.model_config
@@ -187,7 +279,7 @@ class StageStepsMixin:
         rows = batch["prompt_ids"].shape[0]
         total = 0.0
         if self.stage == "seqkd" or "sft_loss" in metrics:
-            total += train_flops(cfg, rows * (p + r), (p + r) // 2)
+            total += train_flops(cfg, *self._computed("g", "sft", rows * (p + r), (p + r) // 2, metrics))
         if roll is not None:
             rs = roll.response_ids.shape[1]
             gen = float(metrics["rollout_tokens"])
@@ -195,14 +287,12 @@ class StageStepsMixin:
                 forward_flops_per_token(cfg, p // 2) * rows * p
                 + forward_flops_per_token(cfg, p + rs // 2) * gen
             )
-            total += train_flops(cfg, rows * (p + r) + rows * self.n * (p + rs), p + max(r, rs) // 2)
+            d_tokens = rows * (p + r) + rows * self.n * (p + rs)
+            total += train_flops(cfg, *self._computed("d", "disc", d_tokens, p + max(r, rs) // 2, metrics))
         if self.stage == "gad":
             rs = roll.response_ids.shape[1]
-            g_tokens = rows * self.n * (p + rs)
-            total += (
-                train_flops(cfg, g_tokens, (p + rs) // 2)
-                + forward_flops_per_token(cfg, (p + rs) // 2) * g_tokens
-            )
+            g_tokens, ctx = self._computed("g", "policy", rows * self.n * (p + rs), (p + rs) // 2, metrics)
+            total += train_flops(cfg, g_tokens, ctx) + forward_flops_per_token(cfg, ctx) * g_tokens
         return total
 
     def _next_local_batch(self) -> Any:
