@@ -149,9 +149,8 @@ def test_two_processes_train_like_one_process(tmp_path):
 def test_replicate_builds_the_global_batch_on_every_process(tmp_path, monkeypatch):
     """process_sharding: 'rows' gives process 1 of 2 half the batch from rows [1::2]; 'replicate' gives it
     the single-process pipeline's global batch, which global_host_batch passes through untouched."""
-    from gadjax import config as config_lib
     from gadjax.data.pipeline import DataPipeline
-    from gadjax.trainer import build
+    from gadjax.trainer import build, validation
 
     c = _tiny_config(tmp_path)
     tok = build.build_tokenizer(c)
@@ -166,7 +165,7 @@ def test_replicate_builds_the_global_batch_on_every_process(tmp_path, monkeypatc
     assert rows.shard_indices.start == 1 and rows.shard_indices.step == 2
 
     c.data.process_sharding = "replicate"
-    config_lib.validate(c)
+    validation.validate(c)
     rep = build.build_data(c, tok, None)
     assert rep.local_batch_size == c.data.batch_size and rep.process_count == 1
     it = rep.iterator()
@@ -179,15 +178,16 @@ def test_replicate_builds_the_global_batch_on_every_process(tmp_path, monkeypatc
 
 def test_process_sharding_is_validated(tmp_path):
     from gadjax import config as config_lib
+    from gadjax.trainer import validation
 
     c = _tiny_config(tmp_path)
     c.data.process_sharding = "hosts"
     with pytest.raises(config_lib.ConfigValidationError, match=r"config\.data\.process_sharding.*'hosts'"):
-        config_lib.validate(c)
+        validation.validate(c)
     c.data.process_sharding = "replicate"
     c.teacher.enabled, c.teacher.base_url, c.teacher.model = True, "http://127.0.0.1:1/v1", "t"
     with pytest.raises(config_lib.ConfigValidationError, match=r"config\.data\.process_sharding.*teacher"):
-        config_lib.validate(c)
+        validation.validate(c)
 
 
 @pytest.mark.slow

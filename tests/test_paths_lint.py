@@ -20,6 +20,7 @@ USER_PATH_MODULES = (
     "gadjax/trainer/state.py",
     "gadjax/trainer/evaluation.py",
     "gadjax/trainer/build.py",
+    "gadjax/trainer/validation.py",
     "gadjax/eval/runner.py",
 )
 FORBIDDEN = {

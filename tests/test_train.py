@@ -11,6 +11,7 @@ import pytest
 
 from gadjax import config as config_lib
 from gadjax.metrics import read_metrics
+from gadjax.trainer import validation
 from tests.trainer.train_helpers import comparable as _compared
 from tests.trainer.train_helpers import run_cli, tiny_config
 
@@ -138,25 +139,25 @@ def test_flash_attention_and_rollout_micro_batches_give_the_same_losses(tmp_path
 def test_invalid_config_fails_before_compiling_and_names_the_key(tmp_path):
     c = tiny_config(tmp_path, stage="distill")
     with pytest.raises(config_lib.ConfigValidationError, match=r"config\.stage"):
-        config_lib.validate(c)
+        validation.validate(c)
     c = tiny_config(tmp_path, **{"rollout.n_samples": 1})
     with pytest.raises(config_lib.ConfigValidationError, match=r"config\.rollout\.n_samples"):
-        config_lib.validate(c)
+        validation.validate(c)
     c = tiny_config(tmp_path, **{"data.train": [str(tmp_path / "missing.jsonl")]})
     with pytest.raises(config_lib.ConfigValidationError, match=r"config\.data\.train.*missing\.jsonl"):
-        config_lib.validate(c)
+        validation.validate(c)
     c = tiny_config(tmp_path, **{"train.micro_batches_g": 3})
     with pytest.raises(config_lib.ConfigValidationError, match=r"config\.train\.micro_batches_g"):
-        config_lib.validate(c)
+        validation.validate(c)
     c = tiny_config(tmp_path, **{"rollout.layer_loop": "fast"})
     with pytest.raises(config_lib.ConfigValidationError, match=r"config\.rollout\.layer_loop.*'fast'"):
-        config_lib.validate(c)
+        validation.validate(c)
     c = tiny_config(tmp_path, **{"rollout.micro_batches": 3})  # the tiny batch is 8 prompts
     with pytest.raises(config_lib.ConfigValidationError, match=r"config\.rollout\.micro_batches.*divide"):
-        config_lib.validate(c)
+        validation.validate(c)
     c = tiny_config(tmp_path, **{"model.attention": "fast"})
     with pytest.raises(config_lib.ConfigValidationError, match=r"config\.model\.attention.*'fast'"):
-        config_lib.validate(c)
+        validation.validate(c)
     # A backend this platform cannot run is named when the model is built (this host is a CPU).
     from gadjax.trainer.build import model_kwargs
 
@@ -198,14 +199,14 @@ def test_warmup_learns_to_discriminate_and_policy_step_raises_d_score(tmp_path):
     from gadjax.train import Trainer
 
     c = tiny_config(tmp_path / "warm", stage="warmup", **{"train.steps": 8})
-    config_lib.validate(c)
+    validation.validate(c)
     trainer = Trainer(c)
     trainer.run()
     recs = read_metrics(c.run_dir)
     assert np.mean([r["d_acc"] for r in recs[-3:]]) > 0.9
 
     g = tiny_config(tmp_path / "gad", stage="gad", init_from=c.run_dir, **{"optim_g.lr": 3e-3})
-    config_lib.validate(g)
+    validation.validate(g)
     t = Trainer(g)
     score = jax.jit(make_score_fn(t.d_graphdef))
     batch = next(t.data_iter)
@@ -311,7 +312,7 @@ def test_frozen_discriminator_and_oracle_reward(tmp_path):
         assert r["reward_mean"] != pytest.approx(r["student_score_mean"], abs=1e-6)
     c = tiny_config(tmp_path, **{"reward.kind": "regex", "reward.pattern": "("})
     with pytest.raises(config_lib.ConfigValidationError, match=r"config\.reward\.pattern"):
-        config_lib.validate(c)
+        validation.validate(c)
 
 
 def test_regex_reward_counts_matches_minus_negative_matches():

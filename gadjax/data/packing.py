@@ -339,7 +339,7 @@ def pack_shape(c, kind: str, shards: int) -> PackShape:
 
 
 def validate(c, fail) -> None:
-    """Config checks of the packing keys (gadjax.config.validate's ``fail`` names the key)."""
+    """Config checks of the packing keys (gadjax.trainer.validation.validate's ``fail`` names the key)."""
     t = c.train
     if not isinstance(t.packing, bool):
         fail("train.packing", f"must be True or False (got {t.packing!r})")

@@ -19,8 +19,8 @@ from gadjax.plan.topology import GiB, parse_topology, topology_devices
 
 
 def validate_for_plan(config: ConfigDict) -> None:
-    """config.validate without the checks that need files on this machine (model, data, init_from)."""
-    from gadjax.config import validate
+    """The trainer's config checks without those that need files on this machine (model, data, init_from)."""
+    from gadjax.trainer.validation import validate
 
     c = ConfigDict(config.to_dict())
     c.model.path, c.model.random_init.enabled = "", True

@@ -37,7 +37,7 @@ from gadjax.parallel.mesh import make_mesh
 from gadjax.rollout.sampler import Sampler
 from gadjax.run_dir import RunDir
 from gadjax.teacher.client import SpendingLimitReached
-from gadjax.trainer import build
+from gadjax.trainer import build, validation
 from gadjax.trainer.adapters import share_backbone, split_trainable
 from gadjax.trainer.evaluation import TrainingEvaluator
 from gadjax.trainer.flops import device_peak_flops
@@ -260,7 +260,7 @@ class Trainer(RunStateMixin, StageStepsMixin):
 
 def run(config: ConfigDict, on_step: StepHook | None = None) -> dict[str, Any]:
     """Validate `config` and train; returns the last step's metrics record. ``on_step``: Trainer.run."""
-    config_lib.validate(config_lib.stage_defaults(config))
+    validation.validate(config_lib.stage_defaults(config))
     from gadjax.parallel.distributed import initialize_distributed
 
     d = config.distributed

@@ -9,6 +9,7 @@ import pytest
 
 from gadjax import config as config_lib
 from gadjax.metrics import read_metrics
+from gadjax.trainer import validation
 from tests.eval.fake_judge import start_judge
 from tests.trainer.train_helpers import REPO, tiny_config
 from tests.trainer.train_helpers import comparable as _compared
@@ -80,20 +81,20 @@ def test_evaluation_during_training_selects_and_exports_the_best(tmp_path, monke
 
 def test_evaluation_settings_are_validated(tmp_path):
     with pytest.raises(config_lib.ConfigValidationError, match="eval.data"):
-        config_lib.validate(tiny_config(tmp_path, **{"eval.every": 5}))
+        validation.validate(tiny_config(tmp_path, **{"eval.every": 5}))
     with pytest.raises(config_lib.ConfigValidationError, match="select.metric"):
-        config_lib.validate(tiny_config(tmp_path, **{"select.metric": "rouge_l"}))
+        validation.validate(tiny_config(tmp_path, **{"select.metric": "rouge_l"}))
     with pytest.raises(config_lib.ConfigValidationError, match="select.length_band"):
-        config_lib.validate(tiny_config(tmp_path, **{"select.length_band": (2.0, 1.0)}))
+        validation.validate(tiny_config(tmp_path, **{"select.length_band": (2.0, 1.0)}))
     evals = {"eval.every": 5, "eval.data": [os.path.join(REPO, "configs", "tiny_assets", "train.jsonl")]}
     with pytest.raises(config_lib.ConfigValidationError, match="multiple of eval.every"):
-        config_lib.validate(tiny_config(tmp_path, **evals, **{"eval.judge_every": 7}))
+        validation.validate(tiny_config(tmp_path, **evals, **{"eval.judge_every": 7}))
     with pytest.raises(config_lib.ConfigValidationError, match="eval.judge.base_url"):
-        config_lib.validate(tiny_config(tmp_path, **evals, **{"eval.judge_every": 10}))
+        validation.validate(tiny_config(tmp_path, **evals, **{"eval.judge_every": 10}))
     with pytest.raises(config_lib.ConfigValidationError, match="needs the judge"):
-        config_lib.validate(tiny_config(tmp_path, **evals, **{"select.metric": "judge_score"}))
+        validation.validate(tiny_config(tmp_path, **evals, **{"select.metric": "judge_score"}))
     with pytest.raises(config_lib.ConfigValidationError, match="does not exist"):
-        config_lib.validate(tiny_config(tmp_path, **{"eval.every": 5, "eval.data": ["/no/such.jsonl"]}))
+        validation.validate(tiny_config(tmp_path, **{"eval.every": 5, "eval.data": ["/no/such.jsonl"]}))
 
 
 def _tensorboard_scalars(logdir: str) -> dict[str, dict[int, float]]:

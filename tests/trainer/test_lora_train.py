@@ -12,6 +12,7 @@ import pytest
 
 from gadjax import config as config_lib
 from gadjax.metrics import read_metrics
+from gadjax.trainer import validation
 from tests.test_train import _compared, run_cli, tiny_config
 
 LORA = {"model.lora.rank": 4, "disc.lora.rank": 4, "model.lora.alpha": 8.0}
@@ -93,7 +94,7 @@ def test_lora_keys_are_validated(tmp_path, key, value, match):
     if key in ("model.lora.targets", "model.lora.alpha"):
         c.model.lora.rank = 4
     with pytest.raises(config_lib.ConfigValidationError, match=match):
-        config_lib.validate(c)
+        validation.validate(c)
 
 
 def test_lora_base_is_frozen_in_base_dtype_and_adapters_stay_float32():

@@ -6,6 +6,7 @@ import pytest
 
 from gadjax import config as config_lib
 from gadjax.metrics import read_metrics
+from gadjax.trainer import validation
 from tests.trainer.train_helpers import tiny_config
 
 GAD_METRICS = (
@@ -60,7 +61,7 @@ def test_pack_length_shorter_than_a_row_names_both_keys(tmp_path):
     with pytest.raises(
         config_lib.ConfigValidationError, match=r"train\.pack_length.*data\.max_prompt_tokens"
     ):
-        config_lib.validate(c)
+        validation.validate(c)
     c = tiny_config(tmp_path, **{"train.packing": True, "train.pack_length": 64, "train.pack_rows": 2})
     with pytest.raises(config_lib.ConfigValidationError, match=r"train\.pack_rows.*rollout\.n_samples"):
-        config_lib.validate(c)
+        validation.validate(c)
