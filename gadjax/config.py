@@ -152,6 +152,11 @@ def base_config() -> ConfigDict:
             # Generate each step's rollouts in this many chunks of prompts, one after another: only one
             # chunk's KV cache exists at a time. Same samples as 1 (bitwise on CPU). Divides data.batch_size.
             micro_batches=1,
+            # "static": all B*N rows decode together until the last stops; "continuous": `slots` decode
+            # slots, a stopped row's slot takes the next (prompt, sample), so decode work follows the rows
+            # still generating (README "Rollout batching"). Same key, same tokens either way.
+            batching="static",
+            slots=0,  # continuous decode slots per chunk; 0 = half the chunk's rows
         )
     )
     c.optim_g = _optim(1e-6)
@@ -348,10 +353,14 @@ def validate(c: ConfigDict) -> ConfigDict:
         _fail("rollout.temperature", "must be >= 0")
     if not 0 < c.rollout.top_p <= 1:
         _fail("rollout.top_p", "must be in (0, 1]")
-    from gadjax.rollout.sampler import LAYER_LOOPS
+    from gadjax.rollout.config import BATCHINGS, LAYER_LOOPS
 
     if c.rollout.layer_loop not in LAYER_LOOPS:
         _fail("rollout.layer_loop", f"{c.rollout.layer_loop!r} is not one of {LAYER_LOOPS}")
+    if c.rollout.batching not in BATCHINGS:
+        _fail("rollout.batching", f"{c.rollout.batching!r} is not one of {BATCHINGS}")
+    if c.rollout.slots < 0:
+        _fail("rollout.slots", f"must be >= 0 (0 = auto), got {c.rollout.slots}")
     if c.loss.kl_beta < 0:
         _fail("loss.kl_beta", "must be >= 0")
     from gadjax.algo.kl import KL_KINDS
