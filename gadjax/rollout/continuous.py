@@ -41,7 +41,7 @@ from gadjax.rollout.decode import chooser, finish, prefill, shard_cache, stop_te
 from gadjax.rollout.sampling import row_keys, step_keys
 
 
-def _pad_roll(row: jax.Array, axis: int, length: int, shift: jax.Array) -> jax.Array:
+def pad_roll(row: jax.Array, axis: int, length: int, shift: jax.Array) -> jax.Array:
     """Zero-pad `row` to `length` along `axis`, rotate it by `shift`, then add one zero scratch column."""
     pad = [(0, 0)] * row.ndim
     pad[axis] = (0, length - row.shape[axis])
@@ -50,7 +50,7 @@ def _pad_roll(row: jax.Array, axis: int, length: int, shift: jax.Array) -> jax.A
     return jnp.pad(rolled, pad)
 
 
-def _insert(
+def insert_row(
     dst: jax.Array,
     src: jax.Array,
     prompt: jax.Array,
@@ -62,13 +62,13 @@ def _insert(
 ) -> jax.Array:
     """Copy prompt row `prompt` of the prompt cache `src` into slot `slot` of `dst`, rotated by `shift`."""
     row = jax.lax.dynamic_index_in_dim(src, prompt, b_ax, keepdims=True)
-    row = _pad_roll(row, l_ax, length, shift).astype(dst.dtype)
+    row = pad_roll(row, l_ax, length, shift).astype(dst.dtype)
     start = [jnp.int32(0)] * dst.ndim
     start[b_ax] = slot
     return jax.lax.dynamic_update_slice(dst, row, start)
 
 
-def _commit(dst: jax.Array, l_ax: int, length: int, col: jax.Array) -> jax.Array:
+def commit(dst: jax.Array, l_ax: int, length: int, col: jax.Array) -> jax.Array:
     """Copy the scratch column (index `length`) to column `col`."""
     scratch = jax.lax.slice_in_dim(dst, length, length + 1, axis=l_ax)
     start = [jnp.int32(0)] * dst.ndim
@@ -76,7 +76,7 @@ def _commit(dst: jax.Array, l_ax: int, length: int, col: jax.Array) -> jax.Array
     return jax.lax.dynamic_update_slice(dst, scratch, start)
 
 
-class _Layout:
+class Layout:
     """The slot cache in the layer loop's layout: stacked KVCache (scan) or per-layer LayerCaches."""
 
     def __init__(self, layer_loop: str):
@@ -113,7 +113,7 @@ def _continuous_rollout(
     w, s, length = b * n, slots, p + r
     choose, is_stop = chooser(cfg), stop_test(cfg)
     keys = row_keys(prompt_keys, jnp.arange(w), n)
-    layout = _Layout(layer_loop)
+    layout = Layout(layer_loop)
 
     # 1. prefill the B prompts once into a P-column prompt cache; first token of every row.
     pcache, logits = prefill(model, ids, mask, p, cache_dtype)
@@ -161,11 +161,11 @@ def _continuous_rollout(
             slot, row = free_slots[k], queue[nxt + k]
             prompt = row // n
             arrs = [
-                _insert(a, src, prompt, slot, b_ax, l_ax, length, shift)
+                insert_row(a, src, prompt, slot, b_ax, l_ax, length, shift)
                 for (a, b_ax, l_ax), src in zip(layout.arrays(cache), src_arrays, strict=True)
             ]
             pmask = jax.lax.dynamic_index_in_dim(pcache.mask, prompt, 0, keepdims=True)
-            new_mask = jax.lax.dynamic_update_slice(cache.mask, _pad_roll(pmask, 1, length, shift), (slot, 0))
+            new_mask = jax.lax.dynamic_update_slice(cache.mask, pad_roll(pmask, 1, length, shift), (slot, 0))
             cache = layout.rebuild(cache, arrs, new_mask, cache.index)
             return cache, item.at[slot].set(row), t.at[slot].set(1), last.at[slot].set(tok0[row])
 
@@ -187,7 +187,7 @@ def _continuous_rollout(
         cache = layout.rebuild(cache, [a for a, _, _ in layout.arrays(cache)], cache.mask, jnp.int32(length))
         logits, cache = forward(last, pos, cache)
         col = jnp.mod(g, length)
-        arrs = [_commit(a, l_ax, length, col) for a, _, l_ax in layout.arrays(cache)]
+        arrs = [commit(a, l_ax, length, col) for a, _, l_ax in layout.arrays(cache)]
         new_mask = jax.lax.dynamic_update_slice(cache.mask, jnp.ones((s, 1), cache.mask.dtype), (0, col))
         cache = layout.rebuild(cache, arrs, new_mask, jnp.int32(length))
 

@@ -55,6 +55,35 @@ def apply_top_p(logits: jax.Array, p: float) -> jax.Array:
     return jnp.where(logits >= threshold, logits, NEG_INF)
 
 
+def apply_top_p_rows(logits: jax.Array, p: jax.Array) -> jax.Array:
+    """`apply_top_p` with one p per row (p [rows]; rows with p >= 1 keep everything). The sort runs only
+    when some row filters (a serving batch mixes requests with and without top_p)."""
+
+    def nucleus(x: jax.Array) -> jax.Array:
+        probs = jax.nn.softmax(x, axis=-1)
+        sorted_probs = jnp.sort(probs, axis=-1)[..., ::-1]
+        sorted_x = jnp.sort(x, axis=-1)[..., ::-1]
+        keep_sorted = (jnp.cumsum(sorted_probs, axis=-1) - sorted_probs) < p[:, None]
+        threshold = jnp.min(jnp.where(keep_sorted, sorted_x, jnp.inf), axis=-1, keepdims=True)
+        return jnp.where((x >= threshold) | (p[:, None] >= 1.0), x, NEG_INF)
+
+    return jax.lax.cond(jnp.any(p < 1.0), nucleus, lambda x: x, logits)
+
+
+def choose_tokens_rows(
+    logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_p: jax.Array
+) -> jax.Array:
+    """One token per row with per-row settings (temperature [rows], 0 = greedy; top_p [rows]): the
+    serving engine's draw, where every slot holds a different request. Same draw as `choose_tokens` for
+    a row with the same settings and key (inversion, top_k off)."""
+    logits = logits.astype(jnp.float32)
+    greedy = temperature <= 0.0
+    x = logits / jnp.where(greedy, 1.0, temperature)[:, None]
+    x = apply_top_p_rows(x, jnp.where(greedy, 1.0, top_p))
+    sampled = sample_by_inversion(jnp.exp(jax.nn.log_softmax(x, axis=-1)), keys)
+    return jnp.where(greedy, jnp.argmax(logits, axis=-1).astype(jnp.int32), sampled)
+
+
 def process_logits(logits: jax.Array, temperature: float, top_k: int, top_p: float) -> jax.Array:
     """The sampling distribution's logits: logits / T, then top-k, then top-p (float32). T > 0."""
     x = logits.astype(jnp.float32) / jnp.float32(temperature)
