@@ -176,6 +176,7 @@ class Sampler:
             mesh=self.mesh,
             rules=self.rules,
             layer_loop=self.layer_loop,
+            slots=self.slots_for(batch) if self.config.batching == "continuous" else None,
         )
 
     def check_memory(self, batch: int, prompt_bucket: int, state: nnx.State | None = None) -> MemoryEstimate:

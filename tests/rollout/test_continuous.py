@@ -145,3 +145,14 @@ def test_continuous_on_the_mesh_equals_static_on_one_device(path, batch, stops):
     )
     assert sampler.layer_loop == "scan" and sampler.slots_for(4) == 8  # half of 12 rows, rounded to 4 shards
     _assert_same(sampler.generate(*batch, jax.random.key(3)), want, "8-device mesh")
+
+
+def test_memory_estimate_of_the_slot_layout(model):
+    mc = model.config
+    cfg = _cfg(batching="continuous", slots=4, layer_loop="scan")
+    est = Sampler(model, cfg).memory_estimate(batch=4, prompt_bucket=16)
+    per_slot = 2 * mc.num_layers * mc.num_kv_heads * mc.head_dim * 4  # keys + values, float32
+    # 4 slots of prompt bucket + R + 1 scratch columns, and the 4 prompts' 16-column prompt cache.
+    assert est.kv_cache_bytes == est.kv_cache_bytes_per_device == per_slot * (4 * (16 + R + 1) + 4 * 16)
+    static = Sampler(model, dataclasses.replace(cfg, batching="static")).memory_estimate(4, 16)
+    assert static.kv_cache_bytes_per_device == per_slot * (12 * (16 + R) + 4 * (16 + R))
