@@ -110,7 +110,7 @@ def program_specs(config: ConfigDict, run: AbstractRun) -> list[ProgramSpec]:
             rollout,
             (params, ids, ids, keys),
             rollout_resident,
-            f"{b // m_r} prompts x {n} samples (x {m_r} chunks, {scfg.batching}), {what}",
+            f"{b // m_r} prompts x {n} samples (x {m_r} chunks), {scfg.batching} batching, {what}",
         )
     )
 

@@ -13,6 +13,12 @@ One call of `Sampler.generate` runs ONE jitted program (once per chunk of prompt
    layers: the model's scanned forward, or (default on one CPU device) gadjax.rollout.unrolled's
    per-layer fused weights, made once per rollout before the loop (1.5x faster per step there).
 
+That is `SamplingConfig.batching="static"` (gadjax.rollout.decode). With "continuous"
+(gadjax.rollout.continuous) the prompts are prefilled once into a P_bucket prompt cache and the B*N rows
+queue for `slots` decode slots: a row that stops frees its slot for the next one, so the decode work
+follows the rows still generating instead of the longest row. Both key every draw by (prompt, sample,
+position): the same key gives the same tokens whichever program runs.
+
 Compiled programs: prompts are left-padded to the smallest of `SamplingConfig.prompt_buckets` that holds
 the longest prompt of the batch, so a Sampler compiles one program per (prompt bucket, batch size) it
 sees: a run with a fixed rollout batch size compiles at most len(prompt_buckets) programs (one per

@@ -14,7 +14,7 @@ from flax import nnx
 from gadjax.models import lora
 from gadjax.models.hf_io import load_decoder
 from gadjax.parallel.mesh import make_mesh
-from gadjax.rollout import Sampler, SamplingConfig
+from gadjax.rollout import Sampler, SamplingConfig, schedule
 from tests.models.hf_fixtures import left_padded_batch, make_hf_model
 
 LENGTHS = [6, 11, 3, 8]
@@ -84,6 +84,8 @@ def test_continuous_gives_the_static_tokens_with_mixed_stops(model, batch, stops
         _assert_same(got, static, f"{slots} slots, {loop}")
     # The work follows the rows: 5 slots ran about sum(lengths) / 5 iterations, not R per row.
     five = runs[5]
+    assert five.decode_steps == schedule.continuous_steps(lengths, 5)  # the host model of the queue
+    assert static.decode_steps == schedule.static_steps(lengths)
     assert 5 * five.decode_steps < len(lengths) * static.decode_steps
     assert five.decode_steps >= int(np.ceil((lengths - 1).sum() / 5))
 
