@@ -137,7 +137,7 @@ def _continuous_rollout(
         cache = unrolled.unstack_cache(empty)
 
         def forward(last: jax.Array, pos: jax.Array, cache: Any) -> tuple[jax.Array, Any]:
-            return unrolled.decode_step(weights, model.config, cache, last, pos)
+            return unrolled.decode_step(weights, model.config, cache, last, pos, by_mask_only=True)
     else:
         cache = empty
         ones = jnp.ones((s, 1), jnp.int32)
@@ -183,13 +183,18 @@ def _continuous_rollout(
         active = item >= 0
         row = jnp.maximum(item, 0)
         pos = prompt_len[row // n] + t - 1
-        # Write at the scratch column (the model's index), then copy it to this iteration's column.
-        cache = layout.rebuild(cache, [a for a, _, _ in layout.arrays(cache)], cache.mask, jnp.int32(length))
-        logits, cache = forward(last, pos, cache)
         col = jnp.mod(g, length)
-        arrs = [commit(a, l_ax, length, col) for a, _, l_ax in layout.arrays(cache)]
-        new_mask = jax.lax.dynamic_update_slice(cache.mask, jnp.ones((s, 1), cache.mask.dtype), (0, col))
-        cache = layout.rebuild(cache, arrs, new_mask, jnp.int32(length))
+        if layout.unrolled:  # our decode step attends by the mask alone: it writes at the column itself
+            cache = layout.rebuild(cache, [a for a, _, _ in layout.arrays(cache)], cache.mask, col)
+            logits, cache = forward(last, pos, cache)
+        else:  # the model attends to columns before its index: write at the scratch column, then copy
+            cache = layout.rebuild(
+                cache, [a for a, _, _ in layout.arrays(cache)], cache.mask, jnp.int32(length)
+            )
+            logits, cache = forward(last, pos, cache)
+            arrs = [commit(a, l_ax, length, col) for a, _, l_ax in layout.arrays(cache)]
+            new_mask = jax.lax.dynamic_update_slice(cache.mask, jnp.ones((s, 1), cache.mask.dtype), (0, col))
+            cache = layout.rebuild(cache, arrs, new_mask, jnp.int32(length))
 
         logits = constrain(logits, ("batch", "act_vocab"))
         tok, lp, slp = choose(logits, step_keys(keys[row], t))

@@ -140,7 +140,7 @@ class Slots:
     def _decode_fn(self, weights: Any, st: SlotState, steps: int) -> tuple[SlotState, jax.Array]:
         cfg, length = self.model_config, self.length
         if self.layout.unrolled:
-            forward = functools.partial(unrolled.decode_step, weights, cfg)
+            forward = functools.partial(unrolled.decode_step, weights, cfg, by_mask_only=True)
         else:
             model = nnx.merge(self.graphdef, weights)
             ones = jnp.ones((self.slots, 1), jnp.int32)
@@ -150,16 +150,19 @@ class Slots:
                 return model.logits(hidden)[:, 0], cache
 
         def step(st: SlotState, _: Any) -> tuple[SlotState, jax.Array]:
-            cache = self.layout.rebuild(
-                st.cache, [a for a, _, _ in self.layout.arrays(st.cache)], st.cache.mask, jnp.int32(length)
-            )
-            logits, cache = forward(cache, st.last, st.pos)
             col = jnp.mod(st.g, length)
-            arrs = [commit(a, l_ax, length, col) for a, _, l_ax in self.layout.arrays(cache)]
-            mask = jax.lax.dynamic_update_slice(
-                cache.mask, jnp.ones((self.slots, 1), cache.mask.dtype), (0, col)
-            )
-            cache = self.layout.rebuild(cache, arrs, mask, jnp.int32(length))
+            arrs = [a for a, _, _ in self.layout.arrays(st.cache)]
+            if self.layout.unrolled:  # attends by the mask alone: writes at the column itself (no copy)
+                logits, cache = forward(
+                    self.layout.rebuild(st.cache, arrs, st.cache.mask, col), st.last, st.pos
+                )
+            else:  # the model attends before its index: write at the scratch column, then copy it
+                cache = self.layout.rebuild(st.cache, arrs, st.cache.mask, jnp.int32(length))
+                logits, cache = forward(cache, st.last, st.pos)
+                arrs = [commit(a, l_ax, length, col) for a, _, l_ax in self.layout.arrays(cache)]
+                ones = jnp.ones((self.slots, 1), cache.mask.dtype)
+                mask = jax.lax.dynamic_update_slice(cache.mask, ones, (0, col))
+                cache = self.layout.rebuild(cache, arrs, mask, jnp.int32(length))
             tok = choose_tokens_rows(logits, step_keys(st.keys, st.t), st.temperature, st.top_p)
             st = st.replace(cache=cache, last=tok, pos=st.pos + 1, t=st.t + 1, g=st.g + 1)
             return st, tok
