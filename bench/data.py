@@ -34,16 +34,12 @@ def smollm2_gguf() -> str:
 
 def make_rows(n: int, words: int, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
-    vocab = (
-        "the of and to in is that for it as with was on be by at this are from or an which have "
-        "distillation teacher student model token response prompt gradient adversarial discriminator "
-        "policy reward sample batch length sequence training evaluation judge score"
-    ).split()
+    vocab = ("the of and to in is that for it as with was on be by at this are from or an which have "
+             "distillation teacher student model token response prompt gradient adversarial discriminator "
+             "policy reward sample batch length sequence training evaluation judge score").split()
     text = lambda k: " ".join(rng.choice(vocab) for _ in range(k)) + "."
-    return [
-        {"content": [{"role": "user", "content": text(words)}], "teacher_response": text(words)}
-        for _ in range(n)
-    ]
+    return [{"content": [{"role": "user", "content": text(words)}], "teacher_response": text(words)}
+            for _ in range(n)]
 
 
 def matmul_gflops(n: int = 1024, reps: int = 5) -> float:
@@ -84,15 +80,9 @@ def main() -> None:
             for r in rows:
                 f.write(json.dumps(r) + "\n")
         src = JsonlSource(path)
-        cfg = DataConfig(
-            batch_size=args.batch_size,
-            max_prompt_tokens=args.tokens,
-            max_response_tokens=args.tokens,
-            buckets="pow2",
-            shuffle=True,
-            num_epochs=1,
-            worker_count=args.worker_count,
-        )
+        cfg = DataConfig(batch_size=args.batch_size, max_prompt_tokens=args.tokens,
+                         max_response_tokens=args.tokens, buckets="pow2", shuffle=True, num_epochs=1,
+                         worker_count=args.worker_count)
         it = DataPipeline(src, tok, cfg, process_index=0, process_count=1).iterator()
         next(it)  # warm-up: thread pool, tokenizer caches
         t0 = time.perf_counter()
@@ -101,8 +91,8 @@ def main() -> None:
         stats = it.stats.as_dict()
         it.close()
 
-    texts = [r["content"][0]["content"] for r in rows[: args.batch_size]]
-    resp = [r["teacher_response"] for r in rows[: args.batch_size]]
+    texts = [r["content"][0]["content"] for r in rows[:args.batch_size]]
+    resp = [r["teacher_response"] for r in rows[:args.batch_size]]
     t0 = time.perf_counter()
     for _ in range(args.batches):
         tok(texts, add_special_tokens=False)
@@ -113,27 +103,23 @@ def main() -> None:
     tokens = int(b["prompt_ids"].size + b["response_ids"].size)
     gflops = matmul_gflops()
     step_floor_s = 2 * SMOLLM2_PARAMS * tokens / (gflops * 1e9)
-    print(
-        json.dumps(
-            {
-                "bench": "data_pipeline",
-                "batch_size": args.batch_size,
-                "max_tokens": args.tokens,
-                "worker_count": args.worker_count,
-                "batch_shape": {"P": int(b["prompt_ids"].shape[1]), "R": int(b["response_ids"].shape[1])},
-                "mean_prompt_tokens": round(stats["prompt_tokens"] / max(stats["rows_batched"], 1), 1),
-                "mean_response_tokens": round(stats["response_tokens"] / max(stats["rows_batched"], 1), 1),
-                "prompt_truncated": stats["prompt_truncated"],
-                "batches_per_s": round(1 / pipe_s, 3),
-                "pipeline_s_per_batch": round(pipe_s, 4),
-                "tokenizer_floor_s_per_batch": round(floor_s, 4),
-                "pipeline_over_tokenizer_floor": round(pipe_s / floor_s, 2),
-                "matmul_gflops": round(gflops, 1),
-                "step_floor_s": round(step_floor_s, 2),
-                "pipeline_over_step_floor": round(pipe_s / step_floor_s, 4),
-            }
-        )
-    )
+    print(json.dumps({
+        "bench": "data_pipeline",
+        "batch_size": args.batch_size,
+        "max_tokens": args.tokens,
+        "worker_count": args.worker_count,
+        "batch_shape": {"P": int(b["prompt_ids"].shape[1]), "R": int(b["response_ids"].shape[1])},
+        "mean_prompt_tokens": round(stats["prompt_tokens"] / max(stats["rows_batched"], 1), 1),
+        "mean_response_tokens": round(stats["response_tokens"] / max(stats["rows_batched"], 1), 1),
+        "prompt_truncated": stats["prompt_truncated"],
+        "batches_per_s": round(1 / pipe_s, 3),
+        "pipeline_s_per_batch": round(pipe_s, 4),
+        "tokenizer_floor_s_per_batch": round(floor_s, 4),
+        "pipeline_over_tokenizer_floor": round(pipe_s / floor_s, 2),
+        "matmul_gflops": round(gflops, 1),
+        "step_floor_s": round(step_floor_s, 2),
+        "pipeline_over_step_floor": round(pipe_s / step_floor_s, 4),
+    }))
 
 
 if __name__ == "__main__":

@@ -35,13 +35,8 @@ def raw_loop(base_url: str, n: int) -> float:
     s = requests.Session()
     t0 = time.perf_counter()
     for i in range(n):
-        body = {
-            "model": "fake",
-            "messages": [{"role": "user", "content": f"raw prompt {i}"}],
-            "temperature": 1.0,
-            "top_p": 1.0,
-            "max_tokens": 1024,
-        }
+        body = {"model": "fake", "messages": [{"role": "user", "content": f"raw prompt {i}"}],
+                "temperature": 1.0, "top_p": 1.0, "max_tokens": 1024}
         r = s.post(base_url + "/chat/completions", json=body, timeout=30)
         r.raise_for_status()
         r.json()["choices"][0]["message"]["content"]
@@ -50,17 +45,10 @@ def raw_loop(base_url: str, n: int) -> float:
     return n / dt
 
 
-def client_rate(
-    base_url: str, n: int, concurrency: int, cache_path: str | None = None, tag: str = "c"
-) -> float:
-    cfg = TeacherConfig(
-        base_url=base_url,
-        model="fake",
-        api_key_env=None,
-        concurrency=concurrency,
-        cache_path=cache_path,
-        timeout_s=30.0,
-    )
+def client_rate(base_url: str, n: int, concurrency: int, cache_path: str | None = None, tag: str = "c"
+                ) -> float:
+    cfg = TeacherConfig(base_url=base_url, model="fake", api_key_env=None, concurrency=concurrency,
+                        cache_path=cache_path, timeout_s=30.0)
     with TeacherClient(cfg) as c:
         list(c.prefetch(items(8, "warm" + tag), max_ahead=8))  # sessions / connections up
         t0 = time.perf_counter()
@@ -76,11 +64,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=600, help="requests per measurement")
     ap.add_argument("--repeats", type=int, default=3, help="best of this many interleaved rounds")
     args = ap.parse_args()
-    srv = subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "tests", "teacher", "fake_server.py")],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    srv = subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "teacher", "fake_server.py")],
+                           stdout=subprocess.PIPE, text=True)
     try:
         port = int(srv.stdout.readline())
         url = f"http://127.0.0.1:{port}/v1"
@@ -100,13 +85,8 @@ def main() -> None:
                 keep("cache_write", client_rate(url, args.n, 8, cache_path=path, tag=f"r{rep}cache-"))
                 keep("cache_hit", client_rate(url, args.n, 8, cache_path=path, tag=f"r{rep}cache-"))
         raw = best["raw"]
-        out: dict[str, object] = {
-            "bench": "teacher",
-            "n": args.n,
-            "repeats": args.repeats,
-            "cpus": os.cpu_count(),
-            "raw_session_rps": round(raw, 1),
-        }
+        out: dict[str, object] = {"bench": "teacher", "n": args.n, "repeats": args.repeats,
+                                  "cpus": os.cpu_count(), "raw_session_rps": round(raw, 1)}
         for c in (1, 8, 64):
             out[f"client_rps_c{c}"] = round(best[f"c{c}"], 1)
             out[f"ratio_c{c}_vs_raw"] = round(best[f"c{c}"] / raw, 3)
