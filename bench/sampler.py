@@ -16,6 +16,9 @@ much faster than the matmul, a decode step is bound by arithmetic, not by readin
 
     .venv/bin/python bench/sampler.py [--batch 16 --prompt 64 --new 64 --repeats 3 --shapes smollm2,tiny]
                                       [--compare-scan]
+    .venv/bin/python bench/sampler.py --long-tail [--batch 16 --samples 4 --slots 0 --repeats 1]
+        continuous batching vs the static rollout vs transformers on SmolLM2-135M with response lengths
+        from the CPU length profile (bench/long_tail.py; JSON with ratio_vs_static and ratio_vs_hf)
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench import long_tail  # noqa: E402
 from bench.shapes import SMOLLM2, TINY, llama_kwargs  # noqa: E402
 from gadjax.models.hf_io import load_decoder  # noqa: E402
 from gadjax.rollout import Sampler, SamplingConfig  # noqa: E402
@@ -164,7 +168,16 @@ def main() -> None:
     ap.add_argument("--hf-repeats", type=int, default=1)
     ap.add_argument("--shapes", default="smollm2,tiny")
     ap.add_argument("--compare-scan", action="store_true", help="also time layer_loop='scan' (scanned model)")
+    ap.add_argument(
+        "--long-tail",
+        action="store_true",
+        help="continuous vs static vs transformers on SmolLM2 with profile lengths (bench/long_tail.py)",
+    )
+    long_tail.add_arguments(ap)
     args = ap.parse_args()
+    if args.long_tail:
+        print(json.dumps(long_tail.run(args)))
+        return
     result = {
         "bench": "sampler",
         "device": str(jax.devices()[0].platform),

@@ -13,6 +13,9 @@ serve_c1, and the mean batch size the engine ran at concurrency K.
 
     .venv/bin/python bench/serve.py [--model PATH --tokenizer PATH] [--requests 32 --concurrency 8
         --max-tokens 32 --batch-wait-ms 5]
+    .venv/bin/python bench/serve.py --mixed [--requests 64 --concurrency 16 --short-tokens 16
+        --long-tokens 512 --long-every 4 --chunk-steps 8]
+        short and long requests at once: main's static Engine vs the continuous one (bench/serve_mix.py)
 
 Without --model, a random Llama (hidden 256, 4 layers, vocab 384) with the tiny ChatML tokenizer.
 """
@@ -36,6 +39,7 @@ import requests
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from bench import serve_mix  # noqa: E402
 from gadjax.models.hf_io import load_decoder  # noqa: E402
 from gadjax.models.tokenizer import load_tokenizer  # noqa: E402
 from gadjax.rollout import Sampler  # noqa: E402
@@ -54,7 +58,7 @@ def random_model(out_dir: str) -> str:
         num_hidden_layers=4,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=1024,
+        max_position_embeddings=1024,  # prompts <= 64 + 512 new tokens fit
     )
     LlamaForCausalLM(cfg).save_pretrained(out_dir)
     tok_dir = os.path.join(REPO, "configs", "tiny_assets", "tokenizer")
@@ -92,6 +96,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--batch-wait-ms", type=float, default=5.0)
+    serve_mix.add_arguments(ap)
     args = ap.parse_args()
 
     tmp = tempfile.mkdtemp(prefix="bench_serve_")
@@ -99,6 +104,11 @@ def main() -> None:
         path = args.model or random_model(tmp)
         tok = load_tokenizer(args.tokenizer or path)
         model = load_decoder(path)
+        if args.mixed:
+            print(
+                json.dumps({"model": args.model or "random-llama-256x4", **serve_mix.run(args, model, tok)})
+            )
+            return
         engine = Engine(
             model,
             eos_ids={tok.eos_token_id},

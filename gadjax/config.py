@@ -155,6 +155,11 @@ def base_config() -> ConfigDict:
             # Generate each step's rollouts in this many chunks of prompts, one after another: only one
             # chunk's KV cache exists at a time. Same samples as 1 (bitwise on CPU). Divides data.batch_size.
             micro_batches=1,
+            # "static": all B*N rows decode together until the last stops; "continuous": `slots` decode
+            # slots, a stopped row's slot takes the next (prompt, sample), so decode work follows the rows
+            # still generating (README "Rollout batching"). Same key, same tokens either way.
+            batching="static",
+            slots=0,  # continuous decode slots per chunk; 0 = half the chunk's rows
         )
     )
     c.optim_g = _optim(1e-6)

@@ -4,6 +4,7 @@
         [--system-prompt TEXT] [--api-key-env NAME] [--max-batch 8] [--batch-wait-ms 10]
         [--max-new-tokens 512] [--max-prompt-tokens N] [--dtype float32|bfloat16]
         [--served-model-name NAME] [--ready-file PATH] [--seed N] [--log-level info]
+        [--batching continuous|static] [--chunk-steps 8]
 
 When it is ready it prints exactly one line to stdout (flushed):
 
@@ -13,9 +14,12 @@ so a script can wait for the regex ``listening on (\\S+) \\(model (.*)\\)$``; ``
 port. ``--ready-file PATH`` also writes the base URL (one line) to PATH, atomically. SIGTERM / SIGINT
 stop it cleanly (exit status 0).
 
-Behaviour (details in gadjax/serving/): concurrent requests are batched through the rollout sampler
-(engine.py); ``stream=true`` answers with a server-sent-event stream that carries the whole completion
-once it is generated (not token by token); the hidden ``--system-prompt`` is prepended to every
+Behaviour (details in gadjax/serving/): with ``--batching continuous`` (the default) requests join and
+leave ``--max-batch`` running decode slots between chunks of ``--chunk-steps`` steps, so a short request
+never waits for a long one (continuous.py); ``--batching static`` batches concurrent requests through the
+rollout sampler, each batch running until its longest member ends (engine.py). ``stream=true`` answers
+with a server-sent-event stream that carries the whole completion once it is generated (not token by
+token); the hidden ``--system-prompt`` is prepended to every
 conversation and, when the client sends its own leading system message, both go in ONE system message,
 the hidden text first (protocol.with_hidden_system_prompt). The client never sees the hidden prompt,
 but it is counted in ``usage.prompt_tokens``. ``--api-key-env NAME`` reads the bearer token from the
@@ -44,8 +48,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="0 = pick a free port (printed in the ready line)")
     p.add_argument("--system-prompt", help="hidden system prompt prepended to every conversation")
     p.add_argument("--api-key-env", help="NAME of the environment variable holding the bearer token")
-    p.add_argument("--max-batch", type=int, default=8, help="most rows (choices) in one sampler call")
-    p.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long to gather a batch")
+    p.add_argument(
+        "--batching",
+        choices=("continuous", "static"),
+        default="continuous",
+        help="continuous: requests join and leave running decode slots; static: batches run to their end",
+    )
+    p.add_argument("--max-batch", type=int, default=8, help="most rows (choices) decoded together")
+    p.add_argument("--batch-wait-ms", type=float, default=10.0, help="static: how long to gather a batch")
+    p.add_argument("--chunk-steps", type=int, default=8, help="continuous: decode steps between admissions")
     p.add_argument("--max-new-tokens", type=int, default=512, help="largest max_tokens a request may ask")
     p.add_argument(
         "--max-prompt-tokens",
@@ -103,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cli.report(
                 PROG, f"environment variable {args.api_key_env} (--api-key-env) is not set or empty"
             )
-    for name in ("max_batch", "max_new_tokens"):
+    for name in ("max_batch", "max_new_tokens", "chunk_steps"):
         if getattr(args, name) < 1:
             return cli.report(PROG, f"--{name.replace('_', '-')} must be >= 1")
     if args.max_prompt_tokens is not None and args.max_prompt_tokens < 1:
@@ -119,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from gadjax.models.hf_io import load_decoder
     from gadjax.models.tokenizer import load_tokenizer
+    from gadjax.serving.continuous import ContinuousEngine
     from gadjax.serving.engine import Engine
     from gadjax.serving.http import ChatService, make_server
 
@@ -135,8 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     max_prompt = args.max_prompt_tokens or max(
         32, min(4096, cfg.max_position_embeddings - args.max_new_tokens)
     )
-    engine = Engine(
-        model,
+    common = dict(
         eos_ids=eos_ids_for(tokenizer, cfg.eos_token_ids, cfg.vocab_size),
         pad_id=tokenizer.pad_token_id,
         max_batch=args.max_batch,
@@ -145,6 +156,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_prompt_tokens=max_prompt,
         seed=args.seed,
     )
+    if args.batching == "continuous":
+        engine = ContinuousEngine(model, chunk_steps=args.chunk_steps, **common)
+    else:
+        engine = Engine(model, **common)
     name = args.served_model_name or default_model_name(args.model)
     service = ChatService(engine, tokenizer, name, system_prompt=args.system_prompt, api_key=api_key)
     try:
@@ -162,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     log.info(
-        "model %s: %d layers, hidden %d, vocab %d, %s; eos ids %s; max batch %d, prompt <= %d, "
+        "model %s: %d layers, hidden %d, vocab %d, %s; eos ids %s; %s batching, max batch %d, prompt <= %d, "
         "new tokens <= %d; auth %s; hidden system prompt %s",
         args.model,
         cfg.num_layers,
@@ -170,6 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg.vocab_size,
         args.dtype,
         sorted(engine.eos_ids),
+        args.batching,
         args.max_batch,
         max_prompt,
         args.max_new_tokens,

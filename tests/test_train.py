@@ -118,13 +118,14 @@ def test_one_device_and_eight_devices_give_the_same_losses(tmp_path):
 
 @pytest.mark.slow
 def test_flash_attention_and_rollout_micro_batches_give_the_same_losses(tmp_path):
-    """model.attention=flash with rollout.micro_batches=4 vs the defaults (xla, one chunk), on the 8-device
-    mesh; greedy rollouts, so a float32-rounding difference in the logits cannot flip a sampled token."""
+    """model.attention=flash with rollout.micro_batches=4 and rollout.batching=continuous vs the defaults
+    (xla, one chunk, static batching), on the 8-device mesh; greedy rollouts, so a float32-rounding
+    difference in the logits cannot flip a sampled token."""
     from gadjax.train import run
 
     common = {"train.steps": 2, "rollout.temperature": 0.0}
     run(tiny_config(tmp_path / "ref", stage="warmup", **common))
-    alt = {"model.attention": "flash", "rollout.micro_batches": 4}
+    alt = {"model.attention": "flash", "rollout.micro_batches": 4, "rollout.batching": "continuous"}
     run(tiny_config(tmp_path / "alt", stage="warmup", **common, **alt))
     ref = read_metrics(str(tmp_path / "ref" / "run"))
     got = read_metrics(str(tmp_path / "alt" / "run"))

@@ -52,6 +52,16 @@ def _largest_arrays(run: AbstractRun, k: int = 5) -> list[dict[str, Any]]:
     return items[:k]
 
 
+def rollout_slots(config: ConfigDict, mesh: Any) -> int:
+    """Decode slots of a continuous rollout chunk, as the Sampler resolves them on `mesh`."""
+    from gadjax.parallel.rules import DEFAULT_RULES
+    from gadjax.rollout.config import resolve_slots
+    from gadjax.rollout.sampler import batch_shards
+
+    rows = config.data.batch_size // config.rollout.micro_batches * config.rollout.n_samples
+    return resolve_slots(config.rollout.slots, rows, batch_shards(mesh, DEFAULT_RULES))
+
+
 def our_breakdown(config: ConfigDict, run: AbstractRun) -> dict[str, int]:
     """Per-chip bytes from shapes and shardings (what each part of the run keeps on a chip)."""
     from gadjax.parallel.rules import named_sharding
@@ -80,9 +90,17 @@ def our_breakdown(config: ConfigDict, run: AbstractRun) -> dict[str, int]:
     def shard(shape, logical, itemsize):
         return int(np.prod(named_sharding(logical, shape, mesh).shard_shape(shape))) * itemsize
 
-    kv = lambda rows: 2 * shard((mc.num_layers, rows, p + r, mc.num_kv_heads, mc.head_dim), CACHE_AXES, item)
+    kv = lambda rows, t=p + r: (
+        2 * shard((mc.num_layers, rows, mc.num_kv_heads, t, mc.head_dim), CACHE_AXES, item)
+    )
     chunk = b // config.rollout.micro_batches  # prompts whose caches exist at once
-    out["kv_cache"] = kv(chunk * n) + kv(chunk)  # the N-times repeated cache + the prefill's
+    if config.rollout.batching == "continuous":  # slot caches (+ scratch column) and the prompt cache
+        slots = rollout_slots(config, mesh)
+        out["kv_cache"] = kv(slots, p + r + 1) + kv(chunk, p)
+        out["kv_cache_decode"] = kv(slots, p + r + 1)  # what each decode step reads
+    else:
+        out["kv_cache"] = kv(chunk * n) + kv(chunk)  # the N-times repeated cache + the prefill's
+        out["kv_cache_decode"] = kv(chunk * n)
     # Activations of one G micro-batch (estimate): per-layer carries kept for the backward pass
     # (all layer outputs without remat, x ~10 per layer without remat), one layer's recomputation
     # (f32 attention scores + probs + their grads, MLP intermediates), and a log-prob chunk's [C, V] f32.

@@ -50,8 +50,11 @@ def program_specs(config: ConfigDict, run: AbstractRun) -> list[ProgramSpec]:
         make_policy_step,
     )
     from gadjax.parallel.programs import jit_step
-    from gadjax.rollout.decode import _rollout, resolve_layer_loop
-    from gadjax.rollout.sampler import SamplingConfig
+    from gadjax.parallel.rules import DEFAULT_RULES
+    from gadjax.rollout.config import SamplingConfig, resolve_layer_loop, resolve_slots
+    from gadjax.rollout.continuous import _continuous_rollout
+    from gadjax.rollout.decode import _rollout
+    from gadjax.rollout.sampler import batch_shards
 
     mesh, mc = run.mesh, run.model_config
     b, n = config.data.batch_size, config.rollout.n_samples
@@ -79,6 +82,8 @@ def program_specs(config: ConfigDict, run: AbstractRun) -> list[ProgramSpec]:
         prompt_buckets=(p,),
         layer_loop=config.rollout.layer_loop,
         micro_batches=m_r,
+        batching=config.rollout.batching,
+        slots=config.rollout.slots,
     )
     cache_dtype = jnp.dtype(config.model.dtype)
     # LoRA: the sampler gets the plain model on the base with the adapted weights replaced by merged
@@ -89,14 +94,23 @@ def program_specs(config: ConfigDict, run: AbstractRun) -> list[ProgramSpec]:
     ids = _sds((b // m_r, p), i32, mesh, ("batch", "length"))
     layer_loop = resolve_layer_loop(scfg.layer_loop, mesh)  # the target's devices decide, as in Sampler
     graphdef = run.g_plain_graphdef if lora_g else run.g_graphdef
-    rollout = jax.jit(functools.partial(_rollout, graphdef, scfg, cache_dtype, layer_loop))
+    args = (graphdef, scfg, cache_dtype, layer_loop)
+    if scfg.batching == "continuous":
+        slots = resolve_slots(scfg.slots, b // m_r * n, batch_shards(mesh, DEFAULT_RULES))
+        rollout = jax.jit(functools.partial(_continuous_rollout, *args, slots))
+        what = f"{slots} slots x KV cache {p}+{r_s}+1 tokens, prompt cache {b // m_r} x {p}"
+    else:
+        rollout = jax.jit(functools.partial(_rollout, *args))
+        what = f"KV cache {p}+{r_s} tokens"
+    key = _rng(mesh)
+    keys = jax.ShapeDtypeStruct((b // m_r,), key.dtype, sharding=key.sharding)  # one key per prompt
     specs.append(
         ProgramSpec(
             "rollout",
             rollout,
-            (params, ids, ids, _rng(mesh)),
+            (params, ids, ids, keys),
             rollout_resident,
-            f"{b // m_r} prompts x {n} samples (x {m_r} chunks), KV cache {p}+{r_s} tokens",
+            f"{b // m_r} prompts x {n} samples (x {m_r} chunks), {scfg.batching} batching, {what}",
         )
     )
 

@@ -76,18 +76,37 @@ def step_prediction(
     return {"step_s": step_s, "mfu": mfu}
 
 
-def floor_bytes(config: Any, breakdown: dict[str, int]) -> dict[str, float]:
-    """Per chip bytes each program must move at least (see the module docstring), from our breakdown."""
+def rollout_decode_steps(config: Any, slots: int, seed: int = 0) -> int:
+    """Decode steps of a step's rollout (all chunks) with response lengths drawn from the paper's length
+    profile scaled to the config's caps (gadjax.data.lengths): static runs each chunk to its longest row
+    (almost always the cap at this batch), continuous as many iterations as its slot queue needs
+    (gadjax.rollout.schedule)."""
+    import numpy as np
+
+    from gadjax.data.lengths import PAPER
+    from gadjax.rollout import schedule
+
+    r = config.rollout
+    profile = PAPER.scaled(config.data.max_prompt_tokens, r.max_new_tokens)
+    lengths = profile.sample_responses(np.random.default_rng(seed), config.data.batch_size * r.n_samples)
+    if r.batching == "continuous":
+        return schedule.continuous_steps(lengths, slots, r.micro_batches)
+    return schedule.static_steps(lengths, r.micro_batches)
+
+
+def floor_bytes(config: Any, breakdown: dict[str, int], slots: int = 0) -> dict[str, float]:
+    """Per chip bytes each program must move at least (see the module docstring), from our breakdown;
+    `slots`: the continuous rollout's decode slots (gadjax.plan.analysis.rollout_slots)."""
     import jax.numpy as jnp
 
     shrink = jnp.dtype(config.model.dtype).itemsize / jnp.dtype(config.model.param_dtype).itemsize
-    decode_steps = config.rollout.max_new_tokens
-    chunks = config.rollout.micro_batches  # each chunk's decode loop reads the weights again
+    steps = rollout_decode_steps(config, slots)
     g_state = breakdown["g_params"] + breakdown["g_opt_state"]
     d_state = breakdown["d_params"] + breakdown["d_opt_state"]
     return {
-        # Every generated token of every chunk reads the (compute-dtype) weights and that chunk's KV cache.
-        "rollout": chunks * decode_steps * (breakdown["g_params"] * shrink + breakdown["kv_cache"]),
+        # Every decode step of every chunk reads the (compute-dtype) weights and the cache it decodes from
+        # (static: the chunk's B*N rows; continuous: the slots).
+        "rollout": steps * (breakdown["g_params"] * shrink + breakdown["kv_cache_decode"]),
         "ref_logp": breakdown["ref_params"] * shrink,
         "d_step": 2 * d_state,  # read and write the parameters and optimizer state
         "g_step": 2 * g_state,

@@ -9,11 +9,17 @@ from typing import Any
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
-from gadjax.plan.analysis import _largest_arrays, _memory, model_flops_per_step, our_breakdown
+from gadjax.plan.analysis import _largest_arrays, _memory, model_flops_per_step, our_breakdown, rollout_slots
 from gadjax.plan.errors import PlanDoesNotFitError, PlanError
 from gadjax.plan.oom import advice, parse_oom
 from gadjax.plan.programs import PROGRAMS, program_specs
-from gadjax.plan.roofline import floor_bytes, program_bound, step_prediction, xla_cost
+from gadjax.plan.roofline import (
+    floor_bytes,
+    program_bound,
+    rollout_decode_steps,
+    step_prediction,
+    xla_cost,
+)
 from gadjax.plan.state import build_abstract, per_chip_bytes, trainable_bytes
 from gadjax.plan.topology import GiB, parse_topology, topology_devices
 
@@ -75,7 +81,8 @@ def run_plan(
     if config.train.packing:
         analytic.update(packed_model_flops(config, run.model_config, lengths))
     breakdown = our_breakdown(config, run)
-    floors = floor_bytes(config, breakdown)
+    slots = rollout_slots(config, mesh) if config.rollout.batching == "continuous" else 0
+    floors = floor_bytes(config, breakdown, slots)
     report: dict[str, Any] = {
         "topology": topo.name,
         "libtpu_topology": topo.topology_name,
@@ -100,6 +107,13 @@ def run_plan(
             "response_tokens": config.rollout.max_new_tokens,
             "micro_batches_g": config.train.micro_batches_g,
             "micro_batches_d": config.train.micro_batches_d,
+        },
+        # The rollout under the paper's length profile (gadjax.plan.roofline.rollout_decode_steps).
+        "rollout": {
+            "batching": config.rollout.batching,
+            "micro_batches": config.rollout.micro_batches,
+            "slots": slots or None,
+            "decode_steps_under_length_profile": rollout_decode_steps(config, slots),
         },
         "resident_state_bytes_per_chip": resident_total,
         "trainable_bytes_per_chip": trainable_bytes(run),

@@ -1,9 +1,11 @@
 """How much memory a rollout needs, estimated from shapes and shardings before anything compiles.
 
-The KV cache ([layers, rows, kv_heads, prompt bucket + max_new_tokens, head_dim], keys and values, plus the
-prefill's un-repeated copy), the parameters as sharded, the per-step sampling buffers and, for the
-unrolled decode loop, the per-layer copies. gadjax.rollout.sampler.Sampler checks it against the device's
-limit and raises RolloutMemoryError naming what to lower.
+Static batching: the KV cache ([layers, rows, kv_heads, prompt bucket + max_new_tokens, head_dim], keys and
+values, plus the prefill's un-repeated copy). Continuous batching (gadjax.rollout.continuous): the prompt
+cache ([layers, prompts, kv_heads, prompt bucket, head_dim]) and the slot caches ([layers, slots, kv_heads,
+prompt bucket + max_new_tokens + 1, head_dim]). Both: the parameters as sharded, the sampling buffers and,
+for the unrolled decode loop, the per-layer copies. gadjax.rollout.sampler.Sampler checks it against the
+device's limit and raises RolloutMemoryError naming what to lower.
 """
 
 from __future__ import annotations
@@ -76,25 +78,34 @@ def estimate_rollout_memory(
     mesh: Mesh | None,
     rules: Rules,
     layer_loop: str,
+    slots: int | None = None,
 ) -> MemoryEstimate:
     """Per-device bytes of a rollout of `batch` prompts in `prompt_bucket` (x config.n_samples rows) for
     a model with `model_config` and parameters `state` (their shardings count), under SamplingConfig
-    `config`."""
+    `config`; `slots`: the decode slots of a continuous rollout (None: the static layout)."""
     cfg, mc = config, model_config
     rows = batch * cfg.n_samples
     length = prompt_bucket + cfg.max_new_tokens
-    cache_shape = (mc.num_layers, rows, mc.num_kv_heads, length, mc.head_dim)
     item = cache_dtype.itemsize
-    total_cache = kv_cache_bytes(mc, rows, length, cache_dtype)
-    per_dev_cache = 2 * _shard_bytes(cache_shape, item, CACHE_AXES, mesh, rules)
-    # The prefill holds the un-repeated cache too.
-    per_dev_cache += 2 * _shard_bytes(
-        (mc.num_layers, batch, mc.num_kv_heads, length, mc.head_dim),
-        item,
-        CACHE_AXES,
-        mesh,
-        rules,
-    )
+
+    def cache(b: int, n: int) -> int:  # keys and values of b rows x n slots, per device
+        return 2 * _shard_bytes(
+            (mc.num_layers, b, mc.num_kv_heads, n, mc.head_dim), item, CACHE_AXES, mesh, rules
+        )
+
+    if slots is None:
+        total_cache = kv_cache_bytes(mc, rows, length, cache_dtype)
+        decode_cache = cache(rows, length)
+        prefill_cache = cache(batch, length)  # the prefill's un-repeated cache lives beside it
+        step_rows, prefill_len = rows, length
+    else:
+        total_cache = kv_cache_bytes(mc, slots, length + 1, cache_dtype) + kv_cache_bytes(
+            mc, batch, prompt_bucket, cache_dtype
+        )
+        decode_cache = cache(slots, length + 1)
+        prefill_cache = cache(batch, prompt_bucket)  # the prompt cache, read by every insert
+        step_rows, prefill_len = slots, prompt_bucket
+    per_dev_cache = decode_cache + prefill_cache
     params = 0
     for leaf in jax.tree.leaves(state):
         shard = leaf.sharding.shard_shape(leaf.shape) if hasattr(leaf, "sharding") else leaf.shape
@@ -102,12 +113,14 @@ def estimate_rollout_memory(
     layout_copy = 0
     if layer_loop == "unrolled":
         # The per-layer weight and cache copies live beside the stacked originals.
-        layout_copy = params + 2 * _shard_bytes(cache_shape, item, CACHE_AXES, mesh, rules)
-    # ~4 float32 [rows, V] buffers per step (logits, log-softmax, processed logits, noise) and the
-    # prefill's float32 attention scores of one layer [B, heads, P, P + R].
-    work = 4 * _shard_bytes((rows, mc.vocab_size), 4, ("batch", "act_vocab"), mesh, rules)
+        layout_copy = params + decode_cache + (0 if slots is None else prefill_cache)
+    # ~4 float32 [rows, V] buffers per step (logits, log-softmax, processed logits, noise), the first
+    # token's of every row for continuous batching, and the prefill's float32 attention scores of one
+    # layer [B, heads, P, cache length].
+    vocab = lambda r: 4 * _shard_bytes((r, mc.vocab_size), 4, ("batch", "act_vocab"), mesh, rules)
+    work = vocab(rows) + (0 if slots is None else vocab(step_rows))
     work += _shard_bytes(
-        (batch, mc.num_heads, prompt_bucket, length),
+        (batch, mc.num_heads, prompt_bucket, prefill_len),
         4,
         ("batch", "act_heads", None, None),
         mesh,
@@ -128,7 +141,8 @@ def check_estimate(est: MemoryEstimate, cfg: Any, batch: int, prompt_bucket: int
             f"max_new_tokens {cfg.max_new_tokens}), params {est.param_bytes_per_device / gib:.2f} GiB, "
             f"sampling buffers {est.work_bytes_per_device / gib:.2f} GiB, per-layer decode copies "
             f"{est.layout_copy_bytes_per_device / gib:.2f} GiB. Lower the rollout batch size (or raise "
-            f"micro_batches, now {cfg.micro_batches}: the batch in chunks), n_samples, "
+            f"micro_batches, now {cfg.micro_batches}: the batch in chunks), n_samples, slots (continuous "
+            f"batching, now {cfg.slots or 'auto'}), "
             f"max_new_tokens or the prompt length, shard the batch over more devices, or set "
             f"layer_loop='scan' (no per-layer copies)."
         )

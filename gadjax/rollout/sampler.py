@@ -13,6 +13,12 @@ One call of `Sampler.generate` runs ONE jitted program (once per chunk of prompt
    layers: the model's scanned forward, or (default on one CPU device) gadjax.rollout.unrolled's
    per-layer fused weights, made once per rollout before the loop (1.5x faster per step there).
 
+That is `SamplingConfig.batching="static"` (gadjax.rollout.decode). With "continuous"
+(gadjax.rollout.continuous) the prompts are prefilled once into a P_bucket prompt cache and the B*N rows
+queue for `slots` decode slots: a row that stops frees its slot for the next one, so the decode work
+follows the rows still generating instead of the longest row. Both key every draw by (prompt, sample,
+position): the same key gives the same tokens whichever program runs.
+
 Compiled programs: prompts are left-padded to the smallest of `SamplingConfig.prompt_buckets` that holds
 the longest prompt of the batch, so a Sampler compiles one program per (prompt bucket, batch size) it
 sees: a run with a fixed rollout batch size compiles at most len(prompt_buckets) programs (one per
@@ -42,7 +48,16 @@ from jax.sharding import Mesh
 
 from gadjax.models.decoder import Decoder
 from gadjax.parallel.rules import DEFAULT_RULES, Rules, named_sharding, use_mesh
-from gadjax.rollout.decode import _rollout, resolve_layer_loop
+from gadjax.rollout.config import (  # noqa: F401 (re-exported: the package's public names)
+    BATCHINGS,
+    DEFAULT_BUCKETS,
+    LAYER_LOOPS,
+    SamplingConfig,
+    resolve_layer_loop,
+    resolve_slots,
+)
+from gadjax.rollout.continuous import _continuous_rollout
+from gadjax.rollout.decode import _rollout
 from gadjax.rollout.memory import (
     MemoryEstimate,
     check_estimate,
@@ -51,77 +66,20 @@ from gadjax.rollout.memory import (
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096)
-LAYER_LOOPS = ("auto", "scan", "unrolled")
+
+def prompt_keys(rng: jax.Array, first: int, count: int) -> jax.Array:
+    """Keys [count] of prompts first .. first + count - 1 of a batch: fold_in(rng, prompt index)."""
+    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(
+        rng, jnp.arange(first, first + count, dtype=jnp.uint32)
+    )
 
 
-@dataclasses.dataclass(frozen=True)
-class SamplingConfig:
-    """How to sample. Hashable: it keys the compiled programs.
-
-    temperature == 0 or greedy=True: greedy (argmax) decoding. top_k <= 0 and top_p >= 1 switch those
-    filters off. stop_ids: a row stops after emitting any of them (the stop token is part of the
-    response). pad_id fills response slots after the stop and the left padding added for bucketing.
-    max_memory_bytes: per-device budget for KV cache + parameters + sampling buffers; None = the
-    device's `bytes_limit` when jax reports one (GPU / TPU), else no check.
-    """
-
-    max_new_tokens: int = 256
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    greedy: bool = False
-    n_samples: int = 1
-    stop_ids: frozenset[int] = frozenset()
-    pad_id: int = 0
-    prompt_buckets: tuple[int, ...] = DEFAULT_BUCKETS
-    max_memory_bytes: int | None = None
-    cache_dtype: str | None = None  # None = the model's compute dtype
-    # Token draw: "inversion" (one uniform per row; fast) or "gumbel" (Gumbel-max over [rows, V]
-    # noise; more robust to tiny logit differences across meshes). See gadjax.rollout.sampling.
-    method: str = "inversion"
-    # How the decode loop runs the layers: "scan" (the model's scanned forward), "unrolled" (per-layer
-    # fused weights, gadjax.rollout.unrolled; fastest on CPU, holds a second copy of the weights
-    # during the rollout) or "auto" = "unrolled" on a single CPU device, "scan" otherwise.
-    layer_loop: str = "auto"
-    # Generate the batch in this many chunks of prompts, one after another (the same compiled program for
-    # each): only one chunk's KV cache and sampling buffers exist at a time. Must divide the prompt batch.
-    # Rows get the same random draws as unchunked (gadjax.rollout.sampling.rows_of).
-    micro_batches: int = 1
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "stop_ids", frozenset(int(s) for s in self.stop_ids))
-        object.__setattr__(self, "prompt_buckets", tuple(sorted(int(b) for b in self.prompt_buckets)))
-        if self.max_new_tokens < 1:
-            raise ValueError(f"SamplingConfig.max_new_tokens={self.max_new_tokens}: must be >= 1")
-        if self.n_samples < 1:
-            raise ValueError(f"SamplingConfig.n_samples={self.n_samples}: must be >= 1")
-        if self.temperature < 0:
-            raise ValueError(f"SamplingConfig.temperature={self.temperature}: must be >= 0")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"SamplingConfig.top_p={self.top_p}: must be in (0, 1]")
-        if self.method not in ("inversion", "gumbel"):
-            raise ValueError(f"SamplingConfig.method={self.method!r}: 'inversion' or 'gumbel'")
-        if self.micro_batches < 1:
-            raise ValueError(f"SamplingConfig.micro_batches={self.micro_batches}: must be >= 1")
-        if self.layer_loop not in LAYER_LOOPS:
-            raise ValueError(f"SamplingConfig.layer_loop={self.layer_loop!r}: one of {LAYER_LOOPS}")
-        if not self.prompt_buckets or self.prompt_buckets[0] < 1:
-            raise ValueError(f"SamplingConfig.prompt_buckets={self.prompt_buckets}: need positive lengths")
-
-    @property
-    def is_greedy(self) -> bool:
-        return self.greedy or self.temperature == 0.0
-
-    def bucket_for(self, length: int) -> int:
-        """The smallest prompt bucket >= length."""
-        for b in self.prompt_buckets:
-            if b >= length:
-                return b
-        raise ValueError(
-            f"prompt of {length} tokens is longer than the largest prompt bucket "
-            f"{self.prompt_buckets[-1]}; add a bucket to SamplingConfig.prompt_buckets or truncate prompts"
-        )
+def batch_shards(mesh: Mesh | None, rules: Rules) -> int:
+    """How many ways the rule table splits the "batch" axis on `mesh` (1 without one)."""
+    if mesh is None:
+        return 1
+    size = mesh.devices.size
+    return size // named_sharding(("batch",), (size,), mesh, rules).shard_shape((size,))[0]
 
 
 @dataclasses.dataclass
@@ -138,8 +96,9 @@ class RolloutOutput:
       sampling_logprobs  float32 [B*N, R]  log q(token) under the sampling distribution (temperature,
                                            top-k, top-p applied; 0 for greedy), 0 on padding
       truncated          bool    [B*N]     no stop token within R
-      decode_steps       int               forward steps of the decode loop that ran (<= R - 1; with
-                                           micro_batches, the longest chunk's)
+      decode_steps       int               forward steps of the decode loop that ran (static: <= R - 1;
+                                           continuous: iterations of the slot loop; with micro_batches,
+                                           the longest chunk's)
     """
 
     prompt_ids: Any
@@ -223,6 +182,7 @@ class Sampler:
             mesh=self.mesh,
             rules=self.rules,
             layer_loop=self.layer_loop,
+            slots=self.slots_for(batch) if self.config.batching == "continuous" else None,
         )
 
     def check_memory(self, batch: int, prompt_bucket: int, state: nnx.State | None = None) -> MemoryEstimate:
@@ -232,12 +192,29 @@ class Sampler:
         return est
 
     # ---- the program ----------------------------------------------------------------------------------
+    def slots_for(self, batch: int) -> int:
+        """Decode slots of a continuous rollout of `batch` prompts (x n_samples rows)."""
+        return resolve_slots(
+            self.config.slots, batch * self.config.n_samples, batch_shards(self.mesh, self.rules)
+        )
+
     def _program(self, bucket: int, batch: int):
         key = (bucket, batch)
         if key not in self._programs:
-            fn = functools.partial(_rollout, self.graphdef, self.config, self.cache_dtype, self.layer_loop)
+            args = (self.graphdef, self.config, self.cache_dtype, self.layer_loop)
+            if self.config.batching == "continuous":
+                slots = self.slots_for(batch)
+                fn = functools.partial(_continuous_rollout, *args, slots)
+                log.info(
+                    "rollout: compiling continuous program for prompt bucket %d, batch %d, %d slots",
+                    bucket,
+                    batch,
+                    slots,
+                )
+            else:
+                fn = functools.partial(_rollout, *args)
+                log.info("rollout: compiling program for prompt bucket %d, batch %d", bucket, batch)
             self._programs[key] = jax.jit(fn)
-            log.info("rollout: compiling program for prompt bucket %d, batch %d", bucket, batch)
         return self._programs[key]
 
     def generate(
@@ -287,7 +264,7 @@ class Sampler:
                     ids_d, mask_d = jax.device_put(ids_b[rows], sh), jax.device_put(mask_b[rows], sh)
                 else:
                     ids_d, mask_d = jnp.asarray(ids_b[rows]), jnp.asarray(mask_b[rows])
-                out = program(state, ids_d, mask_d, rng, jnp.int32(c * chunk * n))
+                out = program(state, ids_d, mask_d, prompt_keys(rng, c * chunk, chunk))
                 # Blocks: the next program may contain collectives (DESIGN.md).
                 steps = max(steps, int(out.pop("steps")))
                 chunks.append({k: np.asarray(v) for k, v in out.items()} if as_numpy else out)

@@ -8,10 +8,10 @@ probability exceeds u * total (found in two levels: a block of 256 tokens, then 
 is an exact draw from softmax(processed_logits) (up to float32 rounding of the cumulative sum, ~1e-7)
 and needs ONE random number per row instead of the [rows, V] noise of the Gumbel-max trick:
 generating that noise with threefry cost ~3x the rest of the sampling step on the SmolLM2 vocabulary
-(49152) on CPU. The uniforms of a step come from a key folded from the
-step index, and jax's partitionable threefry (on by default in jax >= 0.5) makes the draw identical
-whether the array lives on one device or is sharded over a mesh, so the same key gives the same tokens
-on any mesh.
+(49152) on CPU. Every row has its own key, folded from (prompt, sample) and then from the response
+position (`row_keys`, `step_keys`), so a draw never depends on where the row sits: the batch size, the
+micro-batch chunk, the decode slot of continuous batching or the mesh. The same key gives the same
+tokens for every layout.
 
 Trade-off (why `method="gumbel"` exists): inversion is more sensitive to tiny logit differences than
 Gumbel-max. A perturbation e of the logits (e.g. a different reduction order under tensor
@@ -55,6 +55,35 @@ def apply_top_p(logits: jax.Array, p: float) -> jax.Array:
     return jnp.where(logits >= threshold, logits, NEG_INF)
 
 
+def apply_top_p_rows(logits: jax.Array, p: jax.Array) -> jax.Array:
+    """`apply_top_p` with one p per row (p [rows]; rows with p >= 1 keep everything). The sort runs only
+    when some row filters (a serving batch mixes requests with and without top_p)."""
+
+    def nucleus(x: jax.Array) -> jax.Array:
+        probs = jax.nn.softmax(x, axis=-1)
+        sorted_probs = jnp.sort(probs, axis=-1)[..., ::-1]
+        sorted_x = jnp.sort(x, axis=-1)[..., ::-1]
+        keep_sorted = (jnp.cumsum(sorted_probs, axis=-1) - sorted_probs) < p[:, None]
+        threshold = jnp.min(jnp.where(keep_sorted, sorted_x, jnp.inf), axis=-1, keepdims=True)
+        return jnp.where((x >= threshold) | (p[:, None] >= 1.0), x, NEG_INF)
+
+    return jax.lax.cond(jnp.any(p < 1.0), nucleus, lambda x: x, logits)
+
+
+def choose_tokens_rows(
+    logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_p: jax.Array
+) -> jax.Array:
+    """One token per row with per-row settings (temperature [rows], 0 = greedy; top_p [rows]): the
+    serving engine's draw, where every slot holds a different request. Same draw as `choose_tokens` for
+    a row with the same settings and key (inversion, top_k off)."""
+    logits = logits.astype(jnp.float32)
+    greedy = temperature <= 0.0
+    x = logits / jnp.where(greedy, 1.0, temperature)[:, None]
+    x = apply_top_p_rows(x, jnp.where(greedy, 1.0, top_p))
+    sampled = sample_by_inversion(jnp.exp(jax.nn.log_softmax(x, axis=-1)), keys)
+    return jnp.where(greedy, jnp.argmax(logits, axis=-1).astype(jnp.int32), sampled)
+
+
 def process_logits(logits: jax.Array, temperature: float, top_k: int, top_p: float) -> jax.Array:
     """The sampling distribution's logits: logits / T, then top-k, then top-p (float32). T > 0."""
     x = logits.astype(jnp.float32) / jnp.float32(temperature)
@@ -68,26 +97,23 @@ def _last_positive(p: jax.Array) -> jax.Array:
     return n - 1 - jnp.argmax(p[..., ::-1] > 0, axis=-1)
 
 
-def rows_of(
-    draw, key: jax.Array, shape: tuple[int, ...], row_offset: jax.Array | int, total_rows: int | None
-):
-    """`draw(key, shape)` for rows [row_offset, row_offset + shape[0]) of a draw over `total_rows` rows.
+def row_keys(prompt_keys: jax.Array, rows: jax.Array, n_samples: int) -> jax.Array:
+    """The key of each (prompt, sample) row: fold_in(prompt_keys[row // n_samples], row % n_samples).
 
-    A rollout in row chunks (SamplingConfig.micro_batches) draws each step's numbers for all rows and keeps
-    its own, so every row gets the same numbers whatever the chunking (None: the rows are all rows)."""
-    if total_rows is None or total_rows == shape[0]:
-        return draw(key, shape)
-    full = draw(key, (total_rows, *shape[1:]))
-    return jax.lax.dynamic_slice_in_dim(full, row_offset, shape[0], axis=0)
+    prompt_keys [B]: one typed key per prompt of the batch (the Sampler folds the global prompt index into
+    the rollout key). Every draw of a row comes from its own key folded with the position (`step_keys`),
+    so a row's draws depend on (prompt, sample, position) only: not on the batch size, the chunking
+    (micro_batches), the decode slot it runs in (continuous batching) or the sharding."""
+    return jax.vmap(jax.random.fold_in)(prompt_keys[rows // n_samples], rows % n_samples)
 
 
-def sample_by_inversion(
-    probs: jax.Array,
-    key: jax.Array,
-    block: int = 256,
-    row_offset: jax.Array | int = 0,
-    total_rows: int | None = None,
-) -> jax.Array:
+def step_keys(keys: jax.Array, positions: jax.Array | int) -> jax.Array:
+    """Per-row keys [rows] folded with each row's response position (a scalar or [rows])."""
+    positions = jnp.broadcast_to(jnp.asarray(positions, jnp.uint32), keys.shape)
+    return jax.vmap(jax.random.fold_in)(keys, positions)
+
+
+def sample_by_inversion(probs: jax.Array, keys: jax.Array, block: int = 256) -> jax.Array:
     """One draw per row of `probs` [rows, V] (need not be normalised), by inverting the CDF.
 
     Two levels, so no cumulative sum runs over the whole vocabulary (XLA's CPU cumsum over 49152
@@ -96,15 +122,14 @@ def sample_by_inversion(
     never chosen: the chosen index is the first whose CDF exceeds the target, so its own mass is
     positive; float rounding that puts the target at the very top of a block (or of the whole
     distribution) is clamped to that block's (or the last block's) last token of positive mass.
-    row_offset / total_rows: this is a chunk of a larger batch (see `rows_of`).
+    keys [rows]: one typed key per row (one uniform each).
     """
     rows, v = probs.shape
     nb = -(-v // block)
     blocks = jnp.pad(probs, ((0, 0), (0, nb * block - v))).reshape(rows, nb, block)
     block_mass = blocks.sum(axis=-1)  # [rows, nb]
     block_cdf = jnp.cumsum(block_mass, axis=-1)
-    uniform = lambda k, shape: jax.random.uniform(k, shape, jnp.float32)
-    u = rows_of(uniform, key, (rows,), row_offset, total_rows)
+    u = jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32))(keys)
     target = u * block_cdf[:, -1]
     j = jnp.minimum(jnp.sum(block_cdf <= target[:, None], axis=-1), _last_positive(block_mass))
     within = jnp.take_along_axis(blocks, j[:, None, None], axis=1)[:, 0]  # [rows, block]
@@ -116,21 +141,19 @@ def sample_by_inversion(
 
 def choose_tokens(
     logits: jax.Array,
-    key: jax.Array,
+    keys: jax.Array,
     *,
     greedy: bool,
     temperature: float,
     top_k: int,
     top_p: float,
     method: str = "inversion",
-    row_offset: jax.Array | int = 0,
-    total_rows: int | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Pick one token per row of float32 logits [rows, V].
 
     Returns (tokens int32 [rows], logprob under softmax(logits) (temperature 1), logprob under the
     sampling distribution). Greedy decoding is a point mass, so its sampling log-prob is 0.
-    row_offset / total_rows: these rows are a chunk of a larger batch (see `rows_of`).
+    keys [rows]: one typed key per row (see `row_keys` / `step_keys`).
     """
     logits = logits.astype(jnp.float32)
     logp = jax.nn.log_softmax(logits, axis=-1)
@@ -141,13 +164,11 @@ def choose_tokens(
         processed = process_logits(logits, temperature, top_k, top_p)
         sampling_logp = jax.nn.log_softmax(processed, axis=-1)
         if method == "gumbel":
-            draw = lambda k, shape: jax.random.gumbel(k, shape, jnp.float32)
-            gumbel = rows_of(draw, key, logits.shape, row_offset, total_rows)
+            v = logits.shape[-1]
+            gumbel = jax.vmap(lambda k: jax.random.gumbel(k, (v,), jnp.float32))(keys)
             tokens = jnp.argmax(processed + gumbel, axis=-1).astype(jnp.int32)
         elif method == "inversion":
-            tokens = sample_by_inversion(
-                jnp.exp(sampling_logp), key, row_offset=row_offset, total_rows=total_rows
-            )
+            tokens = sample_by_inversion(jnp.exp(sampling_logp), keys)
         else:
             raise ValueError(f"sampling method {method!r}: 'inversion' or 'gumbel'")
         sampling_lp = jnp.take_along_axis(sampling_logp, tokens[:, None], -1)[:, 0]

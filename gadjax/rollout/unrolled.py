@@ -182,11 +182,15 @@ def decode_step(
     cache: LayerCaches,
     tokens: jax.Array,
     positions: jax.Array,
+    *,
+    by_mask_only: bool = False,
 ) -> tuple[jax.Array, LayerCaches]:
     """Feed one token per row (tokens, positions [rows]); float32 logits [rows, vocab] and the new cache.
 
     Same semantics as `Decoder.__call__(tokens[:, None], positions[:, None], ones, cache)` followed
     by `Decoder.logits`: the token is written at cache.index and attends to every valid cached slot.
+    by_mask_only: attend to every slot the mask marks, also those after the index (the circular slot
+    caches of gadjax.rollout.continuous, where a row's prompt can sit after the column being written).
     """
     dt = weights["head"][0].dtype
     x = jnp.take(weights["embed"], tokens, axis=0).astype(dt).T  # [hidden, rows]
@@ -199,7 +203,7 @@ def decode_step(
     new_slot = jnp.ones((tokens.shape[0], 1), cache.mask.dtype)
     mask = jax.lax.dynamic_update_slice(cache.mask, new_slot, (0, index))
     slots = jnp.arange(mask.shape[1])
-    visible = mask.astype(bool) & (slots <= index)[None, :]
+    visible = mask.astype(bool) if by_mask_only else mask.astype(bool) & (slots <= index)[None, :]
     ks, vs = [], []
     for w, k_cache, v_cache in zip(weights["layers"], cache.k, cache.v, strict=True):
         x, k_cache, v_cache = _layer(x, w, cfg, cos, sin, k_cache, v_cache, index, visible)

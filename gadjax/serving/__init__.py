@@ -1,9 +1,11 @@
 """Serving a gadjax checkpoint over an OpenAI-compatible HTTP API (CLI: ``python -m gadjax.serve``).
 
-engine.py batches requests through the rollout sampler on one worker thread; protocol.py is the wire
+continuous.py runs requests in decode slots they join and leave (slots.py: the device programs); engine.py
+batches requests through the rollout sampler (``--batching static``); protocol.py is the wire
 format (validation, errors, response bodies); http.py is the stdlib HTTP front.
 """
 
+from gadjax.serving.continuous import ContinuousEngine
 from gadjax.serving.engine import Engine, Generation, GenParams
 from gadjax.serving.http import ChatService, make_server
 from gadjax.serving.protocol import ApiError, ChatRequest, parse_chat_request, with_hidden_system_prompt
@@ -12,6 +14,7 @@ __all__ = [
     "ApiError",
     "ChatRequest",
     "ChatService",
+    "ContinuousEngine",
     "Engine",
     "GenParams",
     "Generation",

@@ -1,5 +1,6 @@
 """HTTP front of gadjax.serve: a stdlib ThreadingHTTPServer whose request threads render and tokenize
-the conversation, hand token ids to the :class:`~gadjax.serving.engine.Engine` and wait on its Future.
+the conversation, hand token ids to the engine (continuous.ContinuousEngine or engine.Engine) and wait on
+its Future.
 
 Routes: ``GET /health`` (no auth), ``GET /v1/models``, ``GET /v1/models/{id}``, ``GET /v1/stats``
 (engine counters), ``POST /v1/chat/completions``. With an API key every ``/v1`` route needs
@@ -18,6 +19,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from gadjax.serving.continuous import ContinuousEngine
 from gadjax.serving.engine import Engine, GenParams
 from gadjax.serving.protocol import (
     ApiError,
@@ -45,7 +47,7 @@ class ChatService:
 
     def __init__(
         self,
-        engine: Engine,
+        engine: Engine | ContinuousEngine,
         tokenizer: Any,
         model_name: str,
         *,

@@ -127,6 +127,8 @@ def sampling_config(config: ConfigDict, tokenizer: Any, model_cfg: ModelConfig) 
         prompt_buckets=tuple(r.prompt_buckets),
         layer_loop=r.layer_loop,
         micro_batches=r.micro_batches,
+        batching=r.batching,
+        slots=r.slots,
     )
 
 

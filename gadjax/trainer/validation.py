@@ -19,7 +19,7 @@ from gadjax.algo.losses import LOSS_AGG_MODES
 from gadjax.config import DTYPES, PROCESS_SHARDINGS, REMATS, STAGES, ConfigValidationError
 from gadjax.data import packing
 from gadjax.models.attention import BACKENDS
-from gadjax.rollout.sampler import LAYER_LOOPS
+from gadjax.rollout.config import BATCHINGS, LAYER_LOOPS
 from gadjax.trainer import adapters, evaluation
 
 
@@ -84,6 +84,10 @@ def validate(c: ConfigDict) -> ConfigDict:
         _fail("rollout.top_p", "must be in (0, 1]")
     if c.rollout.layer_loop not in LAYER_LOOPS:
         _fail("rollout.layer_loop", f"{c.rollout.layer_loop!r} is not one of {LAYER_LOOPS}")
+    if c.rollout.batching not in BATCHINGS:
+        _fail("rollout.batching", f"{c.rollout.batching!r} is not one of {BATCHINGS}")
+    if c.rollout.slots < 0:
+        _fail("rollout.slots", f"must be >= 0 (0 = auto), got {c.rollout.slots}")
     if c.loss.kl_beta < 0:
         _fail("loss.kl_beta", "must be >= 0")
     if c.loss.kl_kind not in KL_KINDS:
