@@ -10,8 +10,9 @@ waiting), and runs them through as few sampler calls as it can:
   top_p), and the max-tokens BUCKET (a power of two >= max_tokens, at most ``max_new_tokens``); each
   row is cut back to its own max_tokens afterwards;
 - a request with a ``seed`` is a group of its own, keyed by ``jax.random.key(seed)``, so the same seed,
-  prompt and settings give the same text whatever else is in flight (the Gumbel noise of a row depends
-  on its row index and the batch shape, so seeded requests are never mixed with others);
+  prompt and settings give the same text whatever else is in flight (a row's draws are keyed by its
+  prompt's index in the batch, its sample and position: gadjax.rollout.sampling.row_keys; a group of its
+  own keeps that index fixed);
 - each group is cut into chunks of ``max_batch`` rows and each chunk padded to a batch size in
   {1, 2, 4, ..., max_batch} with dummy rows (copies of its first prompt) whose outputs are dropped.
 
