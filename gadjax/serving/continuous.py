@@ -16,14 +16,11 @@ sample j). Programs: one prefill and one insert per prompt bucket, one decode; n
 from __future__ import annotations
 
 import collections
-import concurrent.futures as cf
 import dataclasses
 import logging
-import os
 import queue
-import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import jax
@@ -31,18 +28,14 @@ import numpy as np
 
 from gadjax.rollout.sampling import row_keys
 from gadjax.serving.engine import MIN_PROMPT_BUCKET, Generation, GenParams, prompt_buckets
+from gadjax.serving.queued import QueuedEngine, Request
 from gadjax.serving.slots import Slots
 
 log = logging.getLogger("gadjax.serve")
 
 
 @dataclasses.dataclass
-class _Request:
-    prompt: np.ndarray
-    params: GenParams
-    n: int
-    future: cf.Future
-    seq: int
+class _Request(Request):
     key: Any = None
     rows: list = dataclasses.field(default_factory=list)  # per choice: generated token ids
     left: int = 0  # choices not finished yet
@@ -51,13 +44,15 @@ class _Request:
     t0: float = 0.0
 
 
-class ContinuousEngine:
+class ContinuousEngine(QueuedEngine):
     """Continuous-batching generation for one Decoder. Thread-safe ``submit``; call :meth:`close` when done.
 
     max_batch: decode slots (rows decoded together). chunk_steps: decode steps between two admissions
     (a row may compute up to chunk_steps - 1 tokens past its end; they are dropped). Other arguments as
     gadjax.serving.engine.Engine (batch_wait_ms is accepted and unused: requests join between chunks).
     """
+
+    request_type = _Request
 
     def __init__(
         self,
@@ -74,59 +69,18 @@ class ContinuousEngine:
         seed: int | None = None,
         layer_loop: str = "auto",
     ):
-        if max_batch < 1 or chunk_steps < 1:
-            raise ValueError(f"max_batch={max_batch}, chunk_steps={chunk_steps}: must be >= 1")
-        if max_new_tokens < 1 or max_prompt_tokens < 1:
-            raise ValueError(
-                f"max_new_tokens={max_new_tokens}, max_prompt_tokens={max_prompt_tokens}: must be >= 1"
-            )
-        self.eos_ids = frozenset(int(e) for e in eos_ids)
-        if not self.eos_ids:
-            raise ValueError("ContinuousEngine needs at least one eos id")
-        self.pad_id = int(pad_id)
-        self.max_batch = int(max_batch)
-        self.max_new_tokens = int(max_new_tokens)
-        self.max_prompt_tokens = int(max_prompt_tokens)
+        if chunk_steps < 1:
+            raise ValueError(f"chunk_steps={chunk_steps}: must be >= 1")
+        self._init_queue(
+            eos_ids=eos_ids, pad_id=pad_id, max_batch=max_batch, max_new_tokens=max_new_tokens,
+            max_prompt_tokens=max_prompt_tokens, seed=seed,
+        )  # fmt: skip
         self.prompt_buckets = prompt_buckets(self.max_prompt_tokens, min_prompt_bucket)
         self.chunk_steps = int(chunk_steps)
-        self._base_key = jax.random.key(seed if seed is not None else int.from_bytes(os.urandom(4), "little"))
         self._slots = Slots(model, self.max_batch, self.prompt_buckets[-1], self.max_new_tokens, layer_loop)
-        self._queue: queue.Queue[_Request | None] = queue.Queue()
-        self._lock = threading.Lock()
-        self._stats: collections.Counter[str] = collections.Counter()
-        self._seq = 0
-        self._closed = False
-        self._worker = threading.Thread(target=self._loop, name="gadjax-serve-engine", daemon=True)
-        self._worker.start()
+        self._start_worker()
 
     # ------------------------------------------------------------------ public API (as Engine's)
-
-    def submit(self, prompt_ids: Sequence[int], params: GenParams, n: int = 1) -> cf.Future:
-        """Queue one request; the Future resolves to ``n`` Generations (or raises the worker's error)."""
-        prompt = np.asarray(prompt_ids, np.int32)
-        if prompt.ndim != 1 or prompt.size == 0:
-            raise ValueError("prompt_ids must be a non-empty 1-D sequence of token ids")
-        if prompt.size > self.max_prompt_tokens:
-            raise ValueError(
-                f"prompt of {prompt.size} tokens exceeds max_prompt_tokens={self.max_prompt_tokens}"
-            )
-        if not 1 <= params.max_tokens <= self.max_new_tokens:
-            raise ValueError(f"max_tokens={params.max_tokens}: must be in [1, {self.max_new_tokens}]")
-        if n < 1:
-            raise ValueError(f"n={n}: must be >= 1")
-        fut: cf.Future = cf.Future()
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("engine is closed")
-            self._seq += 1
-            req = _Request(prompt, params, int(n), fut, self._seq)
-            self._stats["requests"] += 1
-        self._queue.put(req)
-        return fut
-
-    def generate(self, prompt_ids: Sequence[int], params: GenParams, n: int = 1) -> list[Generation]:
-        """Blocking :meth:`submit`."""
-        return self.submit(prompt_ids, params, n).result()
 
     def warmup(self, params: GenParams, prompt_tokens: int = 1) -> int:
         """Compile the prefill / insert for the bucket of ``prompt_tokens`` and the decode chunk."""
@@ -141,22 +95,6 @@ class ContinuousEngine:
             out = {k: self._stats.get(k, 0) for k in keys}
         out["queued"] = self._queue.qsize()
         return out
-
-    def close(self, timeout: float | None = 30.0) -> None:
-        """Stop the worker after the chunk in flight; unfinished requests fail with 'shutting down'."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        self._queue.put(None)
-        self._worker.join(timeout)
-        while True:
-            try:
-                req = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if req is not None and not req.future.done():
-                req.future.set_exception(RuntimeError("server is shutting down"))
 
     # ------------------------------------------------------------------ worker
 

@@ -25,20 +25,18 @@ most recently used Samplers are kept (LRU) and older ones dropped with their pro
 from __future__ import annotations
 
 import collections
-import concurrent.futures as cf
 import dataclasses
 import logging
-import os
 import queue
-import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import jax
 import numpy as np
 
 from gadjax.rollout.sampler import Sampler, SamplingConfig
+from gadjax.serving.queued import QueuedEngine, Request
 
 log = logging.getLogger("gadjax.serve")
 
@@ -66,15 +64,6 @@ class Generation:
     finish_reason: str
 
 
-@dataclasses.dataclass
-class _Request:
-    prompt: np.ndarray
-    params: GenParams
-    n: int
-    future: cf.Future
-    seq: int
-
-
 def _pow2_at_least(x: int) -> int:
     return 1 << max(0, int(x) - 1).bit_length()
 
@@ -89,7 +78,7 @@ def prompt_buckets(max_prompt_tokens: int, smallest: int = MIN_PROMPT_BUCKET) ->
     return tuple(out)
 
 
-class Engine:
+class Engine(QueuedEngine):
     """Batched generation for one Decoder. Thread-safe ``submit``; call :meth:`close` when done.
 
     eos_ids: tokens that end a response. max_new_tokens: the largest max_tokens a request may ask.
@@ -111,34 +100,18 @@ class Engine:
         max_samplers: int = 16,
         seed: int | None = None,
     ):
-        if max_batch < 1:
-            raise ValueError(f"max_batch={max_batch}: must be >= 1")
-        if max_new_tokens < 1 or max_prompt_tokens < 1:
-            raise ValueError(
-                f"max_new_tokens={max_new_tokens}, max_prompt_tokens={max_prompt_tokens}: must be >= 1"
-            )
+        self._init_queue(
+            eos_ids=eos_ids, pad_id=pad_id, max_batch=max_batch, max_new_tokens=max_new_tokens,
+            max_prompt_tokens=max_prompt_tokens, seed=seed,
+        )  # fmt: skip
         if batch_wait_ms < 0:
             raise ValueError(f"batch_wait_ms={batch_wait_ms}: must be >= 0")
         self.model = model
-        self.eos_ids = frozenset(int(e) for e in eos_ids)
-        if not self.eos_ids:
-            raise ValueError("Engine needs at least one eos id")
-        self.pad_id = int(pad_id)
-        self.max_batch = int(max_batch)
         self.batch_wait_s = float(batch_wait_ms) / 1000.0
-        self.max_new_tokens = int(max_new_tokens)
-        self.max_prompt_tokens = int(max_prompt_tokens)
         self.prompt_buckets = prompt_buckets(self.max_prompt_tokens, min_prompt_bucket)
-        self._base_key = jax.random.key(seed if seed is not None else int.from_bytes(os.urandom(4), "little"))
         self.max_samplers = max(1, int(max_samplers))
         self._samplers: collections.OrderedDict[SamplingConfig, Sampler] = collections.OrderedDict()
-        self._queue: queue.Queue[_Request | None] = queue.Queue()
-        self._lock = threading.Lock()
-        self._stats: collections.Counter[str] = collections.Counter()
-        self._seq = 0
-        self._closed = False
-        self._worker = threading.Thread(target=self._loop, name="gadjax-serve-engine", daemon=True)
-        self._worker.start()
+        self._start_worker()
 
     # ------------------------------------------------------------------ public API
 
@@ -164,33 +137,6 @@ class Engine:
             prompt_buckets=self.prompt_buckets,
         )
 
-    def submit(self, prompt_ids: Sequence[int], params: GenParams, n: int = 1) -> cf.Future:
-        """Queue one request; the Future resolves to ``n`` Generations (or raises the worker's error)."""
-        prompt = np.asarray(prompt_ids, np.int32)
-        if prompt.ndim != 1 or prompt.size == 0:
-            raise ValueError("prompt_ids must be a non-empty 1-D sequence of token ids")
-        if prompt.size > self.max_prompt_tokens:
-            raise ValueError(
-                f"prompt of {prompt.size} tokens exceeds max_prompt_tokens={self.max_prompt_tokens}"
-            )
-        if not 1 <= params.max_tokens <= self.max_new_tokens:
-            raise ValueError(f"max_tokens={params.max_tokens}: must be in [1, {self.max_new_tokens}]")
-        if n < 1:
-            raise ValueError(f"n={n}: must be >= 1")
-        fut: cf.Future = cf.Future()
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("engine is closed")
-            self._seq += 1
-            req = _Request(prompt, params, int(n), fut, self._seq)
-            self._stats["requests"] += 1
-        self._queue.put(req)
-        return fut
-
-    def generate(self, prompt_ids: Sequence[int], params: GenParams, n: int = 1) -> list[Generation]:
-        """Blocking :meth:`submit`."""
-        return self.submit(prompt_ids, params, n).result()
-
     def batch_sizes(self) -> list[int]:
         """Every padded batch size the engine can run: 1, 2, 4, ... and max_batch."""
         return sorted({self.batch_size_for(r) for r in range(1, self.max_batch + 1)})
@@ -215,22 +161,6 @@ class Engine:
         out["compiled_programs"] = sum(s.num_compiled for s in samplers)
         out["queued"] = self._queue.qsize()
         return out
-
-    def close(self, timeout: float | None = 30.0) -> None:
-        """Stop the worker after the batch in flight; queued requests fail with 'shutting down'."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        self._queue.put(None)
-        self._worker.join(timeout)
-        while True:
-            try:
-                req = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if req is not None and not req.future.done():
-                req.future.set_exception(RuntimeError("server is shutting down"))
 
     # ------------------------------------------------------------------ worker
 
@@ -262,13 +192,13 @@ class Engine:
             if stop:
                 return
 
-    def _group_key(self, req: _Request) -> tuple:
+    def _group_key(self, req: Request) -> tuple:
         cfg = self.sampling_config(req.params)
         # Seeded requests run alone (see module doc); the sequence number keeps them apart.
         return (cfg, req.params.seed, req.seq if req.params.seed is not None else 0)
 
-    def _run(self, pending: list[_Request]) -> None:
-        groups: dict[tuple, list[_Request]] = {}
+    def _run(self, pending: list[Request]) -> None:
+        groups: dict[tuple, list[Request]] = {}
         for req in pending:
             groups.setdefault(self._group_key(req), []).append(req)
         for (cfg, seed, _), reqs in groups.items():
@@ -294,7 +224,7 @@ class Engine:
             self._samplers.move_to_end(cfg)
         return s
 
-    def _run_group(self, cfg: SamplingConfig, seed: int | None, reqs: list[_Request]) -> None:
+    def _run_group(self, cfg: SamplingConfig, seed: int | None, reqs: list[Request]) -> None:
         rows = [r for r in reqs for _ in range(r.n)]
         sampler = self._sampler(cfg)
         results: dict[int, list[Generation]] = {r.seq: [] for r in reqs}
