@@ -2,8 +2,14 @@
 
 import os
 
+# XLA:CPU aborts the process when a device's thread waits 40 s at a collective ("may be stuck"): on 2
+# cores running two test workers, the 8 emulated devices of a step can be starved that long without any
+# deadlock (seen once in CI: an 8-device packed step, Fatal Python error: Aborted). The subprocesses
+# the tests start inherit these flags.
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    os.environ.get("XLA_FLAGS", "")
+    + " --xla_force_host_platform_device_count=8"
+    + " --xla_cpu_collective_call_terminate_timeout_seconds=600 --xla_cpu_collective_timeout_seconds=600"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -27,16 +27,22 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from gadjax.algo.kl import kl_loss
 from gadjax.algo.logprobs import token_logprobs
 from gadjax.algo.losses import (
     bce_discriminator_loss,
     bradley_terry_loss,
     packed_num_seqs,
-    ppo_clip_loss,
     sft_loss,
 )
-from gadjax.algo.steps import Batch, Metrics, PolicyLossConfig, TrainState, _apply_update, _model
+from gadjax.algo.steps import (
+    Batch,
+    Metrics,
+    PolicyLossConfig,
+    TrainState,
+    _apply_update,
+    _model,
+    policy_objective,
+)
 
 
 def packed_logprobs(
@@ -213,8 +219,6 @@ def make_packed_policy_step(
             logp, entropy = packed_logprobs(
                 model, b, chunk_size=chunk_size, return_entropy=True, temperature=temperature
             )
-            mask = b["loss_mask"]
-            old = b["old_logprobs"] if "old_logprobs" in b else jax.lax.stop_gradient(logp)
             agg = dict(
                 loss_agg_mode=cfg.loss_agg_mode,
                 horizon=horizon,
@@ -222,23 +226,7 @@ def make_packed_policy_step(
                 num_seqs=num_seqs,
                 row_tokens=b["row_tokens"],
             )
-            pg_loss, pg_m = ppo_clip_loss(
-                logp, old, b["advantages"], mask, clip_eps=cfg.clip_eps, clip_ratio_c=cfg.clip_ratio_c, **agg
-            )
-            kl = kl_loss(logp, b["ref_logprobs"], mask, kind=cfg.kl_kind, **agg)
-            loss = pg_loss + cfg.kl_beta * kl
-            ent_sum = jnp.sum(entropy * mask)
-            if cfg.entropy_coeff:
-                loss = loss - cfg.entropy_coeff * ent_sum / num_tokens
-            ntok = jnp.sum(mask)
-            return loss, {
-                "pg_loss": pg_loss,
-                "kl_loss": kl,
-                "entropy_sum": jax.lax.stop_gradient(ent_sum),
-                "pg_clipfrac_sum": pg_m["pg_clipfrac"] * ntok,
-                "pg_clipfrac_lower_sum": pg_m["pg_clipfrac_lower"] * ntok,
-                "ppo_kl_sum": pg_m["ppo_kl"] * ntok,
-            }
+            return policy_objective(logp, entropy, b, b["loss_mask"], cfg, agg)
 
         loss, grads, aux, _ = scan_micro(loss_fn, state.params, batch)
         den = jnp.maximum(num_tokens, 1.0)

@@ -283,6 +283,33 @@ def make_discriminator_step(
 # --- policy (GRPO with the discriminator's reward) -------------------------------------------------
 
 
+def policy_objective(
+    logp: jax.Array, entropy: jax.Array, b: Batch, mask: jax.Array, cfg: PolicyLossConfig, agg: dict
+) -> tuple[jax.Array, Metrics]:
+    """One micro-batch's GRPO loss (SPEC.md "G loss"): PPO clipped surrogate + kl_beta * KL to the
+    reference (- entropy_coeff * entropy), aggregated by ``agg`` (aggregate_loss's keywords, with the
+    global token count); and token-weighted sums of its metrics, divided by the global count by the
+    caller. Shared by the padded and the packed (gadjax.algo.packed) policy steps."""
+    old = b["old_logprobs"] if "old_logprobs" in b else jax.lax.stop_gradient(logp)
+    pg_loss, pg_m = ppo_clip_loss(
+        logp, old, b["advantages"], mask, clip_eps=cfg.clip_eps, clip_ratio_c=cfg.clip_ratio_c, **agg
+    )
+    kl = kl_loss(logp, b["ref_logprobs"], mask, kind=cfg.kl_kind, **agg)
+    loss = pg_loss + cfg.kl_beta * kl
+    ent_sum = jnp.sum(entropy * mask)
+    if cfg.entropy_coeff:
+        loss = loss - cfg.entropy_coeff * ent_sum / agg["num_tokens"]
+    ntok = jnp.sum(mask)
+    return loss, {
+        "pg_loss": pg_loss,
+        "kl_loss": kl,
+        "entropy_sum": jax.lax.stop_gradient(ent_sum),
+        "pg_clipfrac_sum": pg_m["pg_clipfrac"] * ntok,
+        "pg_clipfrac_lower_sum": pg_m["pg_clipfrac_lower"] * ntok,
+        "ppo_kl_sum": pg_m["ppo_kl"] * ntok,
+    }
+
+
 def make_policy_step(
     graphdef: nnx.GraphDef,
     optimizer: optax.GradientTransformation,
@@ -324,28 +351,10 @@ def make_policy_step(
                 temperature=temperature,
             )
             mask = b["response_mask"].astype(jnp.float32)
-            old = b["old_logprobs"] if "old_logprobs" in b else jax.lax.stop_gradient(logp)
             agg = dict(
                 loss_agg_mode=cfg.loss_agg_mode, horizon=horizon, num_tokens=num_tokens, num_seqs=num_seqs
             )
-            pg_loss, pg_m = ppo_clip_loss(
-                logp, old, b["advantages"], mask, clip_eps=cfg.clip_eps, clip_ratio_c=cfg.clip_ratio_c, **agg
-            )
-            kl = kl_loss(logp, b["ref_logprobs"], mask, kind=cfg.kl_kind, **agg)
-            loss = pg_loss + cfg.kl_beta * kl
-            ent_sum = jnp.sum(entropy * mask)
-            if cfg.entropy_coeff:
-                loss = loss - cfg.entropy_coeff * ent_sum / num_tokens
-            ntok = jnp.sum(mask)
-            # Token-weighted sums of the per-micro metrics; divided by the global count below.
-            return loss, {
-                "pg_loss": pg_loss,
-                "kl_loss": kl,
-                "entropy_sum": jax.lax.stop_gradient(ent_sum),
-                "pg_clipfrac_sum": pg_m["pg_clipfrac"] * ntok,
-                "pg_clipfrac_lower_sum": pg_m["pg_clipfrac_lower"] * ntok,
-                "ppo_kl_sum": pg_m["ppo_kl"] * ntok,
-            }
+            return policy_objective(logp, entropy, b, mask, cfg, agg)
 
         loss, grads, aux = _accumulate(loss_fn, state.params, batch, micro_batches)
         den = jnp.maximum(num_tokens, 1.0)
