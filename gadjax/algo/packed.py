@@ -41,6 +41,7 @@ from gadjax.algo.steps import (
     TrainState,
     _apply_update,
     _model,
+    apply_policy_update,
     policy_objective,
 )
 
@@ -229,20 +230,7 @@ def make_packed_policy_step(
             return policy_objective(logp, entropy, b, b["loss_mask"], cfg, agg)
 
         loss, grads, aux, _ = scan_micro(loss_fn, state.params, batch)
-        den = jnp.maximum(num_tokens, 1.0)
-        return _apply_update(
-            state,
-            loss,
-            grads,
-            optimizer,
-            pg_loss=aux["pg_loss"],
-            kl_loss=aux["kl_loss"],
-            entropy=aux["entropy_sum"] / den,
-            pg_clipfrac=aux["pg_clipfrac_sum"] / den,
-            pg_clipfrac_lower=aux["pg_clipfrac_lower_sum"] / den,
-            ppo_kl=aux["ppo_kl_sum"] / den,
-            response_tokens=num_tokens,
-        )
+        return apply_policy_update(state, loss, grads, optimizer, aux, num_tokens)
 
     return step
 

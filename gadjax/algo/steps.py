@@ -310,6 +310,32 @@ def policy_objective(
     }
 
 
+def apply_policy_update(
+    state: TrainState,
+    loss: jax.Array,
+    grads: Any,
+    optimizer: optax.GradientTransformation,
+    aux: Metrics,
+    num_tokens: jax.Array,
+) -> tuple[TrainState, Metrics]:
+    """The optimizer update of a policy step and its metrics: policy_objective's token-weighted sums
+    (summed over micro-batches) divided by the step's token count."""
+    den = jnp.maximum(num_tokens, 1.0)
+    return _apply_update(
+        state,
+        loss,
+        grads,
+        optimizer,
+        pg_loss=aux["pg_loss"],
+        kl_loss=aux["kl_loss"],
+        entropy=aux["entropy_sum"] / den,
+        pg_clipfrac=aux["pg_clipfrac_sum"] / den,
+        pg_clipfrac_lower=aux["pg_clipfrac_lower_sum"] / den,
+        ppo_kl=aux["ppo_kl_sum"] / den,
+        response_tokens=num_tokens,
+    )
+
+
 def make_policy_step(
     graphdef: nnx.GraphDef,
     optimizer: optax.GradientTransformation,
@@ -357,20 +383,7 @@ def make_policy_step(
             return policy_objective(logp, entropy, b, mask, cfg, agg)
 
         loss, grads, aux = _accumulate(loss_fn, state.params, batch, micro_batches)
-        den = jnp.maximum(num_tokens, 1.0)
-        return _apply_update(
-            state,
-            loss,
-            grads,
-            optimizer,
-            pg_loss=aux["pg_loss"],
-            kl_loss=aux["kl_loss"],
-            entropy=aux["entropy_sum"] / den,
-            pg_clipfrac=aux["pg_clipfrac_sum"] / den,
-            pg_clipfrac_lower=aux["pg_clipfrac_lower_sum"] / den,
-            ppo_kl=aux["ppo_kl_sum"] / den,
-            response_tokens=num_tokens,
-        )
+        return apply_policy_update(state, loss, grads, optimizer, aux, num_tokens)
 
     return step
 
