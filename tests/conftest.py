@@ -2,15 +2,17 @@
 
 import os
 
-# XLA:CPU aborts the process when a device's thread waits 40 s at a collective ("may be stuck"): on 2
-# cores running two test workers, the 8 emulated devices of a step can be starved that long without any
-# deadlock (seen once in CI: an 8-device packed step, Fatal Python error: Aborted). The subprocesses
-# the tests start inherit these flags.
-os.environ["XLA_FLAGS"] = (
+from gadjax.parallel.cpu_flags import with_cpu_devices  # noqa: E402  (no jax import)
+
+# 8 emulated devices, with XLA:CPU's collective-order fix (gadjax/parallel/cpu_flags.py). XLA:CPU aborts
+# the process when a device waits 40 s at a collective ("may be stuck"): on 2 cores running two test
+# workers, the 8 emulated devices of a step can be starved that long without any deadlock, so the limit
+# is 600 s. The subprocesses the tests start inherit these flags.
+os.environ["XLA_FLAGS"] = with_cpu_devices(
     os.environ.get("XLA_FLAGS", "")
-    + " --xla_force_host_platform_device_count=8"
-    + " --xla_cpu_collective_call_terminate_timeout_seconds=600 --xla_cpu_collective_timeout_seconds=600"
-).strip()
+    + " --xla_cpu_collective_call_terminate_timeout_seconds=600 --xla_cpu_collective_timeout_seconds=600",
+    8,
+)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -43,6 +43,7 @@ from gadjax.demo.servers import LocalServer, _install_signal_handlers, _stop_all
 from gadjax.demo.stages import load_config, stage_config, train_stage
 from gadjax.demo.teacher import PROMPTS_DIR, collect_teacher, read_prompts
 from gadjax.demo.timing import PhaseTimer, print_plan, say
+from gadjax.parallel.cpu_flags import DEVICE_COUNT_FLAG, with_cpu_devices
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "demo.py")
@@ -75,8 +76,8 @@ def _early_env(args: argparse.Namespace) -> None:
     """Environment that must be set before jax is imported."""
     if args.devices > 1:
         flags = os.environ.get("XLA_FLAGS", "")
-        if "xla_force_host_platform_device_count" not in flags:
-            os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={args.devices}".strip()
+        if DEVICE_COUNT_FLAG not in flags:
+            os.environ["XLA_FLAGS"] = with_cpu_devices(flags, args.devices)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -34,6 +34,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from gadjax.parallel.cpu_flags import with_cpu_devices
+
 logger = logging.getLogger(__name__)
 
 ENV_COORDINATOR = "GADJAX_COORDINATOR"
@@ -356,8 +358,7 @@ def run_local_processes(
         port = sock.getsockname()[1]
     base = dict(os.environ if env is None else env)
     # Replace any device-count flag (tests set 8 for the parent process).
-    flags = [f for f in base.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
-    base["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={devices_per_process}"])
+    base["XLA_FLAGS"] = with_cpu_devices(base.get("XLA_FLAGS", ""), devices_per_process)
     base["JAX_PLATFORMS"] = "cpu"
     base[ENV_COORDINATOR] = f"127.0.0.1:{port}"
     base[ENV_NUM_PROCESSES] = str(num_processes)
