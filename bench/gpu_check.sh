@@ -2,36 +2,41 @@
 # GPU check for gadjax: model parity tests on the GPU, then train-step MFU and sampler tokens/s for a
 # 0.5B-class shape (Qwen2.5-0.5B config, random init, bf16 compute, f32 params). Prints one JSON line.
 #
-# Usage: bench/gpu_check.sh [--python PATH] [--skip-tests] [--batch N] [--seq N] [--prompts N]
-#                           [--samples N] [--new-tokens N] [--help]
-#   --python PATH     interpreter with jax[cuda], flax, optax, transformers, torch (default: .venv/bin/python
-#                     if present, else python3)
+# Usage: bench/gpu_check.sh [--python PATH] [--skip-tests] [--no-install] [--batch N] [--seq N]
+#                           [--prompts N] [--samples N] [--new-tokens N] [--help]
+#   --python PATH     interpreter with gadjax and jax[cuda] (pip install -e '.[cuda]'; default:
+#                     .venv/bin/python if present, else python3)
 #   --skip-tests      do not run the parity tests (tests/models/test_decoder.py, test_discriminator.py,
 #                     test_attention.py: the cudnn backend against the reference)
+#   --no-install      the parity tests need the test extra (pytest, torch, accelerate); without this flag
+#                     a missing one is installed with `pip install -e '.[test]'`, with it the check stops
 #   --batch N         train-step rows (default 16)
 #   --seq N           train-step tokens per row, prompt + response halves (default 1024)
 #   --prompts N       sampler prompts (default 32)
 #   --samples N       sampler samples per prompt (default 8)
 #   --new-tokens N    sampler tokens generated per row (default 256)
-# Exit status: 2 when no GPU is visible (nvidia-smi or jax), 1 when a test or the benchmark fails.
+# Exit status: 2 when no GPU is visible (nvidia-smi or jax) or, with --no-install, the test extra is
+# missing; 1 when a test or the benchmark fails.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 PY=""
 SKIP_TESTS=0
+NO_INSTALL=0
 BATCH=16
 SEQ=1024
 PROMPTS=32
 SAMPLES=8
 NEW_TOKENS=256
 
-usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --python) PY="$2"; shift 2 ;;
     --python=*) PY="${1#*=}"; shift ;;
     --skip-tests) SKIP_TESTS=1; shift ;;
+    --no-install) NO_INSTALL=1; shift ;;
     --batch) BATCH="$2"; shift 2 ;;
     --batch=*) BATCH="${1#*=}"; shift ;;
     --seq) SEQ="$2"; shift 2 ;;
@@ -68,6 +73,19 @@ if ! JAX_PLATFORMS=cuda "$PY" -c 'import jax, sys; sys.exit(0 if jax.devices()[0
 fi
 nvidia-smi -L >&2
 "$PY" -c 'import jax, flax, optax; print("jax", jax.__version__, "flax", flax.__version__, jax.devices())' >&2
+
+# The parity tests compare against transformers' PyTorch models: they need the test extra.
+if [[ "$SKIP_TESTS" == 0 ]] && ! "$PY" -c 'import pytest, torch, accelerate' >/dev/null 2>&1; then
+  if [[ "$NO_INSTALL" == 1 ]]; then
+    echo "gpu_check: the parity tests need the test extra (pytest, torch, accelerate): pip install -e '.[test]'" >&2
+    exit 2
+  fi
+  echo "gpu_check: installing the test extra for the parity tests: $PY -m pip install -e '.[test]'" >&2
+  if ! "$PY" -m pip install -q -e ".[test]" >&2; then
+    echo "gpu_check: could not install the test extra; install it, or pass --skip-tests" >&2
+    exit 1
+  fi
+fi
 
 TESTS_STATUS="skipped"
 if [[ "$SKIP_TESTS" == 0 ]]; then

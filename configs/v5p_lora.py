@@ -1,16 +1,21 @@
-"""GAD with LoRA: a Qwen2.5-14B-Instruct student and discriminator on a Cloud TPU v5p slice, SPEC.md batch.
+"""LoRA GAD: a Qwen2.5-14B-Instruct student and discriminator on a Cloud TPU v5p slice (the paper's batch).
 
-    python -m gadjax.plan --config configs/v5p_lora.py --topology v5p-64
-    python -m gadjax.plan --config configs/v5p_lora.py:7b --topology v5p-32    # the 7B model
-    python -m gadjax.train --config configs/v5p_lora.py --config.stage=warmup --config.run_dir=gs://BUCKET/run
+    python -m gadjax.plan --config configs/v5p_lora.py --topology v5p-32
+    python -m gadjax.plan --config configs/v5p_lora.py:7b --topology v5p-16    # the 7B model
+    # The recipe (docs/recipe.md): warmup for one epoch, then gad from it
+    python -m gadjax.train --config configs/v5p_lora.py --config.stage=warmup \
+        --config.run_dir=gs://BUCKET/lora/warmup
+    python -m gadjax.train --config configs/v5p_lora.py --config.stage=gad \
+        --config.init_from=gs://BUCKET/lora/warmup --config.data.num_epochs=2 --config.run_dir=gs://BUCKET/lora/gad
 
-configs/v5p.py (the 7B full fine-tuning run: data, batch, hyperparameters, micro-batches) with low-rank
-adapters of rank 64 (alpha 128) on every attention and MLP projection of G and of D's backbone, D's
-scalar head trained fully, and the frozen bases stored in bfloat16. Only the adapters (and the head)
-have Adam moments; the gad stage's KL reference is a copy of the warmup adapters on G's base.
-`configs/v5p_lora.py:7b` (get_config("7b")) gives the same run for the 7B model. Smallest slices (the
-plan, README.md "LoRA"): 14B v5p-32 (rollout at 98% of HBM: v5p-64 for headroom), 7B v5p-16.
-SPEC.md's learning rate 1e-6 is for full fine-tuning; LoRA usually needs ~10-100x more (1e-5 here, to
+configs/v5p.py (the 7B full fine-tuning run: data, batch, hyperparameters, micro-batches, the stage left
+to the launch line, gad only with init_from) with low-rank adapters of rank 64 (alpha 128) on every
+attention and MLP projection of G and of D's backbone, D's scalar head trained fully, and the frozen bases
+stored in bfloat16. Only the adapters (and the head) have Adam moments; the gad stage's KL reference is a
+copy of the warmup adapters on G's base. `configs/v5p_lora.py:7b` (get_config("7b")) gives the same run
+for the 7B model. Smallest slices (the compile-only plan, docs/recipe.md "Hardware"): 14B v5p-32 (rollout
+at 98% of HBM: v5p-64 for headroom), 7B v5p-16.
+The paper's learning rate 1e-6 is for full fine-tuning; LoRA usually needs ~10-100x more (1e-5 here, to
 be tuned).
 """
 
@@ -48,5 +53,5 @@ def get_config(size: str = "14b"):
     c.model.base_dtype = "bfloat16"
     c.optim_g.lr = 1e-5
     c.optim_d.lr = 1e-5
-    c.plan = dict(topology="v5p-64")
+    c.plan = dict(topology="v5p-32" if size == "14b" else "v5p-16")
     return c

@@ -94,6 +94,9 @@ def base_config() -> ConfigDict:
     c.reward = ConfigDict(dict(kind="discriminator", pattern="", negative_pattern=""))
     # Start G and D from an earlier run (the warmup result for gad). Empty: from the model paths.
     c.init_from = ""
+    # gad without init_from starts G and D from the model paths (no warmup: the paper's ablation). The
+    # recipe configs (v5p.py, v5p_lora.py, gpu.py) set False: there it is a config error.
+    c.allow_gad_from_scratch = True
 
     c.mesh = ConfigDict(dict(shape=(1, -1, 1)))  # (data, fsdp, tensor); -1 takes the remaining devices
     c.distributed = ConfigDict(dict(coordinator_address="", num_processes=0, process_id=-1))

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     flags.DEFINE_bool(
         "compile_only", False, "Lower + compile the programs for --topology and print the plan."
     )
-    flags.DEFINE_string("topology", "", "TPU topology for --compile_only, e.g. v5p-64.")
+    flags.DEFINE_string("topology", "", "TPU slice or GPU box for --compile_only, e.g. v5p-64 or 8xh100.")
 
     def _parse_flags(args: list[str]) -> list[str]:
         try:

@@ -22,7 +22,8 @@ package checks both and raises `PlanDoesNotFitError` naming the numbers and what
 Modules, one job each: topology (chip table, slice names, libtpu devices), state (the abstract run),
 programs (the step's programs and their abstract arguments), run (compile and check the fit: run_plan),
 analysis (per-chip bytes and FLOPs), oom (XLA's out-of-memory text and advice), report (the table),
-cli (main and the command line; __main__ for `python -m gadjax.plan`), errors.
+cli (main and the command line; __main__ for `python -m gadjax.plan`), errors, gpu (the same plan for a
+box of N GPUs, `--topology 8xh100`: compiled for N TPU chips, checked against the GPUs' memory).
 """
 
 from __future__ import annotations

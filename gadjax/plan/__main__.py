@@ -1,6 +1,7 @@
 """The command line of the compile-only memory plan (will this config fit a TPU slice? no TPU needed):
 
     python -m gadjax.plan --config configs/v5p.py [--topology v5p-64] [--config.key=value ...]
+    python -m gadjax.plan --config configs/gpu.py --topology 8xh100     # a GPU box (gadjax/plan/gpu.py)
 
 Prints the per-chip table and one JSON line; exits 1 with the reason when the plan fails or does not fit.
 """
@@ -22,7 +23,8 @@ if __name__ == "__main__":
     flags.DEFINE_string(
         "topology",
         "",
-        "TPU slice, e.g. v5p-64, v4-8, v5e-16, v6e-8 or v5:2x4x4 (default: config.plan.topology, else v5p-8)",
+        "TPU slice (v5p-64, v4-8, v5e-16, v6e-8, v5:2x4x4) or GPU box (8xh100, 8xh200, 8xa100; "
+        "gadjax/plan/gpu.py) (default: config.plan.topology, else v5p-8)",
     )
     flags.DEFINE_string("programs", ",".join(PROGRAMS), f"comma-separated subset of {PROGRAMS}")
     flags.DEFINE_string("profile", "paper", "length mix (gadjax.data.lengths): paper | gad_student | cpu")

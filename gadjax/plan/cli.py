@@ -21,10 +21,18 @@ def main(
     programs: Sequence[str] = PROGRAMS,
     profile: str = "paper",
 ) -> dict[str, Any]:
-    """Entry for `gadjax.train --compile_only`: run the plan, print the table and one JSON line."""
+    """Entry for `gadjax.train --compile_only`: run the plan, print the table and one JSON line.
+
+    `topology` is a TPU slice (v5p-64) or a GPU box (8xh100: gadjax.plan.gpu)."""
+    from gadjax.plan import gpu
+
     topology = topology or config.get("plan", {}).get("topology", "") or "v5p-8"
     log = lambda s: print(s, file=sys.stderr, flush=True)
-    rep = run_plan(config, topology, programs, log=log, profile=profile)
+    if gpu.is_gpu_box(topology):
+        rep = gpu.run_gpu_plan(config, topology, programs, log=log, profile=profile)
+        print(gpu.format_gpu_header(rep))
+    else:
+        rep = run_plan(config, topology, programs, log=log, profile=profile)
     print(format_report(rep))
     print(json.dumps({"plan": rep}, default=str))
     return rep

@@ -21,7 +21,7 @@ from gadjax.plan.roofline import (
     xla_cost,
 )
 from gadjax.plan.state import build_abstract, per_chip_bytes, trainable_bytes
-from gadjax.plan.topology import GiB, parse_topology, topology_devices
+from gadjax.plan.topology import ChipSpec, GiB, parse_topology, topology_devices
 
 
 def validate_for_plan(config: ConfigDict) -> None:
@@ -32,6 +32,8 @@ def validate_for_plan(config: ConfigDict) -> None:
     c.model.path, c.model.random_init.enabled = "", True
     c.data.train = [__file__]
     c.init_from = ""
+    c.allow_gad_from_scratch = True
+    c.stage = c.stage or "gad"  # the plan compiles a gad step's programs; recipe configs leave stage unset
     validate(c)
 
 
@@ -53,10 +55,14 @@ def run_plan(
     hbm_bytes: int | None = None,
     log: Callable[[str], None] | None = print,
     profile: str = "paper",
+    chip: ChipSpec | None = None,
+    label: str | None = None,
 ) -> dict[str, Any]:
     """Compile `programs` of `config` for `topology`; return the per-chip report (raises if it does not fit).
 
-    devices / hbm_bytes override the topology's (tests). `log` gets progress lines (None: silent).
+    devices / hbm_bytes override the topology's (tests). `chip` replaces the topology's chip in the
+    roofline (gadjax.plan.gpu: a GPU's peak and bandwidth) and `label` its name in messages.
+    `log` gets progress lines (None: silent).
     `profile` (gadjax.data.lengths) is the length mix of the real-token counts (report["lengths"]) and,
     with train.packing, of the packed programs' FLOPs (the micro-batches a step really runs).
     """
@@ -70,8 +76,10 @@ def run_plan(
     if unknown:
         raise PlanError(f"unknown programs {sorted(unknown)}; choose from {PROGRAMS}")
     topo = parse_topology(topology)
+    chip = chip or topo.chip
+    where = label or topo.name
     devices = list(devices) if devices is not None else topology_devices(topo)
-    hbm = hbm_bytes if hbm_bytes is not None else topo.chip.hbm_bytes
+    hbm = hbm_bytes if hbm_bytes is not None else chip.hbm_bytes
     mesh = make_plan_mesh(config, devices)
     run = build_abstract(config, mesh)
     resident_total = sum(per_chip_bytes(x) for x in run.resident())
@@ -134,7 +142,7 @@ def run_plan(
         for spec in specs:
             t0 = time.perf_counter()
             if log:
-                log(f"[plan] compiling {spec.name} ({spec.what}) for {topo.name} ...")
+                log(f"[plan] compiling {spec.name} ({spec.what}) for {where} ...")
             try:
                 compiled = spec.fn.lower(*spec.args).compile()
             except Exception as e:  # XlaRuntimeError / JaxRuntimeError: match on the status text
@@ -145,7 +153,7 @@ def run_plan(
                 nice = ", ".join(f"{k.replace('_bytes', '')} {v / GiB:.2f} GiB" for k, v in nums.items())
                 first = next((ln for ln in msg.splitlines() if "memory" in ln.lower()), msg[:300])
                 raise PlanDoesNotFitError(
-                    f"{spec.name} does not fit on {topo.name} ({len(devices)} chips x {hbm / GiB:.0f} GiB "
+                    f"{spec.name} does not fit on {where} ({len(devices)} chips x {hbm / GiB:.0f} GiB "
                     f"HBM, mesh {dict(mesh.shape)}): XLA says RESOURCE_EXHAUSTED ({nice or first.strip()}). "
                     f"Program: {spec.what}. Long-lived state needs {resident_total / GiB:.2f} GiB per chip "
                     f"on top. {advice(config, spec.name, len(devices))}."
@@ -166,14 +174,14 @@ def run_plan(
                 "model_flops_all_chips": analytic[spec.name],
                 "xla_bytes_accessed_per_chip": nbytes,
                 "roofline": program_bound(
-                    flops, nbytes, analytic[spec.name] / len(devices), floors[spec.name], topo.chip
+                    flops, nbytes, analytic[spec.name] / len(devices), floors[spec.name], chip
                 ),
             }
             if log:
                 log(f"[plan] {spec.name}: {total / GiB:.2f} of {hbm / GiB:.0f} GiB/chip ({seconds:.0f} s)")
             if total > hbm:
                 raise PlanDoesNotFitError(
-                    f"{spec.name} does not fit on {topo.name} ({len(devices)} chips x {hbm / GiB:.0f} GiB "
+                    f"{spec.name} does not fit on {where} ({len(devices)} chips x {hbm / GiB:.0f} GiB "
                     f"HBM, mesh {dict(mesh.shape)}): the program itself needs {mem['peak'] / GiB:.2f} GiB "
                     f"per chip (arguments {mem['argument'] / GiB:.2f}, outputs {mem['output'] / GiB:.2f}, "
                     f"aliased {mem['alias'] / GiB:.2f}, temporaries {mem['temp'] / GiB:.2f}) and the "
@@ -186,6 +194,6 @@ def run_plan(
     report["peak_bytes_per_chip"] = peak
     rooflines = {name: p["roofline"] for name, p in report["programs"].items()}
     total_flops = sum(p["model_flops_all_chips"] for p in report["programs"].values())
-    report["predicted_step"] = step_prediction(rooflines, total_flops, len(devices), topo.chip)
+    report["predicted_step"] = step_prediction(rooflines, total_flops, len(devices), chip)
     report["headroom_fraction"] = (hbm - peak) / hbm
     return report

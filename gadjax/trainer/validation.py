@@ -29,6 +29,8 @@ def _fail(key: str, msg: str) -> None:
 
 def validate(c: ConfigDict) -> ConfigDict:
     """Check every key the trainer relies on; raise ConfigValidationError naming the first bad one."""
+    if not c.stage:  # the recipe configs leave it to the launch line (docs/recipe.md)
+        _fail("stage", f"not set: pass --config.stage= one of {STAGES} (warmup, then gad; docs/recipe.md)")
     if c.stage not in STAGES:
         _fail("stage", f"{c.stage!r} is not one of {STAGES}")
     if not c.run_dir:
@@ -111,6 +113,12 @@ def validate(c: ConfigDict) -> ConfigDict:
         _fail("data.process_sharding", "'replicate' needs offline responses (teacher.enabled=False)")
     if c.teacher.enabled and (not c.teacher.base_url or not c.teacher.model):
         _fail("teacher.base_url", "teacher.enabled needs teacher.base_url and teacher.model")
+    if c.stage == "gad" and not c.init_from and not c.allow_gad_from_scratch:
+        _fail(
+            "init_from",
+            "gad starts from the warmup run: pass --config.init_from=<warmup run_dir> (or opt in to GAD "
+            "without warmup, the paper's ablation, with --config.allow_gad_from_scratch=true)",
+        )
     if c.init_from and not paths.isdir(paths.join(c.init_from, "checkpoints")):
         _fail("init_from", f"{c.init_from!r} holds no checkpoints/ (it must be an earlier run_dir)")
     evaluation.validate(c, _fail)
