@@ -15,6 +15,7 @@ from ml_collections import ConfigDict
 
 from gadjax import paths
 from gadjax.data import packing
+from gadjax.teacher.config import DEFAULT_MAX_TOKENS
 
 STAGES = ("seqkd", "warmup", "gad")
 DTYPES = ("float32", "bfloat16")
@@ -105,7 +106,7 @@ def base_config() -> ConfigDict:
             skip_bad_rows=False,
             batch_size=256,  # prompts per step (global)
             max_prompt_tokens=2048,
-            max_response_tokens=1536,
+            max_response_tokens=DEFAULT_MAX_TOKENS,  # gadjax.teacher.config: one shared default
             overlong_prompt="truncate",
             overlong_response="truncate",
             buckets="pow2",
@@ -129,7 +130,7 @@ def base_config() -> ConfigDict:
             system_prompt="",
             temperature=1.0,
             top_p=1.0,
-            max_tokens=1536,
+            max_tokens=DEFAULT_MAX_TOKENS,  # = collect's --max-tokens: the two share cache entries
             concurrency=8,
             # default: <run_dir>/teacher_cache.p<process>.sqlite; with a gs:// run_dir it lives on this
             # host ($GADJAX_LOCAL_DIR) and a copy goes to the bucket at each checkpoint (gadjax.run_dir).
@@ -147,7 +148,7 @@ def base_config() -> ConfigDict:
             temperature=0.8,
             top_p=1.0,
             top_k=0,
-            max_new_tokens=1536,
+            max_new_tokens=DEFAULT_MAX_TOKENS,
             prompt_buckets=(64, 128, 256, 512, 1024, 2048),
             # Decode layer loop: "auto" (unrolled per-layer weights on one CPU device, else the scanned
             # model), "scan" (no second copy of the weights during a rollout) or "unrolled".

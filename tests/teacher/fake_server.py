@@ -7,7 +7,11 @@ tests and the teacher benchmark. It records every request and can inject faults:
 - ``"reset"``: close the TCP connection with RST (SO_LINGER 0) before answering,
 - ``"truncated"``: 200 with a Content-Length larger than the body, then close,
 - ``"invalid"``: 200 with a body that is not JSON,
-- ``"400"``: Bad Request with an OpenAI-style JSON error body (``error_message``).
+- ``"400"``: Bad Request with an OpenAI-style JSON error body (``error_message``),
+- ``"refuse"``: 200 with no text, ``finish_reason="content_filter"`` (a refusal / content filter).
+
+``always[prompt] = action`` answers that prompt with ``action`` every time (a prompt the teacher refuses
+for good).
 
 Faults hit a random ``fault_rate`` of requests (seeded), or follow ``script[prompt]``: a list of
 actions consumed one per request for that prompt (``"ok"`` answers normally).
@@ -51,6 +55,7 @@ class FakeOpenAI:
         self.error_message, self.echo_auth_in_errors = error_message, echo_auth_in_errors
         self.record = record
         self.script: dict[str, list[str]] = {}
+        self.always: dict[str, str] = {}
         self.requests: list[dict[str, Any]] = []
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
@@ -93,6 +98,8 @@ class FakeOpenAI:
 
     def _choose(self, prompt: str) -> str:
         with self._lock:
+            if prompt in self.always:
+                return self.always[prompt]
             plan = self.script.get(prompt)
             if plan:
                 return plan.pop(0)
@@ -172,6 +179,14 @@ def _make_handler(server: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                 if server.echo_auth_in_errors:
                     msg += f" (you sent Authorization: {auth})"
                 self._json(400, {"error": {"message": msg, "type": "invalid_request_error"}})
+            elif action == "refuse":
+                self._json(200, {
+                    "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
+                    "model": body.get("model"),
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": None},
+                                 "finish_reason": "content_filter"}],
+                    "usage": {"prompt_tokens": 3, "completion_tokens": 0, "total_tokens": 3},
+                })
             elif action == "hang":
                 time.sleep(server.hang_s)
                 self.close_connection = True
