@@ -136,10 +136,20 @@ def base_config() -> ConfigDict:
             # host ($GADJAX_LOCAL_DIR) and a copy goes to the bucket at each checkpoint (gadjax.run_dir).
             cache_path="",
             max_ahead=512,
-            # Spending limits per process (0 = none): at the limit the run stops (exit 3); what was
-            # received is in the cache, and a resume with a higher limit does not pay for it again.
+            # Rate limits, as collect's --requests-per-s / --tokens-per-min (0 = unlimited), per process.
+            requests_per_s=0.0,
+            tokens_per_min=0.0,
+            timeout_s=120.0,  # per request
+            max_retries=8,  # for 429 / 5xx / timeouts / connection errors, with backoff
+            # Spending limits (0 = none), totals for this process's cache file over every run that used
+            # it: at the limit the run stops (exit 3); what was received is in the cache, and a resume
+            # with a higher limit does not pay for it again.
             max_requests=0,
             max_total_tokens=0,
+            # Prompts the teacher does not answer (a refusal, HTTP 400, a content filter, retries run out)
+            # are skipped, counted (metric teacher_failed_prompts, all hosts) and logged with their row;
+            # past this many the run saves a checkpoint and exits 4. -1 = no limit.
+            max_failed_prompts=100,
         )
     )
     c.rollout = ConfigDict(

@@ -37,6 +37,7 @@ from gadjax.parallel.mesh import make_mesh
 from gadjax.rollout.sampler import Sampler
 from gadjax.run_dir import RunDir
 from gadjax.teacher.client import SpendingLimitReached
+from gadjax.teacher.errors import TooManyFailedPrompts
 from gadjax.trainer import build, validation
 from gadjax.trainer.adapters import share_backbone, split_trainable
 from gadjax.trainer.evaluation import TrainingEvaluator
@@ -61,6 +62,7 @@ class Trainer(RunStateMixin, StageStepsMixin):
         self.run_dir = RunDir(c.run_dir)  # + this host's working copy for SQLite caches and metrics
         self.tokenizer = build.build_tokenizer(c)
         self.teacher = build.build_teacher(c)
+        self.teacher_failed = 0  # prompts the teacher did not answer, skipped so far (all hosts)
         self.data = build.build_data(c, self.tokenizer, self.teacher)
         self.total_steps = c.train.steps or build.steps_per_epoch(self.data) * (c.data.num_epochs or 1)
         self.n = c.rollout.n_samples
@@ -183,6 +185,17 @@ class Trainer(RunStateMixin, StageStepsMixin):
                     except StopIteration:
                         log.info("data exhausted at step %d", step)
                         break
+                    except TooManyFailedPrompts:
+                        # Every host stops before step `step` (its batches unread): checkpoint the steps done.
+                        if done > 0 and self.ckpt.latest_step() != done:
+                            self._save(done, force=True)
+                        self.ckpt.wait()
+                        log.error(
+                            "too many prompts the teacher did not answer, before step %d; checkpoint %s",
+                            step + 1,
+                            self.ckpt.latest_step(),
+                        )
+                        raise
                     except SpendingLimitReached:
                         # Step `step` never happened; its batch may be half-read, so no checkpoint here.
                         log.error(

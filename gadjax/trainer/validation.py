@@ -111,6 +111,9 @@ def validate(c: ConfigDict) -> ConfigDict:
         _fail("data.process_sharding", "'replicate' needs offline responses (teacher.enabled=False)")
     if c.teacher.enabled and (not c.teacher.base_url or not c.teacher.model):
         _fail("teacher.base_url", "teacher.enabled needs teacher.base_url and teacher.model")
+    mf = c.teacher.max_failed_prompts
+    if isinstance(mf, bool) or not isinstance(mf, int) or mf < -1:
+        _fail("teacher.max_failed_prompts", f"must be an integer >= 0, or -1 for no limit (got {mf!r})")
     if c.init_from and not paths.isdir(paths.join(c.init_from, "checkpoints")):
         _fail("init_from", f"{c.init_from!r} holds no checkpoints/ (it must be an earlier run_dir)")
     evaluation.validate(c, _fail)

@@ -11,7 +11,8 @@ tests and the teacher benchmark. It records every request and can inject faults:
 - ``"refuse"``: 200 with no text, ``finish_reason="content_filter"`` (a refusal / content filter).
 
 ``always[prompt] = action`` answers that prompt with ``action`` every time (a prompt the teacher refuses
-for good).
+for good); with ``refuse_after=K`` every prompt first seen after the first K distinct prompts is refused
+for good (``"refuse"``).
 
 Faults hit a random ``fault_rate`` of requests (seeded), or follow ``script[prompt]``: a list of
 actions consumed one per request for that prompt (``"ok"`` answers normally).
@@ -56,6 +57,8 @@ class FakeOpenAI:
         self.record = record
         self.script: dict[str, list[str]] = {}
         self.always: dict[str, str] = {}
+        self.refuse_after: int | None = None
+        self._distinct: set[str] = set()
         self.requests: list[dict[str, Any]] = []
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
@@ -98,6 +101,10 @@ class FakeOpenAI:
 
     def _choose(self, prompt: str) -> str:
         with self._lock:
+            if self.refuse_after is not None and prompt not in self._distinct:
+                self._distinct.add(prompt)
+                if len(self._distinct) > self.refuse_after:
+                    self.always[prompt] = "refuse"
             if prompt in self.always:
                 return self.always[prompt]
             plan = self.script.get(prompt)
