@@ -297,12 +297,11 @@ class StageStepsMixin:
 
     def _next_local_batch(self) -> Any:
         """This host's next batch. With an online teacher on several hosts, the hosts first agree (one
-        allgather) that every one got its batch: a host stopped by its spending limit stops all of them at
-        this step, before any collective that the others would wait in forever. Then the prompts the
-        teacher did not answer, skipped on each host, are summed over the hosts (a second allgather): past
+        allgather of (outcome, prompts skipped)) before any collective that a stopped host would leave the
+        others waiting in forever: a host stopped by its spending limit stops all of them at this step;
+        and the prompts the teacher did not answer, skipped on each host, are summed, so past
         teacher.max_failed_prompts every host raises TooManyFailedPrompts at this same step. A host that
-        did get its batch unreads it, so the checkpoint saved next reads it again on resume."""
-        multi = self.teacher is not None and jax.process_count() > 1
+        did get its batch then unreads it, so the checkpoint saved next reads it again on resume."""
         try:
             local, failure = next(self.data_iter), None
         except (SpendingLimitReached, TooManyFailedPrompts) as e:
@@ -311,14 +310,15 @@ class StageStepsMixin:
             if failure is not None:
                 raise failure
             return local
-        # 0 = got a batch, 1 = spending limit, 2 = failure limit (this host alone went past it)
+        # outcome: 0 = got a batch, 1 = spending limit, 2 = failure limit (this host alone went past it)
         code = 0 if failure is None else 1 if isinstance(failure, SpendingLimitReached) else 2
-        mine = self.data_iter.teacher_failed
-        codes = per_process(code) if multi else np.asarray([code])
-        counts = per_process(mine) if multi else np.asarray([mine])
+        multi = jax.process_count() > 1
+        both = per_process([code, self.data_iter.teacher_failed]) if multi else None
+        codes = both[:, 0] if multi else np.asarray([code])
+        counts = both[:, 1] if multi else np.asarray([self.data_iter.teacher_failed])
         self.teacher_failed = total = int(counts.sum())
         limit = self.config.teacher.max_failed_prompts
-        if failure is None or not isinstance(failure, SpendingLimitReached):
+        if not isinstance(failure, SpendingLimitReached):
             if (codes == 1).any():  # a spending limit elsewhere keeps its own exit status
                 failure = SpendingLimitReachedElsewhere([int(i) for i in np.flatnonzero(codes == 1)])
             elif (codes == 2).any() or 0 <= limit < total:
