@@ -17,7 +17,7 @@ import sys
 from gadjax.paths import StorageAccessError
 from gadjax.storage import STORAGE_ERROR_EXIT_CODE, StorageWriteError
 from gadjax.teacher.client import SpendingLimitReached
-from gadjax.teacher.errors import TooManyFailedPrompts
+from gadjax.teacher.errors import TeacherError, TooManyFailedPrompts
 from gadjax.trainer.loop import StepHook, Trainer, run
 from gadjax.trainer.preemption import PREEMPTED_EXIT_CODE, Preempted
 from gadjax.trainer.steps import _Timer
@@ -103,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         except TooManyFailedPrompts as e:
             print(f"gadjax.train: {cli.one_line(e)}", file=sys.stderr)
             sys.exit(TEACHER_FAILURES_EXIT_CODE)
+        except TeacherError as e:  # the endpoint refuses every prompt (HTTP 401 / 403 / 404, no key)
+            print(f"gadjax.train: teacher: {cli.one_line(e)}", file=sys.stderr)
+            sys.exit(2)
         except (StorageWriteError, StorageAccessError) as e:  # a full disk, a bucket we cannot use
             print(f"gadjax.train: {cli.one_line(e)}", file=sys.stderr)
             sys.exit(STORAGE_ERROR_EXIT_CODE)

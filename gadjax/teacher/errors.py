@@ -84,3 +84,16 @@ class _Retry(Exception):
     def __init__(self, cause: str, detail: str, retry_after: float | None = None):
         super().__init__(f"{cause}: {detail}")
         self.cause, self.detail, self.retry_after = cause, detail, retry_after
+
+
+class TeacherFailedElsewhere(TeacherError):
+    """Multi-host: the teacher failed on another process in a way no prompt can be skipped for (HTTP 401 /
+    403 / 404, no API key); this process stops at the same step instead of waiting in a collective."""
+
+    def __init__(self, processes: list[int]):
+        RuntimeError.__init__(
+            self,
+            f"the teacher endpoint failed on process(es) {processes} (their log says why: a bad key, URL "
+            "or model); every process stops at the same step",
+        )
+        self.prompt_id, self.detail, self.status, self.retryable, self.skippable = "", "", None, False, False

@@ -174,3 +174,24 @@ def test_refused_prompts_are_skipped_and_counted_and_past_the_limit_the_run_stop
     assert [r["step"] for r in records] == [1, 2]
     assert records[0]["teacher_failed_prompts"] == 0
     assert records[1]["teacher_failed_prompts"] == proc.stderr.count("teacher: skipped row ") >= 3
+
+
+def test_an_endpoint_that_fails_every_prompt_stops_with_one_line(tmp_path):
+    """A wrong teacher URL (HTTP 404 from a real loopback server) is nothing a prompt can be skipped for:
+    the run stops before its first step with exit 2 and one line naming the status, not a traceback."""
+    sys.path.insert(0, os.path.join(REPO, "tests", "teacher"))
+    from fake_server import FakeOpenAI
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "hello"}) + "\n")
+    with FakeOpenAI() as srv:
+        proc = run_cli(
+            tmp_path, "--config.stage=seqkd", "--config.train.steps=1", f"--config.data.train={prompts}",
+            "--config.data.batch_size=2", "--config.teacher.enabled=true",
+            f"--config.teacher.base_url={srv.base_url}/wrong", "--config.teacher.model=fake",
+            "--config.teacher.api_key_env=", f"--config.run_dir={tmp_path / 'run'}", check=False,
+        )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("gadjax.train: teacher: ") and "HTTP 404" in last, last
+    assert "Traceback" not in proc.stderr

@@ -130,3 +130,20 @@ def test_one_host_past_the_failure_limit_needs_no_collective(monkeypatch):
     with pytest.raises(TooManyFailedPrompts, match=r"^4 prompts .*max_failed_prompts=3; each"):
         _host(_batches({"b": 1}, failed=4), max_failed=3)._next_local_batch()
     assert _host(_batches({"b": 1}, failed=4), max_failed=-1)._next_local_batch() == {"b": 1}  # no limit
+
+
+def test_an_endpoint_failure_on_one_host_stops_every_host(two_hosts):
+    """HTTP 401 / 404 or no key: nothing to skip. The failing host raises its error, the others a
+    TeacherFailedElsewhere at the same step (instead of waiting in the step's collectives)."""
+    from gadjax.teacher.errors import TeacherError, TeacherFailedElsewhere
+
+    peer, gathered = two_hosts
+    own = TeacherError("p1", "HTTP 401: invalid api key", status=401)
+    with pytest.raises(TeacherError) as err:
+        _host(_batches(own))._next_local_batch()
+    assert err.value is own and gathered[-1].tolist() == [[3, 0]]
+    peer[0] = 3
+    batches = _batches({"b": 1})
+    with pytest.raises(TeacherFailedElsewhere, match=r"process\(es\) \[1\]"):
+        _host(batches)._next_local_batch()
+    assert batches.unread
