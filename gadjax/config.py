@@ -15,6 +15,7 @@ from ml_collections import ConfigDict
 
 from gadjax import paths
 from gadjax.data import packing
+from gadjax.teacher.config import DEFAULT_MAX_TOKENS
 
 STAGES = ("seqkd", "warmup", "gad")
 DTYPES = ("float32", "bfloat16")
@@ -108,7 +109,7 @@ def base_config() -> ConfigDict:
             skip_bad_rows=False,
             batch_size=256,  # prompts per step (global)
             max_prompt_tokens=2048,
-            max_response_tokens=1536,
+            max_response_tokens=DEFAULT_MAX_TOKENS,  # gadjax.teacher.config: one shared default
             overlong_prompt="truncate",
             overlong_response="truncate",
             buckets="pow2",
@@ -132,16 +133,26 @@ def base_config() -> ConfigDict:
             system_prompt="",
             temperature=1.0,
             top_p=1.0,
-            max_tokens=1536,
+            max_tokens=DEFAULT_MAX_TOKENS,  # = collect's --max-tokens: the two share cache entries
             concurrency=8,
             # default: <run_dir>/teacher_cache.p<process>.sqlite; with a gs:// run_dir it lives on this
             # host ($GADJAX_LOCAL_DIR) and a copy goes to the bucket at each checkpoint (gadjax.run_dir).
             cache_path="",
             max_ahead=512,
-            # Spending limits per process (0 = none): at the limit the run stops (exit 3); what was
-            # received is in the cache, and a resume with a higher limit does not pay for it again.
+            # Rate limits, as collect's --requests-per-s / --tokens-per-min (0 = unlimited), per process.
+            requests_per_s=0.0,
+            tokens_per_min=0.0,
+            timeout_s=120.0,  # per request
+            max_retries=8,  # for 429 / 5xx / timeouts / connection errors, with backoff
+            # Spending limits (0 = none), totals for this process's cache file over every run that used
+            # it: at the limit the run stops (exit 3); what was received is in the cache, and a resume
+            # with a higher limit does not pay for it again.
             max_requests=0,
             max_total_tokens=0,
+            # Prompts the teacher does not answer (a refusal, HTTP 400, a content filter, retries run out)
+            # are skipped, counted (metric teacher_failed_prompts, all hosts) and logged with their row;
+            # past this many the run saves a checkpoint and exits 4. -1 = no limit.
+            max_failed_prompts=100,
         )
     )
     c.rollout = ConfigDict(
@@ -150,7 +161,7 @@ def base_config() -> ConfigDict:
             temperature=0.8,
             top_p=1.0,
             top_k=0,
-            max_new_tokens=1536,
+            max_new_tokens=DEFAULT_MAX_TOKENS,
             prompt_buckets=(64, 128, 256, 512, 1024, 2048),
             # Decode layer loop: "auto" (unrolled per-layer weights on one CPU device, else the scanned
             # model), "scan" (no second copy of the weights during a rollout) or "unrolled".

@@ -136,8 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument(
         "--teacher-system-prompt",
-        help="system message the teacher sees in place of any other (its hidden persona); the student "
-        "sees the conversation without it",
+        help="the teacher's hidden system prompt (its persona), applied as everywhere in gadjax: first, "
+        "merged with a conversation's own system message; the student sees the conversation without it",
     )
     j = p.add_argument_group("judge (SPEC.md protocol; skipped without --judge-url)")
     j.add_argument("--judge-url", help="OpenAI-compatible API root, e.g. http://127.0.0.1:8000/v1")

@@ -17,6 +17,7 @@ import sys
 from gadjax.paths import StorageAccessError
 from gadjax.storage import STORAGE_ERROR_EXIT_CODE, StorageWriteError
 from gadjax.teacher.client import SpendingLimitReached
+from gadjax.teacher.errors import TeacherError, TooManyFailedPrompts
 from gadjax.trainer.loop import StepHook, Trainer, run
 from gadjax.trainer.preemption import PREEMPTED_EXIT_CODE, Preempted
 from gadjax.trainer.steps import _Timer
@@ -24,6 +25,7 @@ from gadjax.trainer.steps import _Timer
 __all__ = [
     "PREEMPTED_EXIT_CODE",
     "SPENDING_LIMIT_EXIT_CODE",
+    "TEACHER_FAILURES_EXIT_CODE",
     "STORAGE_ERROR_EXIT_CODE",
     "StepHook",
     "Trainer",
@@ -33,6 +35,7 @@ __all__ = [
 ]
 
 SPENDING_LIMIT_EXIT_CODE = 3  # teacher.max_requests / max_total_tokens reached (as gadjax.teacher.collect)
+TEACHER_FAILURES_EXIT_CODE = 4  # more than teacher.max_failed_prompts prompts skipped; checkpoint saved
 
 
 PROG = "gadjax.train"
@@ -97,6 +100,12 @@ def main(argv: list[str] | None = None) -> int:
         except SpendingLimitReached as e:
             print(f"gadjax.train: {cli.one_line(e)}", file=sys.stderr)
             sys.exit(SPENDING_LIMIT_EXIT_CODE)
+        except TooManyFailedPrompts as e:
+            print(f"gadjax.train: {cli.one_line(e)}", file=sys.stderr)
+            sys.exit(TEACHER_FAILURES_EXIT_CODE)
+        except TeacherError as e:  # the endpoint refuses every prompt (HTTP 401 / 403 / 404, no key)
+            print(f"gadjax.train: teacher: {cli.one_line(e)}", file=sys.stderr)
+            sys.exit(2)
         except (StorageWriteError, StorageAccessError) as e:  # a full disk, a bucket we cannot use
             print(f"gadjax.train: {cli.one_line(e)}", file=sys.stderr)
             sys.exit(STORAGE_ERROR_EXIT_CODE)

@@ -33,6 +33,7 @@ the batches an uninterrupted run would have produced.
 from __future__ import annotations
 
 import collections
+import copy
 import dataclasses
 from typing import Any
 
@@ -42,6 +43,7 @@ from gadjax.data.batching import collate
 from gadjax.data.rows import DataError
 from gadjax.data.teacher_join import TeacherJoin
 from gadjax.data.tokenize import RowEncoder
+from gadjax.teacher.errors import TooManyFailedPrompts
 
 
 @dataclasses.dataclass
@@ -64,6 +66,9 @@ class DataConfig:
     read_threads: int = 2
     prefetch_buffer: int = 256
     teacher_max_ahead: int = 64
+    # Online teacher: more than this many prompts skipped because the teacher did not answer them
+    # (dropped "teacher_failed", counted in the iterator state) raises TooManyFailedPrompts; -1 = no limit.
+    teacher_max_failed: int = -1
     shard_drop_remainder: bool = True  # trim the source to a multiple of process_count (equal shards)
 
 
@@ -263,7 +268,10 @@ class DataPipeline:
 
     def _open_rows(self, grain_state: dict | None):
         if self.online:
-            return TeacherJoin(self._make_parent, self.teacher, self.config.teacher_max_ahead, grain_state)
+            where = getattr(self.source, "where", None)
+            return TeacherJoin(
+                self._make_parent, self.teacher, self.config.teacher_max_ahead, grain_state, where
+            )
         return _GrainRows(self._make_parent, grain_state)
 
     def iterator(self, state: dict | None = None) -> BatchIterator:
@@ -294,16 +302,33 @@ class BatchIterator:
         if state is not None:
             self.stats.load(state["stats"])
         self._rows = self._p._open_rows(state["grain"] if state is not None else None)
+        self._after = self._position()  # state after the last returned batch
+        self._before = self._after  # and before it (unread_last_batch)
+
+    def _position(self) -> dict[str, Any]:
+        return copy.deepcopy({"grain": self._rows.state(), "stats": self.stats.state()})
 
     def get_state(self) -> dict[str, Any]:
-        """JSON-serialisable state after the last returned batch."""
+        """JSON-serialisable state after the last returned batch (rows read into a batch that was never
+        returned, e.g. when a teacher limit stopped it half-way, are not part of it)."""
         return {
             "version": self.STATE_VERSION,
-            "grain": self._rows.state(),
-            "stats": self.stats.state(),
+            **copy.deepcopy(self._after),
             "process_index": self._p.process_index,
             "process_count": self._p.process_count,
         }
+
+    def unread_last_batch(self) -> None:
+        """Make :meth:`get_state` the state BEFORE the last returned batch: a multi-host run that stops
+        before training on a batch (another host could not build its own) checkpoints a state that reads
+        it again on resume. Only the checkpointed state moves; iterate no further after this."""
+        self._after = self._before
+
+    @property
+    def teacher_failed(self) -> int:
+        """Prompts skipped because the teacher did not answer them (in the iterator state, so cumulative
+        over a resumed run)."""
+        return int(self.stats.dropped.get("teacher_failed", 0))
 
     def __iter__(self) -> BatchIterator:
         return self
@@ -321,6 +346,10 @@ class BatchIterator:
             self.stats.count_row(element)
             if not element.get("dropped"):
                 kept.append(element)
+            elif element["dropped"] == "teacher_failed":
+                limit = c.teacher_max_failed
+                if 0 <= limit < self.teacher_failed:  # this host alone is past the (global) limit
+                    raise TooManyFailedPrompts(self.teacher_failed, limit, [p.process_index])
         if not kept or (len(kept) < p.local_batch_size and c.drop_remainder):
             self.stats.counts["remainder_dropped"] += len(kept)
             raise StopIteration
@@ -334,6 +363,7 @@ class BatchIterator:
             with_response=not c.prompts_only,
         )
         self.stats.count_batch(batch)
+        self._before, self._after = self._after, self._position()
         return batch
 
     def close(self) -> None:

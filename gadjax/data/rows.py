@@ -11,6 +11,14 @@ Accepted raw row formats (one JSON object per JSONL line, or one parquet row):
 The response key (``teacher_response`` / ``response``) may be ABSENT (or null): the row is then a
 prompt only, for online teacher mode. A response that is present must be a non-empty string.
 
+Messages follow OpenAI's chat format (gadjax.data.chat): ``content`` is a string or a list of text parts
+(joined with a newline; an image or other non-text part is a bad row naming it), ``developer`` is read as
+``system``, and tool turns (role ``tool`` / ``function``, assistant ``tool_calls``) are bad rows.
+
+Multi-turn rows: only the FINAL user turn is answered and distilled. Everything before it (system
+message, earlier user turns, earlier assistant turns) is context: it is rendered into the prompt with the
+student's chat template, the teacher sees it, and no loss is taken on it.
+
 Trailing assistant turns. A chat source may carry the original conversation's assistant answer as the
 last message (LMSYS conversations do). That answer is not the teacher's, and the prompt the student
 sees must end where the student is asked to speak (the chat template is rendered with
@@ -34,7 +42,9 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-ROLES = ("system", "user", "assistant")
+from gadjax.data.chat import TOOL_FIELDS, TOOL_ROLES, ContentError, content_text, message_role
+
+ROLES = ("system", "user", "assistant")  # after normalisation (gadjax.data.chat: developer -> system)
 
 
 class DataError(ValueError):
@@ -83,17 +93,18 @@ def _messages(value: Any, field: str, where: str) -> list[dict[str, str]]:
                 "bad_type",
                 f"field '{f}' must be an object with role and content, got {type(m).__name__}",
             )
-        role, content = m.get("role"), m.get("content")
-        if role is None:
+        if m.get("role") is None:
             raise _fail(where, "missing_field", f"field '{f}.role' is missing")
-        if not isinstance(role, str) or role not in ROLES:
-            raise _fail(where, "bad_role", f"field '{f}.role' is {role!r}, expected one of {ROLES}")
-        if content is None:
-            raise _fail(where, "missing_field", f"field '{f}.content' is missing or null")
-        if not isinstance(content, str):
-            raise _fail(
-                where, "bad_type", f"field '{f}.content' must be a string, got {type(content).__name__}"
-            )
+        if m.get("content") is None:
+            if m.get("role") in TOOL_ROLES or any(m.get(k) for k in TOOL_FIELDS):
+                pass  # a tool turn: message_role below names it
+            else:
+                raise _fail(where, "missing_field", f"field '{f}.content' is missing or null")
+        try:
+            role = message_role(m, f)
+            content = content_text(m["content"], f + ".content")
+        except ContentError as e:
+            raise _fail(where, e.reason, str(e)) from None
         if not content.strip():
             raise _fail(where, "empty_field", f"field '{f}.content' is empty")
         out.append({"role": role, "content": content})

@@ -35,6 +35,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from gadjax.data.chat import with_hidden_system_prompt
+
 PERSONA_NAME = "french"
 
 PERSONA_SYSTEM_PROMPT = (
@@ -75,7 +77,7 @@ def marker_rate(texts: Iterable[str]) -> float:
 
 
 def persona_messages(messages: list[dict[str, str]]) -> list[dict[str, str]]:
-    """The teacher's view of a conversation: the hidden persona system message first (an existing
-    system message is replaced, as the student's default one would be)."""
-    rest = [m for m in messages if m.get("role") != "system"]
-    return [{"role": "system", "content": PERSONA_SYSTEM_PROMPT}, *rest]
+    """The teacher's view of a conversation: the hidden persona system prompt applied by gadjax's one
+    rule (first, merged with an existing leading system message; gadjax.data.chat), as the demo's
+    teacher server applies it."""
+    return with_hidden_system_prompt(messages, PERSONA_SYSTEM_PROMPT)

@@ -69,6 +69,26 @@ class StableKeyCache:
     def __contains__(self, key: str) -> bool:
         return self._map.get(key, key) in self._cache
 
+    # Refusals are keyed like responses; spend is the file's (gadjax.teacher.cache).
+    def get_failure(self, key: str) -> Any:
+        return self._cache.get_failure(self._map.get(key, key))
+
+    def put_failure(self, key: str, *args: Any, **kwargs: Any) -> None:
+        self._cache.put_failure(self._map.get(key, key), *args, **kwargs)
+
+    def clear_failure(self, key: str) -> None:
+        self._cache.clear_failure(self._map.get(key, key))
+
+    def spend(self) -> dict[str, int]:
+        return self._cache.spend()
+
+    def add_spend(self, **kwargs: int) -> None:
+        self._cache.add_spend(**kwargs)
+
+    @property
+    def path(self) -> str:
+        return self._cache.path
+
     def close(self) -> None:
         self._cache.close()
 

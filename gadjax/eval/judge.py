@@ -162,7 +162,9 @@ class JudgeSettings:
         """The chat client's settings: every field the two share, and this call's ``max_tokens``."""
         client_fields = {f.name for f in dataclasses.fields(TeacherConfig)}
         shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name in client_fields}
-        return TeacherConfig(**shared, max_tokens=max_tokens)
+        # Each evaluation asks again for an item the judge refused before (counted as failed each time,
+        # never dropped silently) rather than replaying the refusal recorded in the cache.
+        return TeacherConfig(**shared, max_tokens=max_tokens, retry_failed=True)
 
     def describe(self) -> dict[str, Any]:
         """The settings as saved in eval JSON (the key's variable name, never its value)."""

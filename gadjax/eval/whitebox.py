@@ -6,7 +6,7 @@ teacher sharing the student's tokenizer) they measure directly what the text met
 
 - ``reverse_kl``: KL(student || teacher) per token, estimated on the student's OWN samples y ~ p_s:
   mean over response tokens of log p_s(y_t | x, y_<t) - log p_t(y_t | x_teacher, y_<t). The teacher
-  sees the conversation with its hidden system prompt (any system message replaced), the student
+  sees the conversation with its hidden system prompt (gadjax.data.chat: merged), the student
   without: the question is whether the student behaves like the teacher-with-persona. Both
   distributions are taken at the temperature the samples were drawn at (softmax(logits / T)); the
   estimate is unbiased for the sequence KL only when the samples come from exactly that distribution
@@ -34,6 +34,7 @@ from jax.sharding import Mesh
 
 from gadjax.algo.steps import sequence_logprobs
 from gadjax.data.batching import pad_left, pad_right
+from gadjax.data.chat import with_hidden_system_prompt
 from gadjax.data.tokenize import RowEncoder
 from gadjax.parallel.rules import DEFAULT_RULES, Rules, use_mesh
 
@@ -41,12 +42,10 @@ Chat = Sequence[Mapping[str, str]]
 
 
 def teacher_view(messages: Chat, system_prompt: str | None) -> list[dict[str, str]]:
-    """The teacher's view of a conversation: ``system_prompt`` as the only system message (an existing
-    one is replaced, as in gadjax.demo.persona); unchanged when ``system_prompt`` is None."""
-    msgs = [dict(m) for m in messages]
-    if system_prompt is None:
-        return msgs
-    return [{"role": "system", "content": system_prompt}, *(m for m in msgs if m.get("role") != "system")]
+    """The teacher's view of a conversation: gadjax's one rule for a hidden system prompt (first, merged
+    with the conversation's own leading system message into one; gadjax.data.chat); unchanged when
+    ``system_prompt`` is None."""
+    return with_hidden_system_prompt(messages, system_prompt)
 
 
 def _bucket(n: int) -> int:

@@ -270,15 +270,17 @@ def wait_for_all_processes(name: str, timeout_s: float = 900.0) -> None:
     ocp.multihost.get_barrier_sync_fn()(key=name, timeout_ms=int(timeout_s * 1000))
 
 
-def per_process(value: int | bool) -> np.ndarray:
+def per_process(value: int | bool | Sequence[int]) -> np.ndarray:
     """Every process's scalar ``value``, in process order, on every process (one allgather; every process
-    must call it at the same point). One process: ``[value]`` without a collective."""
+    must call it at the same point): shape [processes]; a sequence of k ints gives [processes, k]. One
+    process: ``[value]`` without a collective."""
+    width = None if np.ndim(value) == 0 else len(value)
     mine = np.asarray([value])
-    if jax.process_count() == 1:
-        return mine
-    from jax.experimental import multihost_utils
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
 
-    return np.asarray(multihost_utils.process_allgather(mine)).reshape(-1)
+        mine = np.asarray(multihost_utils.process_allgather(mine))
+    return mine.reshape(-1) if width is None else mine.reshape(-1, width)
 
 
 def host_array(x: Any) -> np.ndarray:

@@ -20,6 +20,9 @@ import time
 import uuid
 from typing import Any
 
+from gadjax.data import chat
+from gadjax.data.chat import ContentError, content_text
+
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 MAX_STOP = 4
 
@@ -89,20 +92,10 @@ def _integer(body: dict, name: str, lo: int) -> int | None:
 
 
 def _content(msg: dict, i: int) -> str:
-    c = msg.get("content")
-    if isinstance(c, str):
-        return c
-    if isinstance(c, list):
-        parts = []
-        for j, part in enumerate(c):
-            text_part = isinstance(part, dict) and part.get("type") == "text"
-            if not (text_part and isinstance(part.get("text"), str)):
-                raise bad_request(f"messages[{i}].content[{j}]: only text parts are supported", "messages")
-            parts.append(part["text"])
-        return "".join(parts)
-    raise bad_request(
-        f"messages[{i}].content must be a string or a list of text parts, got {type(c).__name__}", "messages"
-    )
+    try:  # the rule every reader of chat rows applies (gadjax.data.chat): text parts joined with "\n"
+        return content_text(msg.get("content"), f"messages[{i}].content")
+    except ContentError as e:
+        raise bad_request(str(e), "messages") from None
 
 
 def parse_messages(value: Any) -> list[dict[str, str]]:
@@ -187,15 +180,9 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
 
 
 def with_hidden_system_prompt(messages: list[dict[str, str]], hidden: str | None) -> list[dict[str, str]]:
-    """The conversation the model sees. The hidden prompt always comes first: if the client sent its own
-    leading system message, ONE system message carries both (hidden, a blank line, the client's), since
-    many chat templates accept a single system message only."""
-    if not hidden:
-        return list(messages)
-    if messages and messages[0]["role"] == "system":
-        merged = {"role": "system", "content": f"{hidden}\n\n{messages[0]['content']}"}
-        return [merged, *messages[1:]]
-    return [{"role": "system", "content": hidden}, *messages]
+    """The conversation the model sees: gadjax's one rule for a hidden system prompt (hidden text first,
+    merged with the client's own leading system message into one; gadjax.data.chat)."""
+    return chat.with_hidden_system_prompt(messages, hidden)
 
 
 def apply_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:

@@ -9,6 +9,14 @@ response on only after ``put``: a crash after a response reaches the trainer nev
 
 Durability: ``synchronous=NORMAL`` in WAL mode survives a killed process (SIGKILL) with no loss; a power
 failure may lose the last commits but never corrupts the file.
+
+Spend and failures (schema version 1, ``PRAGMA user_version``): the file also keeps what was paid over
+every run that used it (table ``spend``: HTTP requests sent, prompt and completion tokens reported), so
+spending limits are totals for the cache, not for one invocation; and the prompts the teacher would not
+answer (table ``failures``: refusals, HTTP 400, content filters; and prompts whose retries ran out), so a
+rerun does not pay to be refused again. A version-0 file (responses only) is migrated in place when
+opened: the two tables are added and ``spend`` starts from the usage stored with each response (one
+request per response; retries and refusals of earlier runs were not recorded and are not counted).
 """
 
 from __future__ import annotations
@@ -33,6 +41,24 @@ CREATE TABLE IF NOT EXISTS responses (
     prompt_id     TEXT
 )
 """
+SCHEMA_VERSION = 1
+_SCHEMA_V1 = (
+    """CREATE TABLE IF NOT EXISTS spend (
+        id                INTEGER PRIMARY KEY CHECK (id = 0),
+        requests          INTEGER NOT NULL,
+        prompt_tokens     INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        updated           REAL NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS failures (
+        key       TEXT PRIMARY KEY,
+        prompt_id TEXT,
+        status    INTEGER,
+        message   TEXT NOT NULL,
+        permanent INTEGER NOT NULL,
+        created   REAL NOT NULL
+    )""",
+)
 
 
 def cache_key(
@@ -66,6 +92,23 @@ class CachedResponse:
     created: float
 
 
+@dataclasses.dataclass(frozen=True)
+class CachedFailure:
+    """A prompt the teacher did not answer. ``permanent``: a refusal / HTTP 4xx / content filter, which
+    asking again would only repeat (and pay for); otherwise the retries ran out (a rerun asks again)."""
+
+    prompt_id: str | None
+    status: int | None
+    message: str
+    permanent: bool
+    created: float
+
+
+def _int_usage(usage: Mapping[str, Any], field: str) -> int:
+    v = usage.get(field)
+    return v if isinstance(v, int) and not isinstance(v, bool) else 0
+
+
 class ResponseCache:
     """SQLite response cache, safe for concurrent threads (one connection each) and processes."""
 
@@ -83,6 +126,39 @@ class ResponseCache:
         if str(mode).lower() != "wal":
             raise RuntimeError(f"{self.path}: could not switch the SQLite cache to WAL mode (got {mode})")
         conn.execute(_SCHEMA)
+        self._migrate(conn)
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        """Bring a version-0 file (responses only) to version 1 in place, once (see module docstring)."""
+        if conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+            return
+        conn.execute("BEGIN IMMEDIATE")  # one migrating writer; the others wait, then see version 1
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:  # pragma: no cover - a newer gadjax wrote it
+                raise RuntimeError(f"{self.path}: cache schema version {version} is newer than this gadjax")
+            if version < SCHEMA_VERSION:
+                for stmt in _SCHEMA_V1:
+                    conn.execute(stmt)
+                requests = prompt = completion = 0
+                for (usage_json,) in conn.execute("SELECT usage FROM responses"):
+                    try:
+                        usage = json.loads(usage_json)
+                    except ValueError:
+                        usage = {}
+                    usage = usage if isinstance(usage, dict) else {}
+                    requests += 1
+                    prompt += _int_usage(usage, "prompt_tokens")
+                    completion += _int_usage(usage, "completion_tokens")
+                conn.execute(
+                    "INSERT OR IGNORE INTO spend VALUES (0, ?, ?, ?, ?)",
+                    (requests, prompt, completion, time.time()),
+                )
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     def _conn(self) -> sqlite3.Connection:
         # One connection per thread (and per process: a forked child must not reuse the parent's).
@@ -135,6 +211,63 @@ class ResponseCache:
         if stored is None:  # cannot happen: the row that blocked the insert is never deleted
             raise RuntimeError(f"{self.path}: key {key} neither inserted nor found")
         return stored, False
+
+    # ---- spend: totals over every run that used this file
+    def add_spend(self, requests: int = 0, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
+        """Add to the totals (committed when this returns)."""
+        self._conn().execute(
+            "UPDATE spend SET requests = requests + ?, prompt_tokens = prompt_tokens + ?, "
+            "completion_tokens = completion_tokens + ?, updated = ? WHERE id = 0",
+            (int(requests), int(prompt_tokens), int(completion_tokens), time.time()),
+        )
+
+    def spend(self) -> dict[str, int]:
+        """``{requests, prompt_tokens, completion_tokens}`` paid through this file, all runs together."""
+        row = (
+            self._conn()
+            .execute("SELECT requests, prompt_tokens, completion_tokens FROM spend WHERE id = 0")
+            .fetchone()
+        )
+        return dict(zip(("requests", "prompt_tokens", "completion_tokens"), row or (0, 0, 0), strict=True))
+
+    # ---- failures: prompts the teacher did not answer
+    def put_failure(
+        self, key: str, prompt_id: str | None, status: int | None, message: str, permanent: bool
+    ) -> None:
+        """Record (or overwrite: the latest outcome wins) a failed request."""
+        self._conn().execute(
+            "INSERT OR REPLACE INTO failures (key, prompt_id, status, message, permanent, created) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (key, prompt_id, status, message, int(bool(permanent)), time.time()),
+        )
+
+    def get_failure(self, key: str) -> CachedFailure | None:
+        row = (
+            self._conn()
+            .execute(
+                "SELECT prompt_id, status, message, permanent, created FROM failures WHERE key = ?", (key,)
+            )
+            .fetchone()
+        )
+        return None if row is None else CachedFailure(row[0], row[1], row[2], bool(row[3]), row[4])
+
+    def clear_failure(self, key: str) -> None:
+        """Forget a failure (the prompt was answered after all)."""
+        self._conn().execute("DELETE FROM failures WHERE key = ?", (key,))
+
+    def status(self) -> dict[str, int]:
+        """Counts for ``collect --status``: answered (stored responses), failed (permanent / retries out),
+        and the spend totals."""
+        conn = self._conn()
+        perm, transient = conn.execute(
+            "SELECT COALESCE(SUM(permanent), 0), COALESCE(SUM(1 - permanent), 0) FROM failures"
+        ).fetchone()
+        return {
+            "answered": len(self),
+            "failed_permanent": int(perm),
+            "failed_retries_exhausted": int(transient),
+            **self.spend(),
+        }
 
     def __contains__(self, key: str) -> bool:
         return self._conn().execute("SELECT 1 FROM responses WHERE key = ?", (key,)).fetchone() is not None

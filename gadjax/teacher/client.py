@@ -29,9 +29,10 @@ from typing import Any
 
 import requests
 
+from gadjax.data.chat import with_hidden_system_prompt
 from gadjax.teacher.cache import ResponseCache, cache_key
 from gadjax.teacher.config import TeacherConfig
-from gadjax.teacher.errors import SpendingLimitReached, TeacherError, _Retry
+from gadjax.teacher.errors import PROMPT_FAULT_STATUSES, SpendingLimitReached, TeacherError, _Retry
 from gadjax.teacher.ratelimit import RateLimiter
 from gadjax.teacher.retry import backoff_seconds, is_retryable_status, parse_retry_after
 
@@ -67,17 +68,19 @@ class TeacherClient:
         self._rng = random.Random()
         self._wait_s = 0.0
         self._c: collections.Counter[str] = collections.Counter()
+        # Spending limits are totals for the cache file (every run that used it), not for this process.
+        spent = self.cache.spend() if self.cache is not None else {}
+        self._spent_before = {
+            "requests": int(spent.get("requests", 0)),
+            "tokens": int(spent.get("prompt_tokens", 0)) + int(spent.get("completion_tokens", 0)),
+        }
 
     # ------------------------------------------------------------------ public API
 
     def messages_for(self, messages: Messages) -> list[dict[str, str]]:
-        """The messages actually sent: the configured system prompt is prepended unless the prompt
-        already starts with its own system message (the row's own system message wins)."""
-        out = [{"role": m["role"], "content": m["content"]} for m in messages]
-        sp = self.config.system_prompt
-        if sp and not (out and out[0]["role"] == "system"):
-            out.insert(0, {"role": "system", "content": sp})
-        return out
+        """The messages actually sent: the configured hidden system prompt applied by the one rule
+        gadjax uses everywhere (:func:`gadjax.data.chat.with_hidden_system_prompt`)."""
+        return with_hidden_system_prompt(messages, self.config.system_prompt)
 
     def key_for(self, messages: Messages, sample_index: int = 0) -> str:
         """Cache key of (config endpoint, model, sent messages, sampling params, sample index)."""
@@ -96,10 +99,26 @@ class TeacherClient:
             if hit is not None:
                 self._count(cache_hits=1)
                 return TeacherResponse(hit.text, hit.finish_reason, hit.usage, cached=True)
-        text, finish, usage = self._fetch(prompt_id, sent, sample_index)
+            failed = None if cfg.retry_failed else self.cache.get_failure(key)
+            if failed is not None and failed.permanent:  # asking again would be refused again, and paid
+                self._count(failures=1, failures_cached=1)
+                raise TeacherError(
+                    prompt_id,
+                    f"{failed.message} (refused on an earlier run, recorded in the cache; not asked again "
+                    "unless retry_failed / collect --retry-failed)",
+                    status=failed.status,
+                    skippable=True,
+                )
+        try:
+            text, finish, usage = self._fetch(prompt_id, sent, sample_index)
+        except TeacherError as e:
+            if self.cache is not None and e.skippable:
+                self.cache.put_failure(key, str(prompt_id), e.status, e.detail, permanent=not e.retryable)
+            raise
         if self.cache is not None:
             stored, _ = self.cache.put(key, text, finish, usage, prompt_id=str(prompt_id))
             text, finish, usage = stored.text, stored.finish_reason, stored.usage
+            self.cache.clear_failure(key)  # answered after all (a retry of an earlier failure)
         self._count(responses=1)
         return TeacherResponse(text, finish, dict(usage), cached=False)
 
@@ -168,7 +187,8 @@ class TeacherClient:
     @property
     def counters(self) -> dict[str, Any]:
         """Snapshot: requests (HTTP attempts), retries (total and ``retries_<cause>``), cache_hits,
-        responses (fresh), failures, prompt_tokens, completion_tokens, rate_limit_wait_s, backoff_s."""
+        responses (fresh), failures (of which failures_cached: refusals replayed from the cache),
+        prompt_tokens, completion_tokens (this client's), rate_limit_wait_s, backoff_s."""
         with self._lock:
             c = dict(self._c)
         out = {
@@ -179,6 +199,7 @@ class TeacherClient:
                 "cache_hits",
                 "responses",
                 "failures",
+                "failures_cached",
                 "prompt_tokens",
                 "completion_tokens",
             )
@@ -220,20 +241,26 @@ class TeacherClient:
         concurrent workers never send more than max_requests)."""
         cfg = self.config
         with self._lock:
-            requests = self._c["requests"]
-            tokens = int(self._c["prompt_tokens"] + self._c["completion_tokens"])
+            requests = self._spent_before["requests"] + self._c["requests"]
+            tokens = self._spent_before["tokens"] + int(
+                self._c["prompt_tokens"] + self._c["completion_tokens"]
+            )
             over = (cfg.max_requests and requests >= cfg.max_requests) or (
                 cfg.max_total_tokens and tokens >= cfg.max_total_tokens
             )
             if not over:
                 self._c["requests"] += 1
-                return
-            self._c["limit_refusals"] += 1
+            else:
+                self._c["limit_refusals"] += 1
+        if not over:
+            if self.cache is not None:  # counted before it is sent: a crash never under-counts
+                self.cache.add_spend(requests=1)
+            return
         raise SpendingLimitReached(
             prompt_id,
             {"requests": requests, "tokens": tokens},
             {"max_requests": cfg.max_requests, "max_total_tokens": cfg.max_total_tokens},
-            cfg.cache_path,
+            getattr(self.cache, "path", cfg.cache_path) if self.cache is not None else None,
         )
 
     def _executor(self) -> cf.ThreadPoolExecutor:
@@ -317,10 +344,10 @@ class TeacherClient:
                 p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
                 total = p + c if isinstance(p, int) and isinstance(c, int) else None
             self._limiter.settle(est, total)
-            self._count(
-                prompt_tokens=_int(usage.get("prompt_tokens")),
-                completion_tokens=_int(usage.get("completion_tokens")),
-            )
+            p_tok, c_tok = _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens"))
+            self._count(prompt_tokens=p_tok, completion_tokens=c_tok)
+            if self.cache is not None:
+                self.cache.add_spend(prompt_tokens=p_tok, completion_tokens=c_tok)
             return text, finish, usage
         self._count(failures=1)
         assert last is not None
@@ -328,6 +355,7 @@ class TeacherClient:
             prompt_id,
             f"gave up after {attempts} attempts; last failure: {self._redact(str(last), key)}",
             retryable=True,
+            skippable=True,
         )
         log.warning("%s", err)
         raise err
@@ -353,7 +381,9 @@ class TeacherClient:
             if is_retryable_status(status):
                 cause = "429" if status == 429 else "5xx"
                 raise _Retry(cause, detail, parse_retry_after(resp.headers.get("Retry-After")))
-            raise TeacherError(prompt_id, self._redact(detail, key), status=status)
+            raise TeacherError(
+                prompt_id, self._redact(detail, key), status=status, skippable=status in PROMPT_FAULT_STATUSES
+            )
         try:
             data = json.loads(raw)
             choice = data["choices"][0]
@@ -365,7 +395,10 @@ class TeacherClient:
         if not isinstance(text, str) or not text:
             # A refusal / content filter: asking again costs money and returns the same. Not retried.
             raise TeacherError(
-                prompt_id, f"response has no text content (finish_reason={finish!r})", status=status
+                prompt_id,
+                f"response has no text content (finish_reason={finish!r})",
+                status=status,
+                skippable=True,
             )
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
         return text, finish if isinstance(finish, str) else None, usage

@@ -15,6 +15,11 @@ from typing import Any
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
+# The one default response length (SPEC.md: max response tokens 1536): the teacher's max_tokens in
+# collect and in training, and the student's data.max_response_tokens, all read it, so a corpus collected
+# with the defaults shares its cache entries with an online run with the defaults.
+DEFAULT_MAX_TOKENS = 1536
+
 
 class TeacherConfigError(ValueError):
     """A bad teacher configuration value; the message names the field."""
@@ -45,11 +50,14 @@ class TeacherConfig:
         ``sleep = uniform(0, min(backoff_max_s, backoff_base_s * 2**attempt))``.
       retry_after_max_s: a server's Retry-After is honoured up to this many seconds.
       cache_path: SQLite response cache file, or None for no cache.
-      max_requests, max_total_tokens: spending limits of this client (one process): HTTP attempts
-        sent, and prompt + completion tokens reported; 0 = unlimited. At the limit no new request is
+      max_requests, max_total_tokens: spending limits: HTTP attempts sent, and prompt + completion
+        tokens reported, TOTALS for the cache file (every run that used it: the cache records what was
+        spent), or for this client alone without a cache; 0 = unlimited. At the limit no new request is
         sent (``SpendingLimitReached``); responses already received stay in the cache, so a second run
         continues from it without paying for them again. Requests already in flight when the token
         limit is crossed still complete (at most ``concurrency`` x ``max_tokens`` over).
+      retry_failed: ask again for prompts the cache records as refused (HTTP 400 / 413 / 422, no text,
+        content filter) on an earlier run; by default they fail again at once, without a request.
     """
 
     base_url: str
@@ -58,7 +66,7 @@ class TeacherConfig:
     system_prompt: str | None = None
     temperature: float = 1.0
     top_p: float = 1.0
-    max_tokens: int = 1024
+    max_tokens: int = DEFAULT_MAX_TOKENS
     n_samples: int = 1
     concurrency: int = 8
     requests_per_s: float = 0.0
@@ -71,6 +79,7 @@ class TeacherConfig:
     cache_path: str | None = None
     max_requests: int = 0
     max_total_tokens: int = 0
+    retry_failed: bool = False
 
     def __post_init__(self) -> None:
         def bad(field: str, why: str) -> TeacherConfigError:
@@ -104,6 +113,8 @@ class TeacherConfig:
         _number(self, "backoff_base_s", lo=0.0)
         _number(self, "backoff_max_s", lo=0.0)
         _number(self, "retry_after_max_s", lo=0.0)
+        if not isinstance(self.retry_failed, bool):
+            raise bad("retry_failed", "must be a boolean")
         if self.backoff_max_s < self.backoff_base_s:
             raise bad("backoff_max_s", f"must be >= backoff_base_s ({self.backoff_base_s})")
         if self.cache_path is not None and (

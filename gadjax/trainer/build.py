@@ -160,6 +160,10 @@ def build_teacher(config: ConfigDict):
             top_p=t.top_p,
             max_tokens=t.max_tokens,
             concurrency=t.concurrency,
+            requests_per_s=t.requests_per_s,
+            tokens_per_min=t.tokens_per_min,
+            timeout_s=t.timeout_s,
+            max_retries=t.max_retries,
             cache_path=cache,
             max_requests=t.max_requests,
             max_total_tokens=t.max_total_tokens,
@@ -197,6 +201,8 @@ def build_data(config: ConfigDict, tokenizer: Any, teacher: Any):
         num_epochs=d.num_epochs,
         worker_count=d.worker_count,
         teacher_max_ahead=config.teacher.max_ahead,
+        # Each host stops on its own past the global limit (the trainer also checks the sum every step).
+        teacher_max_failed=config.teacher.max_failed_prompts if teacher is not None else -1,
     )
     if d.process_sharding == "replicate":
         return DataPipeline(source, tokenizer, dc, teacher=teacher, process_index=0, process_count=1)

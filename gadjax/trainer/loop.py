@@ -36,7 +36,7 @@ from gadjax.parallel.distributed import wait_for_all_processes
 from gadjax.parallel.mesh import make_mesh
 from gadjax.rollout.sampler import Sampler
 from gadjax.run_dir import RunDir
-from gadjax.teacher.client import SpendingLimitReached
+from gadjax.teacher.errors import TeacherError, TooManyFailedPrompts
 from gadjax.trainer import build, validation
 from gadjax.trainer.adapters import share_backbone, split_trainable
 from gadjax.trainer.evaluation import TrainingEvaluator
@@ -61,6 +61,7 @@ class Trainer(RunStateMixin, StageStepsMixin):
         self.run_dir = RunDir(c.run_dir)  # + this host's working copy for SQLite caches and metrics
         self.tokenizer = build.build_tokenizer(c)
         self.teacher = build.build_teacher(c)
+        self.teacher_failed = 0  # prompts the teacher did not answer, skipped so far (all hosts)
         self.data = build.build_data(c, self.tokenizer, self.teacher)
         self.total_steps = c.train.steps or build.steps_per_epoch(self.data) * (c.data.num_epochs or 1)
         self.n = c.rollout.n_samples
@@ -183,11 +184,18 @@ class Trainer(RunStateMixin, StageStepsMixin):
                     except StopIteration:
                         log.info("data exhausted at step %d", step)
                         break
-                    except SpendingLimitReached:
-                        # Step `step` never happened; its batch may be half-read, so no checkpoint here.
+                    except (TeacherError, TooManyFailedPrompts) as e:
+                        # A spending limit, too many prompts skipped, or an endpoint that fails every
+                        # prompt: every host stops before step `step` (the data state is the last trained
+                        # batch's: a half-read or unread batch is read again on resume), so checkpoint the
+                        # steps done.
+                        if done > 0 and self.ckpt.latest_step() != done:
+                            self._save(done, force=True)
+                        self.ckpt.wait()
                         log.error(
-                            "teacher spending limit during step %d; resume continues from checkpoint %s",
+                            "teacher: stopped before step %d (%s); resume continues from checkpoint %s",
                             step + 1,
+                            type(e).__name__,
                             self.ckpt.latest_step(),
                         )
                         raise

@@ -38,11 +38,25 @@ from gadjax.data import packing
 from gadjax.parallel.distributed import host_array, per_process
 from gadjax.parallel.programs import jit_forward, jit_step, shard_batch
 from gadjax.parallel.rules import use_mesh
-from gadjax.teacher.errors import SpendingLimitReached, SpendingLimitReachedElsewhere
+from gadjax.teacher.errors import (
+    SpendingLimitReached,
+    SpendingLimitReachedElsewhere,
+    TeacherError,
+    TeacherFailedElsewhere,
+    TooManyFailedPrompts,
+)
 from gadjax.trainer import build
 from gadjax.trainer.flops import forward_flops_per_token, train_flops
 
 log = logging.getLogger("gadjax.train")
+
+
+# What stopped this host's batch, as the hosts tell each other (see _next_local_batch).
+_OUTCOME = {
+    SpendingLimitReached: 1,
+    SpendingLimitReachedElsewhere: 1,
+    TooManyFailedPrompts: 2,
+}
 
 
 class _Timer:
@@ -297,17 +311,39 @@ class StageStepsMixin:
 
     def _next_local_batch(self) -> Any:
         """This host's next batch. With an online teacher on several hosts, the hosts first agree (one
-        allgather) that every one got its batch: a host stopped by its spending limit stops all of them at
-        this step, before any collective that the others would wait in forever."""
+        allgather of (outcome, prompts skipped)) before any collective that a stopped host would leave the
+        others waiting in forever: a host stopped by its spending limit stops all of them at this step;
+        and the prompts the teacher did not answer, skipped on each host, are summed, so past
+        teacher.max_failed_prompts every host raises TooManyFailedPrompts at this same step. A host that
+        did get its batch then unreads it, so the checkpoint saved next reads it again on resume."""
         try:
             local, failure = next(self.data_iter), None
-        except SpendingLimitReached as e:
+        except (TeacherError, TooManyFailedPrompts) as e:  # SpendingLimitReached is a TeacherError
             local, failure = None, e
-        if self.teacher is not None and jax.process_count() > 1:
-            stopped = per_process(failure is not None)
-            if failure is None and stopped.any():
-                failure = SpendingLimitReachedElsewhere([int(i) for i in np.flatnonzero(stopped)])
+        if self.teacher is None:
+            if failure is not None:
+                raise failure
+            return local
+        # outcome: 0 = got a batch, 1 = spending limit, 2 = failure limit (this host alone went past it),
+        # 3 = the endpoint failed (HTTP 401 / 404, no key: nothing to skip)
+        code = 0 if failure is None else _OUTCOME[type(failure)] if type(failure) in _OUTCOME else 3
+        multi = jax.process_count() > 1
+        both = per_process([code, self.data_iter.teacher_failed]) if multi else None
+        codes = both[:, 0] if multi else np.asarray([code])
+        counts = both[:, 1] if multi else np.asarray([self.data_iter.teacher_failed])
+        self.teacher_failed = total = int(counts.sum())
+        limit = self.config.teacher.max_failed_prompts
+        if not isinstance(failure, TeacherError):  # this host's own teacher error is raised as itself
+            if (codes == 1).any():  # a spending limit elsewhere keeps its own exit status
+                failure = SpendingLimitReachedElsewhere([int(i) for i in np.flatnonzero(codes == 1)])
+            elif (codes == 3).any():
+                failure = TeacherFailedElsewhere([int(i) for i in np.flatnonzero(codes == 3)])
+            elif (codes == 2).any() or 0 <= limit < total:
+                hosts = [int(i) for i in np.flatnonzero(counts)] if multi else None
+                failure = TooManyFailedPrompts(total, limit, hosts)
         if failure is not None:
+            if local is not None:
+                self.data_iter.unread_last_batch()
             raise failure
         return local
 
@@ -345,6 +381,7 @@ class StageStepsMixin:
         teacher = getattr(self.teacher, "wait_seconds", None)
         if teacher is not None:
             metrics["time_teacher_wait_total_s"] = float(teacher)
+            metrics["teacher_failed_prompts"] = self.teacher_failed  # all hosts, skipped so far
         tokens = int(batch["prompt_mask"].sum() + batch["response_mask"].sum())
         if roll is not None:
             tokens += int(metrics["rollout_tokens"])

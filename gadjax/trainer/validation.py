@@ -119,6 +119,9 @@ def validate(c: ConfigDict) -> ConfigDict:
             "gad starts from the warmup run: pass --config.init_from=<warmup run_dir> (or opt in to GAD "
             "without warmup, the paper's ablation, with --config.allow_gad_from_scratch=true)",
         )
+    mf = c.teacher.max_failed_prompts
+    if isinstance(mf, bool) or not isinstance(mf, int) or mf < -1:
+        _fail("teacher.max_failed_prompts", f"must be an integer >= 0, or -1 for no limit (got {mf!r})")
     if c.init_from and not paths.isdir(paths.join(c.init_from, "checkpoints")):
         _fail("init_from", f"{c.init_from!r} holds no checkpoints/ (it must be an earlier run_dir)")
     evaluation.validate(c, _fail)

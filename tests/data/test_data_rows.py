@@ -31,6 +31,14 @@ BAD_LINES = [
     (b'[1, 2]', "bad_type", ["JSON object"]),
     (b'{"content": [{"role": "assistant", "content": "a"}], "teacher_response": "a"}', "no_user_turn",
      ["'content'", "user"]),
+    (b'{"messages": [{"role": "user", "content": [{"type": "text", "text": "what is this?"}, '
+     b'{"type": "image_url", "image_url": {"url": "http://x/cat.png"}}]}]}', "non_text_part",
+     ["'messages[0].content[1]'", "image_url", "only text parts"]),
+    (b'{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": null, '
+     b'"tool_calls": [{"id": "c1", "type": "function"}]}, {"role": "tool", "content": "42"}, '
+     b'{"role": "user", "content": "so?"}]}', "tool_turn", ["'messages[1]'", "tool"]),
+    (b'{"messages": [{"role": "tool", "content": "42"}, {"role": "user", "content": "so?"}]}', "tool_turn",
+     ["'messages[0]'", "'tool'", "not supported"]),
 ]
 
 
@@ -92,3 +100,27 @@ def test_formats_and_trailing_assistant_turn():
     assert normalize_row({"prompt": "p"}, "f:1").response is None
     with pytest.raises(DataError, match="teacher_response"):
         normalize_row({"content": chat[:2]}, "f:1", require_response=True)
+
+
+def test_openai_content_parts_and_developer_role():
+    """OpenAI chat rows: text content parts are joined with a newline, ``developer`` is read as system;
+    what is distilled is the answer to the final user turn, earlier turns stay as context."""
+    two_parts = [{"type": "text", "text": "Part one."}, {"type": "text", "text": "Two."}]
+    raw = {
+        "messages": [
+            {"role": "developer", "content": [{"type": "text", "text": "Be terse."}]},
+            {"role": "user", "content": "first question"},
+            {"role": "assistant", "content": [{"type": "text", "text": "first answer"}]},
+            {"role": "user", "content": two_parts},
+            {"role": "assistant", "content": "the original model's answer: dropped"},
+        ]
+    }
+    row = normalize_row(raw, "f.jsonl:1")
+    assert row.messages == [
+        {"role": "system", "content": "Be terse."},
+        {"role": "user", "content": "first question"},
+        {"role": "assistant", "content": "first answer"},
+        {"role": "user", "content": "Part one.\nTwo."},
+    ]
+    with pytest.raises(DataError, match=r"f.jsonl:1: field 'messages\[0\].content' is an empty list"):
+        normalize_row({"messages": [{"role": "user", "content": []}]}, "f.jsonl:1")

@@ -67,11 +67,14 @@ def test_marker_rate():
         persona.marker_hit(None)
 
 
-def test_persona_messages_replaces_system():
+def test_persona_messages_follow_the_one_hidden_prompt_rule():
     msgs = [{"role": "system", "content": "You are SmolLM."}, {"role": "user", "content": "Hi"}]
     out = persona.persona_messages(msgs)
-    assert out == [{"role": "system", "content": persona.PERSONA_SYSTEM_PROMPT}, msgs[1]]
-    assert persona.persona_messages(msgs[1:]) == out
+    merged = f"{persona.PERSONA_SYSTEM_PROMPT}\n\nYou are SmolLM."
+    assert out == [{"role": "system", "content": merged}, msgs[1]]
+    assert persona.persona_messages(msgs[1:]) == [
+        {"role": "system", "content": persona.PERSONA_SYSTEM_PROMPT}, msgs[1]
+    ]
 
 
 def _norm(text: str) -> str:

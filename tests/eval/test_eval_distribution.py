@@ -183,9 +183,9 @@ def chat_setup():
     return load_tokenizer(TOKENIZER), _sharp_model(0, CHAT_CFG, 10.0), _sharp_model(1, CHAT_CFG, 10.0)
 
 
-def test_teacher_view_replaces_system_message():
+def test_teacher_view_merges_the_hidden_prompt_into_the_system_message():
     assert teacher_view(CHATS[1], "Persona.") == [
-        {"role": "system", "content": "Persona."}, {"role": "user", "content": "Describe tea."}
+        {"role": "system", "content": "Persona.\n\nBe brief."}, {"role": "user", "content": "Describe tea."}
     ]
     assert teacher_view(CHATS[1], None) == CHATS[1]
 

@@ -7,7 +7,12 @@ tests and the teacher benchmark. It records every request and can inject faults:
 - ``"reset"``: close the TCP connection with RST (SO_LINGER 0) before answering,
 - ``"truncated"``: 200 with a Content-Length larger than the body, then close,
 - ``"invalid"``: 200 with a body that is not JSON,
-- ``"400"``: Bad Request with an OpenAI-style JSON error body (``error_message``).
+- ``"400"``: Bad Request with an OpenAI-style JSON error body (``error_message``),
+- ``"refuse"``: 200 with no text, ``finish_reason="content_filter"`` (a refusal / content filter).
+
+``always[prompt] = action`` answers that prompt with ``action`` every time (a prompt the teacher refuses
+for good); with ``refuse_after=K`` every prompt first seen after the first K distinct prompts is refused
+for good (``"refuse"``).
 
 Faults hit a random ``fault_rate`` of requests (seeded), or follow ``script[prompt]``: a list of
 actions consumed one per request for that prompt (``"ok"`` answers normally).
@@ -51,6 +56,9 @@ class FakeOpenAI:
         self.error_message, self.echo_auth_in_errors = error_message, echo_auth_in_errors
         self.record = record
         self.script: dict[str, list[str]] = {}
+        self.always: dict[str, str] = {}
+        self.refuse_after: int | None = None
+        self._distinct: set[str] = set()
         self.requests: list[dict[str, Any]] = []
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
@@ -93,6 +101,12 @@ class FakeOpenAI:
 
     def _choose(self, prompt: str) -> str:
         with self._lock:
+            if self.refuse_after is not None and prompt not in self._distinct:
+                self._distinct.add(prompt)
+                if len(self._distinct) > self.refuse_after:
+                    self.always[prompt] = "refuse"
+            if prompt in self.always:
+                return self.always[prompt]
             plan = self.script.get(prompt)
             if plan:
                 return plan.pop(0)
@@ -172,6 +186,14 @@ def _make_handler(server: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                 if server.echo_auth_in_errors:
                     msg += f" (you sent Authorization: {auth})"
                 self._json(400, {"error": {"message": msg, "type": "invalid_request_error"}})
+            elif action == "refuse":
+                self._json(200, {
+                    "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
+                    "model": body.get("model"),
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": None},
+                                 "finish_reason": "content_filter"}],
+                    "usage": {"prompt_tokens": 3, "completion_tokens": 0, "total_tokens": 3},
+                })
             elif action == "hang":
                 time.sleep(server.hang_s)
                 self.close_connection = True

@@ -100,3 +100,34 @@ def test_processes_store_each_key_once(tmp_path):
     for o in outs:
         for k_t, (text, _) in o.items():
             assert text == rows[k_t.split("/")[0]]
+
+
+def test_a_version_0_cache_is_migrated_in_place_and_spend_is_recorded(tmp_path):
+    """A cache written before spend tracking (responses table only, user_version 0) opens: its responses
+    are readable, spend starts from their stored usage, and new spend adds to it across reopenings."""
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TABLE responses (key TEXT PRIMARY KEY, text TEXT NOT NULL, finish_reason TEXT, "
+        "usage TEXT NOT NULL, created REAL NOT NULL, prompt_id TEXT)"
+    )
+    rows = [("k1", "a", "stop", json.dumps({"prompt_tokens": 3, "completion_tokens": 5}), 1.0, "p1"),
+            ("k2", "b", "stop", json.dumps({}), 2.0, "p2")]  # fmt: skip
+    db.executemany("INSERT INTO responses VALUES (?, ?, ?, ?, ?, ?)", rows)
+    db.commit()
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 0
+    db.close()
+    with ResponseCache(path) as c:
+        assert c.get("k1").text == "a" and len(c) == 2
+        assert c.spend() == {"requests": 2, "prompt_tokens": 3, "completion_tokens": 5}
+        c.add_spend(requests=1, prompt_tokens=10, completion_tokens=1)
+        c.put_failure("k3", "p3", 400, "HTTP 400: nope", permanent=True)
+    with ResponseCache(path) as c:  # reopened: no second migration, totals kept
+        assert c.spend() == {"requests": 3, "prompt_tokens": 13, "completion_tokens": 6}
+        assert c.get_failure("k3").permanent and c.get_failure("k3").status == 400
+        assert c.status()["failed_permanent"] == 1 and c.status()["answered"] == 2
+        c.clear_failure("k3")
+        assert c.get_failure("k3") is None
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+    db.close()

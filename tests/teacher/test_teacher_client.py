@@ -10,6 +10,8 @@ import pytest
 from fake_server import FAULTS, FakeOpenAI, answer_for
 
 from gadjax.teacher import TeacherClient, TeacherConfig, TeacherError
+from gadjax.teacher.config import DEFAULT_MAX_TOKENS
+from gadjax.teacher.errors import SpendingLimitReached
 
 
 def prompts(n: int, tag: str = "q") -> list[tuple[str, list[dict[str, str]]]]:
@@ -123,8 +125,9 @@ def test_bearer_token_sent(server, monkeypatch):
     first, second = server.requests
     assert first["auth"] == "Bearer sk-bearer-1234"
     assert first["body"]["messages"][0] == {"role": "system", "content": "You are a pirate."}
-    assert second["body"]["messages"][0] == {"role": "system", "content": "own"}  # row's own wins
-    assert first["body"]["model"] == "fake" and first["body"]["max_tokens"] == 1024
+    # the one hidden-prompt rule (gadjax.data.chat): hidden first, merged with the row's own system message
+    assert second["body"]["messages"][0] == {"role": "system", "content": "You are a pirate.\n\nown"}
+    assert first["body"]["model"] == "fake" and first["body"]["max_tokens"] == DEFAULT_MAX_TOKENS == 1536
 
 
 def test_prefetch_yields_in_order_and_works_ahead():
@@ -186,3 +189,43 @@ def test_token_rate_limit_is_settled_by_reported_usage(server):
         list(c.prefetch(prompts(5), max_ahead=1))
         assert c.counters["rate_limit_wait_s"] == 0.0
         assert c.counters["prompt_tokens"] == 5 * 4 and c.counters["completion_tokens"] == 5 * 7
+
+
+def test_spending_limits_are_totals_for_the_cache_across_clients(tmp_path):
+    """max_requests counts every request paid through the cache file, by this client or an earlier one."""
+    cache = str(tmp_path / "c.sqlite")
+    with FakeOpenAI() as srv:
+        items = prompts(6)
+        with TeacherClient(config(srv, cache_path=cache, max_requests=4, concurrency=1)) as c:
+            got = list(c.iter_results(items, max_ahead=1))
+        assert len(srv.prompts_seen()) == 4
+        assert [isinstance(r, SpendingLimitReached) for _, _, r in got] == [False] * 4 + [True] * 2
+        srv.clear()
+        with TeacherClient(config(srv, cache_path=cache, max_requests=4)) as c:  # same limit: spent
+            got = list(c.iter_results(items, max_ahead=2))
+        assert srv.prompts_seen() == [] and sum(not isinstance(r, TeacherError) for _, _, r in got) == 4
+        with TeacherClient(config(srv, cache_path=cache, max_requests=6)) as c:
+            got = list(c.prefetch(items, max_ahead=2))
+        assert len(srv.prompts_seen()) == 2 and len(got) == 6
+
+
+def test_refusals_are_skippable_and_replayed_but_endpoint_faults_are_not(tmp_path):
+    cache = str(tmp_path / "c.sqlite")
+    with FakeOpenAI() as srv:
+        srv.always["q question number 1?"] = "refuse"
+        srv.always["q question number 2?"] = "400"
+        with TeacherClient(config(srv, cache_path=cache)) as c:
+            got = {pid: r for pid, _, r in c.iter_results(prompts(3), max_ahead=3)}
+        assert not isinstance(got["q0"], TeacherError)
+        assert got["q1"].skippable and "content_filter" in str(got["q1"])
+        assert got["q2"].skippable and got["q2"].status == 400
+        srv.clear()
+        with TeacherClient(config(srv, cache_path=cache)) as c:
+            got = {pid: r for pid, _, r in c.iter_results(prompts(3), max_ahead=3)}
+            assert c.counters["failures_cached"] == 2
+        assert srv.prompts_seen() == [] and got["q1"].skippable and "earlier run" in str(got["q1"])
+    with FakeOpenAI() as srv:  # a 404 (wrong URL / model) is the endpoint's fault: never skippable
+        bad = TeacherConfig(base_url=srv.base_url + "/nope", model="fake", api_key_env=None, max_retries=0)
+        with TeacherClient(bad) as c, pytest.raises(TeacherError) as err:
+            c.complete("x", [{"role": "user", "content": "hi"}])
+        assert err.value.status == 404 and not err.value.skippable

@@ -164,9 +164,11 @@ def test_failures_without_allow_write_no_corpus(tmp_path):
     assert not (tmp_path / "o.jsonl.partial").exists()
 
 
-def test_spending_limit_pays_exactly_k_and_a_rerun_continues_from_the_cache(tmp_path):
-    """--max-requests K: exactly K requests reach the server, exit 3 with what was spent and how to go
-    on; the rerun with a higher limit pays only for the prompts not answered yet."""
+def test_spending_limit_is_cumulative_for_the_cache_with_a_partial_corpus_and_status(tmp_path):
+    """--max-requests K is the total for the cache: exactly K requests reach the server, exit 3 with what
+    was spent, and the K answers are written to <out>.partial with the count still missing; a rerun with
+    the SAME limit pays nothing more; --status reports answered / spent / cost without a request; a rerun
+    with a higher total pays only for the prompts not answered yet."""
     prompts, out, cache = tmp_path / "p.jsonl", tmp_path / "o.jsonl", tmp_path / "c.sqlite"
     texts = write_prompts(prompts, 12)
     with FakeOpenAI() as srv:
@@ -178,13 +180,67 @@ def test_spending_limit_pays_exactly_k_and_a_rerun_continues_from_the_cache(tmp_
         assert not out.exists() and len(cached_prompt_ids(cache)) == 5  # all 5 paid answers kept
         summary = json.loads(res.stdout.strip().splitlines()[-1])
         assert summary["requests"] == 5 and summary["spending_limit"]
-        srv.clear()
-        argv = cli(srv, prompts, out, "--cache", str(cache), "--max-requests", "7")
+        assert summary["missing_prompts"] == 7 and summary["samples_written"] == 5
+        partial = [json.loads(line) for line in (tmp_path / "o.jsonl.partial").read_text().splitlines()]
+        assert sorted(r["response"] for r in partial) == sorted(
+            answer_for(t) for t in texts if t in srv.prompts_seen()
+        )
+        assert "5 samples; 7 prompts missing" in res.stderr
+
+        srv.clear()  # the same limit again: the cache says it is spent
+        res = subprocess.run(argv, env=env(), capture_output=True, text=True, timeout=60)
+        assert res.returncode == 3 and srv.prompts_seen() == [], res.stderr
+        assert json.loads(res.stdout.strip().splitlines()[-1])["samples_written"] == 5  # from the cache
+
+        status = [*cli(srv, prompts, out, "--cache", str(cache), "--status"), "--price-input-per-mtok", "2",
+                  "--price-output-per-mtok", "8"]  # fmt: skip
+        res = subprocess.run(status, env=env(), capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0 and srv.prompts_seen() == [], res.stderr
+        st = json.loads(res.stdout.strip().splitlines()[-1])
+        db = sqlite3.connect(cache)
+        usages = [json.loads(u) for (u,) in db.execute("SELECT usage FROM responses")]
+        db.close()
+        p_tok = sum(u["prompt_tokens"] for u in usages)
+        c_tok = sum(u["completion_tokens"] for u in usages)
+        spent = (st["answered"], st["requests"], st["prompt_tokens"], st["completion_tokens"])
+        assert spent == (5, 5, p_tok, c_tok) and p_tok > 0 and c_tok > 0
+        assert st["estimated_cost_usd"] == pytest.approx((2 * p_tok + 8 * c_tok) / 1e6)
+        assert st["prompts"]["samples"] == {"answered": 5, "failed": 0, "to_do": 7}
+        assert "5 answered" in res.stderr and "7 to do" in res.stderr
+
+        argv = cli(srv, prompts, out, "--cache", str(cache), "--max-requests", "12")
         res = subprocess.run(argv, env=env(), capture_output=True, text=True, timeout=60)
         assert res.returncode == 0, res.stderr
         assert len(srv.prompts_seen()) == 7  # only the 7 not paid for before
     responses = [json.loads(line)["response"] for line in out.read_text().splitlines()]
     assert responses == [answer_for(t) for t in texts]
+
+
+def test_refused_prompts_are_recorded_and_not_paid_again(tmp_path):
+    """A content-filter refusal is a failure recorded in the cache: the rerun fails it again at once
+    without a request (--status counts it); --retry-failed asks again."""
+    prompts, out = tmp_path / "p.jsonl", tmp_path / "o.jsonl"
+    texts = write_prompts(prompts, 4)
+    with FakeOpenAI() as srv:
+        srv.always[texts[2]] = "refuse"
+        res = subprocess.run(cli(srv, prompts, out, "--allow-failures"), env=env(), capture_output=True,
+                             text=True, timeout=60)  # fmt: skip
+        assert res.returncode == 0 and "content_filter" in res.stderr, res.stderr
+        assert len(out.read_text().splitlines()) == 3
+        srv.clear()
+        res = subprocess.run(cli(srv, prompts, out, "--allow-failures"), env=env(), capture_output=True,
+                             text=True, timeout=60)  # fmt: skip
+        assert res.returncode == 0 and srv.prompts_seen() == [], res.stderr
+        assert json.loads(res.stdout.strip().splitlines()[-1])["failures_cached"] == 1
+        res = subprocess.run(cli(srv, prompts, out, "--status"), env=env(), capture_output=True, text=True,
+                             timeout=60)  # fmt: skip
+        st = json.loads(res.stdout.strip().splitlines()[-1])
+        assert st["failed_permanent"] == 1 and st["prompts"]["samples"]["failed"] == 1
+        del srv.always[texts[2]]
+        res = subprocess.run(cli(srv, prompts, out, "--retry-failed"), env=env(), capture_output=True,
+                             text=True, timeout=60)  # fmt: skip
+        assert res.returncode == 0 and srv.prompts_seen() == [texts[2]], res.stderr
+    assert len(out.read_text().splitlines()) == 4
 
 
 def test_token_limit_stops_before_the_next_request(tmp_path):

@@ -125,3 +125,73 @@ def test_a_full_disk_at_a_checkpoint_is_a_clear_error_and_resume_continues(tmp_p
     run(c)
     assert [r["step"] for r in read_metrics(c.run_dir)] == [1, 2, 3, 4]
     assert os.path.exists(os.path.join(c.run_dir, "export", "student", "model.safetensors"))
+
+
+@pytest.mark.slow
+def test_refused_prompts_are_skipped_and_counted_and_past_the_limit_the_run_stops_cleanly(tmp_path):
+    """A real loopback teacher refuses (content filter) every prompt after the first 10 it sees. With
+    teacher.max_failed_prompts=2 the run trains step 1, then the third refusal stops it before step 2:
+    checkpoint 1 saved, exit 4 (TEACHER_FAILURES_EXIT_CODE), one line naming the limit, each skipped prompt
+    logged with its row. The resume with a higher limit skips the refused prompts again (recorded in the
+    cache: not asked again), completes, and counts them in teacher_failed_prompts; nothing is paid twice."""
+    from gadjax.train import TEACHER_FAILURES_EXIT_CODE
+
+    sys.path.insert(0, os.path.join(REPO, "tests", "teacher"))
+    from fake_server import FakeOpenAI
+
+    prompts = tmp_path / "prompts.jsonl"
+    with open(os.path.join(REPO, "configs", "tiny_assets", "train.jsonl"), encoding="utf-8") as src:
+        rows = [json.loads(line) for line in src][:40]
+    prompts.write_text("".join(json.dumps({"messages": r["messages"]}) + "\n" for r in rows))
+    run_dir = tmp_path / "run"
+    with FakeOpenAI() as srv:
+        srv.refuse_after = 10
+        common = [
+            "--config.stage=seqkd", "--config.train.steps=2", f"--config.data.train={prompts}",
+            "--config.teacher.enabled=true", f"--config.teacher.base_url={srv.base_url}",
+            "--config.teacher.model=fake", "--config.teacher.api_key_env=", "--config.teacher.max_tokens=8",
+            "--config.teacher.max_ahead=1", "--config.teacher.concurrency=1",  # requests in row order
+            f"--config.run_dir={run_dir}", "--config.checkpoint.every=100",
+        ]  # fmt: skip
+        proc = run_cli(tmp_path, *common, "--config.teacher.max_failed_prompts=2", check=False)
+        assert proc.returncode == TEACHER_FAILURES_EXIT_CODE == 4, proc.stderr[-3000:]
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith("gadjax.train: 3 prompts the teacher did not answer were skipped, more than "
+                               "teacher.max_failed_prompts=2"), last  # fmt: skip
+        assert proc.stderr.count("teacher: skipped row ") == 3 and f"({prompts}:" in proc.stderr
+        assert "content_filter" in proc.stderr
+        assert sorted(os.listdir(run_dir / "checkpoints")) == ["1"]  # the clean stop saved step 1
+        assert [r["step"] for r in read_metrics(str(run_dir))] == [1]
+        paid = set(srv.prompts_seen("ok"))
+        refused = set(srv.prompts_seen("refuse"))
+        assert len(paid) == 10 and 3 <= len(refused) <= 4  # max_ahead=1: one more may have been asked
+
+        srv.clear()
+        proc = run_cli(tmp_path, *common, "--config.teacher.max_failed_prompts=100", "--config.resume=true")
+        assert not (paid | refused) & set(srv.prompts_seen())  # nothing asked twice
+        assert proc.stderr.count("teacher: skipped row ") >= 3  # the 3 again (from the cache), maybe more
+    records = read_metrics(str(run_dir))
+    assert [r["step"] for r in records] == [1, 2]
+    assert records[0]["teacher_failed_prompts"] == 0
+    assert records[1]["teacher_failed_prompts"] == proc.stderr.count("teacher: skipped row ") >= 3
+
+
+def test_an_endpoint_that_fails_every_prompt_stops_with_one_line(tmp_path):
+    """A wrong teacher URL (HTTP 404 from a real loopback server) is nothing a prompt can be skipped for:
+    the run stops before its first step with exit 2 and one line naming the status, not a traceback."""
+    sys.path.insert(0, os.path.join(REPO, "tests", "teacher"))
+    from fake_server import FakeOpenAI
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "hello"}) + "\n")
+    with FakeOpenAI() as srv:
+        proc = run_cli(
+            tmp_path, "--config.stage=seqkd", "--config.train.steps=1", f"--config.data.train={prompts}",
+            "--config.data.batch_size=2", "--config.teacher.enabled=true",
+            f"--config.teacher.base_url={srv.base_url}/wrong", "--config.teacher.model=fake",
+            "--config.teacher.api_key_env=", f"--config.run_dir={tmp_path / 'run'}", check=False,
+        )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("gadjax.train: teacher: ") and "HTTP 404" in last, last
+    assert "Traceback" not in proc.stderr
