@@ -13,6 +13,10 @@ transformers' generate samples with its own random numbers, so it stops each row
 length with a per-row stopping criterion; like the static rollout, it computes every row until the
 longest is done. Useful tokens = the sum of the response lengths each side produced.
 
+The static arm decodes at equal memory: in rollout.micro_batches chunks of as many rows as the continuous
+rollout has decode slots (the KV cache a user sizes for either), each chunk until its longest row stops;
+--one-batch-static also times every row in one batch (a cache rows/slots times larger).
+
 Each side runs once untimed (compile / warm-up) and is then timed over --repeats runs (median).
 """
 
@@ -120,8 +124,19 @@ def run(args: argparse.Namespace) -> dict:
     cfg = dataclasses.replace(base, stop_ids=stops)
     useful = int(planned.sum())
 
+    # Equal decode memory: the static rollout decodes the rows in micro-batches of as many rows as the
+    # continuous rollout has slots (its KV cache holds that many rows either way); "static_one_batch" is
+    # the static rollout with every row in one batch (slots x micro-batches the cache of it).
+    slots = Sampler(model, dataclasses.replace(cfg, batching="continuous", slots=args.slots)).slots_for(b)
+    micro = args.static_micro_batches or (b * n // slots if b % max(b * n // slots, 1) == 0 else 1)
+    arms = [
+        ("static", dict(micro_batches=micro)),
+        ("continuous", dict(batching="continuous", slots=args.slots)),
+    ]
+    if args.one_batch_static and micro > 1:
+        arms.append(("static_one_batch", {}))
     results = {}
-    for name, kw in (("static", {}), ("continuous", dict(batching="continuous", slots=args.slots))):
+    for name, kw in arms:
         sampler = Sampler(model, dataclasses.replace(cfg, **kw))
         secs, out = _timed(lambda s=sampler: s.generate(ids, mask, key), args.repeats)
         tokens = int(out.response_lengths.sum())  # useful tokens: what this rollout produced
@@ -136,7 +151,9 @@ def run(args: argparse.Namespace) -> dict:
             "rows_as_planned": int((out.response_lengths == planned).sum()),
         }
         _log(f"{name}: {results[name]}")
-    results["continuous"]["slots"] = sampler.slots_for(b)
+    results["continuous"]["slots"] = slots
+    results["static"]["micro_batches"] = micro
+    results["static"]["rows_per_micro_batch"] = b * n // micro
 
     from transformers import AutoModelForCausalLM, StoppingCriteriaList
 
@@ -185,8 +202,13 @@ def run(args: argparse.Namespace) -> dict:
         "targets_mean": round(float(targets.mean()), 1),
         "stop_ids": len(stops),
         **results,
-        # Useful tokens/s of the continuous rollout over the other's.
+        # Useful tokens/s of the continuous rollout over the other's (static: at equal decode memory).
         "ratio_vs_static": round(tps("continuous") / tps("static"), 2),
+        **(
+            {"ratio_vs_static_one_batch": round(tps("continuous") / tps("static_one_batch"), 2)}
+            if "static_one_batch" in results
+            else {}
+        ),
         "ratio_vs_hf": round(tps("continuous") / tps("hf"), 2),
         "torch_threads": torch.get_num_threads(),
         "loadavg": open("/proc/loadavg").read().split()[:3],
@@ -197,4 +219,15 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--profile", default="cpu", help="gadjax.data.lengths profile (cpu: caps 512 / 384)")
     ap.add_argument("--samples", type=int, default=4, help="samples per prompt (with --long-tail)")
     ap.add_argument("--slots", type=int, default=0, help="continuous decode slots (0 = auto: half the rows)")
+    ap.add_argument(
+        "--static-micro-batches",
+        type=int,
+        default=0,
+        help="rollout.micro_batches of the static arm (0 = rows / slots: equal decode memory)",
+    )
+    ap.add_argument(
+        "--one-batch-static",
+        action="store_true",
+        help="also time the static rollout with every row in one batch (more memory than the slots)",
+    )
     ap.add_argument("--seed", type=int, default=0)
