@@ -11,6 +11,25 @@ from jax.sharding import AxisType, Mesh
 from gadjax.parallel.rules import MESH_AXES
 
 
+class MeshDoesNotFitError(ValueError):
+    """A mesh shape that the devices found cannot fill; the message names the shape, the device count and
+    the fix (the trainer reports it as ``config.mesh.shape: ...``, exit status 2)."""
+
+    def __init__(self, shape: Sequence[int], n_devices: int):
+        shape = tuple(shape)
+        known = int(np.prod([s for s in shape if s != -1]))
+        need = f"a multiple of {known}" if -1 in shape else str(known)
+        self.shape, self.n_devices = shape, n_devices
+        super().__init__(
+            f"{_spell(shape)} needs {need} devices, found {n_devices}; "
+            f"set --config.mesh.shape='(1,-1,1)' to use every device found"
+        )
+
+
+def _spell(shape: Sequence[int]) -> str:
+    return "(" + ",".join(str(s) for s in shape) + ")"
+
+
 def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A (data, fsdp, tensor) mesh. One entry of `shape` may be -1: it takes the remaining devices.
 
@@ -23,18 +42,15 @@ def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None)
         raise ValueError(f"mesh shape {shape} must have {len(MESH_AXES)} entries for axes {MESH_AXES}")
     if shape.count(-1) > 1:
         raise ValueError(f"mesh shape {shape}: at most one entry may be -1")
+    if any(s == 0 or s < -1 for s in shape):
+        raise ValueError(f"mesh shape {tuple(shape)}: entries must be positive (or one -1)")
     known = int(np.prod([s for s in shape if s != -1]))
     if -1 not in shape and known < len(devices):
         devices = devices[:known]  # e.g. a (1, 1, 1) mesh on an 8-device host: the first device
+    if (len(devices) % known) if -1 in shape else (known != len(devices)):
+        raise MeshDoesNotFitError(shape, len(devices))
     if -1 in shape:
-        if len(devices) % known:
-            raise ValueError(f"mesh shape {shape} cannot cover {len(devices)} devices")
         shape[shape.index(-1)] = len(devices) // known
-    if int(np.prod(shape)) != len(devices):
-        raise ValueError(
-            f"mesh shape {dict(zip(MESH_AXES, shape, strict=True))} needs {int(np.prod(shape))} devices, "
-            f"found {len(devices)}"
-        )
     try:
         from jax.experimental import mesh_utils
 
