@@ -18,10 +18,12 @@ Behaviour (details in gadjax/serving/): with ``--batching continuous`` (the defa
 leave ``--max-batch`` running decode slots between chunks of ``--chunk-steps`` steps, so a short request
 never waits for a long one (continuous.py); ``--batching static`` batches concurrent requests through the
 rollout sampler, each batch running until its longest member ends (engine.py). ``stream=true`` answers
-with a server-sent-event stream that carries the whole completion once it is generated (not token by
-token); the hidden ``--system-prompt`` is prepended to every
-conversation and, when the client sends its own leading system message, both go in ONE system message,
-the hidden text first (protocol.with_hidden_system_prompt). The client never sees the hidden prompt,
+with a server-sent-event stream (chunked): with continuous batching a content delta per decode chunk as the
+tokens are produced, decoded incrementally so multi-byte characters are never split, the deltas adding up
+to the non-streaming text (streaming.py); with static batching one delta per choice once its batch ends.
+The hidden ``--system-prompt`` is prepended to every conversation and, when the client sends its own
+leading system message, both go in ONE system message, the hidden text first
+(protocol.with_hidden_system_prompt). The client never sees the hidden prompt,
 but it is counted in ``usage.prompt_tokens``. ``--api-key-env NAME`` reads the bearer token from the
 environment variable NAME; it is never printed or logged.
 """

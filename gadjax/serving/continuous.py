@@ -189,12 +189,15 @@ class ContinuousEngine(QueuedEngine):
         """Add new tokens to choice j; True when it ended (stop id or max_tokens), resolving the request
         when it was the last choice."""
         row, cap = req.rows[j], req.params.max_tokens
+        start = len(row)
         for t in toks:
             row.append(t)
             if t in self.eos_ids or len(row) >= cap:
                 break
         else:
+            req.report_tokens(j, row[start:])
             return False
+        req.report_tokens(j, row[start:])
         req.left -= 1
         if req.left == 0 and not req.future.done():
             req.future.set_result([self._generation(r, cap) for r in req.rows])
