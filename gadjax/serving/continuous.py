@@ -164,7 +164,9 @@ class ContinuousEngine(QueuedEngine):
         ids = np.full((1, width), self.pad_id, np.int32)
         mask = np.zeros((1, width), np.int32)
         ids[0, width - req.prompt.size :], mask[0, width - req.prompt.size :] = req.prompt, 1
-        cache, logits = self._slots.prefill(ids, mask)
+        # Blocks: on CPU, several programs with collectives in flight at once can deadlock XLA (a
+        # multi-device mesh); elsewhere the insert waits for the prefill anyway.
+        cache, logits = jax.block_until_ready(self._slots.prefill(ids, mask))
         seed = req.params.seed
         req.key = jax.random.key(seed) if seed is not None else jax.random.fold_in(self._base_key, req.seq)
         req.prefilled = (cache, logits, req.prompt.size)
