@@ -55,6 +55,7 @@ def test_serving_on_all_local_devices_equals_one_device(models):
     assert _serve(sharded, tok, reqs) == ref
 
 
+@pytest.mark.slow
 def test_evaluation_on_all_local_devices_equals_one_device(models):
     tok, one, sharded, mesh = models
     chats = [user(p) for p in PROMPTS]
