@@ -45,7 +45,8 @@ def get_config():
     c.train.d_only_steps = 1
     c.train.logprob_chunk = 32
     c.checkpoint.every = 2
-    c.mesh.shape = (2, -1, 2)
+    # base_config's (1, -1, 1): FSDP over every device found, so the config runs as it is on a laptop's one
+    # device; the tests pick their own 8-device mesh (tests/trainer/train_helpers.TEST_MESH).
     c.metrics.tensorboard = True
     c.metrics.progress = False
     return c

@@ -224,7 +224,9 @@ def base_config() -> ConfigDict:
             window=20,
         )
     )
-    c.export = ConfigDict(dict(hf=True, discriminator=False))
+    # export.dtype: the HF export's weight dtype (bfloat16 | float16 | float32); "": the model's own
+    # (model.path's torch_dtype; float32 for random init and GGUF).
+    c.export = ConfigDict(dict(hf=True, discriminator=False, dtype=""))
     # Evaluation during training (gadjax.trainer.evaluation): SPEC.md evaluates every 50 steps.
     c.eval = ConfigDict(
         dict(

@@ -1,10 +1,11 @@
-"""Checkpoint conversion: `python -m gadjax.convert SRC DST [--discriminator] [--tokenizer PATH]`.
+"""Checkpoint conversion: `python -m gadjax.convert SRC DST [--discriminator] [--tokenizer PATH] [--dtype D]`.
 
 SRC: a Hugging Face directory (config.json + safetensors) or a GGUF file (llama / qwen2 / qwen3;
 dequantized, llama Q/K permutation undone). DST: a Hugging Face directory (config.json, safetensors,
 generation_config.json, tokenizer files) that transformers loads. With --discriminator the source is
 read as a GAD discriminator (backbone + a fresh score head unless SRC has one) and written as
-*ForSequenceClassification.
+*ForSequenceClassification. --dtype bfloat16|float16|float32 sets the weights' dtype on disk (default:
+SRC's own torch_dtype); config.json carries it as torch_dtype.
 
 With --adapter DIR (a PEFT LoRA directory, e.g. a LoRA run's export/student_adapter) the adapter is
 merged into SRC's weights: W + (lora_alpha / r) * B A, written as a plain HF checkpoint.
@@ -54,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokenizer", default=None, help="tokenizer source: HF directory or .gguf (default: SRC)")
     p.add_argument("--discriminator", action="store_true", help="write a discriminator (sequence classifier)")
     p.add_argument("--adapter", default=None, help="PEFT LoRA directory to merge into SRC's weights")
+    p.add_argument(
+        "--dtype",
+        choices=("bfloat16", "float16", "float32"),
+        default=None,
+        help="weight dtype written to DST (default: SRC's own torch_dtype; float32 for a GGUF)",
+    )
     p.add_argument("--max-shard-gb", type=float, default=2.0, help="safetensors shard size")
     args = cli.one_line_errors(p, PROG).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -101,12 +108,14 @@ def main(argv: list[str] | None = None) -> int:
             cfg.vocab_size,
             tok_src,
         )
+    dtype = args.dtype or cfg.source_dtype
     save_hf_checkpoint(
-        model, args.dst, tokenizer=tokenizer, max_shard_bytes=int(args.max_shard_gb * (1 << 30))
+        model, args.dst, tokenizer=tokenizer, max_shard_bytes=int(args.max_shard_gb * (1 << 30)), dtype=dtype
     )
     print(
         f"wrote {args.dst}: {cfg.model_type}, {cfg.num_layers} layers, hidden {cfg.hidden_size}, "
-        f"{cfg.param_count() / 1e6:.1f}M parameters" + ("" if tokenizer is not None else ", no tokenizer")
+        f"{cfg.param_count() / 1e6:.1f}M parameters, {dtype}"
+        + ("" if tokenizer is not None else ", no tokenizer")
     )
     return 0
 

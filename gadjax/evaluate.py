@@ -43,10 +43,14 @@ Writes, in ``--out``:
                              n, n_ok, n_failed, failures: {reference_error, rating_error, parse_error,
                              zero_scores}, mean_s_student, mean_s_reference, model, base_url,
                              client: {reference: counters, rating: counters}}
+      judge_teacher  null (no --teacher-baseline) | the judge fields above for the rows' TEACHER responses,
+                     rated against the same reference answers, plus skipped_no_teacher_response and
+                     student_minus_teacher: {mean, se, n} (paired, x100, rows both were scored on)
     summary      flat: n_prompts, rouge_l, length_mean, length_median, length_p90, length_max,
                  truncation_rate, teacher_length_mean, marker_rate, teacher_marker_rate, marker_gap,
                  marker_gap_se, marker_abs_gap, c2st_accuracy, c2st_se, reverse_kl, reverse_kl_se,
-                 teacher_nll, teacher_nll_se, judge_score, judge_n_ok, judge_n_failed
+                 teacher_nll, teacher_nll_se, judge_score, judge_n_ok, judge_n_failed,
+                 teacher_judge_score, judge_minus_teacher, judge_minus_teacher_se
                  (null where not computed)
     timing_s     {generation, distribution, judge, total}
 
@@ -56,7 +60,8 @@ Writes, in ``--out``:
     student_response, student_token_ids (no stop token), stop_id (the stop token; null if truncated),
     length (= len(student_token_ids)), truncated,
     prompt_tokens, prompt_truncated, rouge_l, marker_hit, teacher_marker_hit,
-    judge: null | {reference, raw, s_reference, s_student, score (0..1), failure, error}
+    judge: null | {reference, raw, s_reference, s_student, score (0..1), failure, error},
+    teacher_judge: null | the same for the teacher response (with --teacher-baseline)
 """
 
 from __future__ import annotations
@@ -108,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
     p.add_argument(
+        "--mesh",
+        default="auto",
+        help="data,fsdp,tensor mesh over this host's devices, e.g. 1,1,-1 (tensor parallel over all); "
+        "auto (default): 1,1,-1 on GPU / TPU, one device on CPU",
+    )
+    p.add_argument(
         "--stop-id",
         type=int,
         action="append",
@@ -157,6 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="SQLite cache of judge requests (default: OUT/judge_cache.sqlite; "
         "'none' disables). Shared by evaluations in one OUT, so references are paid once",
     )
+    p.add_argument(
+        "--teacher-baseline",
+        action="store_true",
+        help="also judge the data's teacher responses (same protocol and references): a 'teacher' row",
+    )
     p.add_argument("--out", default="eval_out", help="output directory")
     p.add_argument("--name", help="label in the output file names (default: the model's file / dir name)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (with --temperature > 0)")
@@ -181,6 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("--judge-url needs --judge-model")
     if args.judge_model and not args.judge_url:
         raise SystemExit("--judge-model needs --judge-url")
+    if args.teacher_baseline and not args.judge_url:
+        raise SystemExit("--teacher-baseline needs --judge-url and --judge-model (the teacher row is judged)")
     if args.teacher_system_prompt is not None and not args.teacher_model:
         raise SystemExit("--teacher-system-prompt needs --teacher-model")
     inputs = (("--model", args.model), ("--tokenizer", args.tokenizer), ("--data", args.data))
@@ -217,6 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             marker_literal=args.marker_literal,
             marker_ignore_case=args.marker_ignore_case,
             judge=judge,
+            teacher_baseline=args.teacher_baseline,
             rouge_stemmer=args.rouge_stemmer,
             extra_stop_ids=tuple(args.stop_id),
             seed=args.seed,
@@ -240,7 +259,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from gadjax.eval.runner import evaluate_model, format_summary, write_results
     from gadjax.models.hf_io import load_decoder
     from gadjax.models.tokenizer import load_tokenizer
+    from gadjax.parallel.mesh import local_mesh, parse_mesh_flag
 
+    with cli.input_errors("--mesh"):
+        mesh = local_mesh(parse_mesh_flag(args.mesh))
     with cli.input_errors(f"--data {args.data}"):
         source = open_source(args.data, split=args.split)
         n = len(source) if args.max_prompts is None else min(len(source), args.max_prompts)
@@ -250,11 +272,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         tokenizer = load_tokenizer(tokenizer_path)
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
     with cli.input_errors(f"--model {args.model}"):
-        model = load_decoder(args.model, dtype=dtype)
+        model = load_decoder(args.model, dtype=dtype, mesh=mesh)
     teacher = None
     if args.teacher_model:
         with cli.input_errors(f"--teacher-model {args.teacher_model}"):
-            teacher = load_decoder(args.teacher_model, dtype=dtype)
+            teacher = load_decoder(args.teacher_model, dtype=dtype, mesh=mesh)
     result = evaluate_model(
         model,
         tokenizer,
@@ -262,6 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings,
         teacher_model=teacher,
         teacher_system_prompt=args.teacher_system_prompt,
+        mesh=mesh,
     )
     info = {
         "model": paths.absolute(args.model),

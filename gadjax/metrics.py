@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
 import time
 from typing import Any
 
@@ -18,6 +19,9 @@ import numpy as np
 
 from gadjax import paths
 from gadjax.run_dir import RunDir
+
+# The W&B run id of a run_dir, so that a resumed run logs into the same W&B run (not a new one).
+WANDB_ID_FILE = "wandb_run_id"
 
 # Keys shown on the progress bar, in order, when present.
 BAR_KEYS = ("d_loss", "d_acc", "sft_loss", "pg_loss", "kl_loss", "reward_mean", "response_length_mean")
@@ -74,9 +78,27 @@ class MetricsWriter:
 
             self._tb = SummaryWriter(self.run_dir.local_path("tensorboard"))
         if wandb:
-            import wandb as wb  # optional dependency
+            self._wandb = self._init_wandb(wandb_project, config or {}, resuming=resume_step is not None)
 
-            self._wandb = wb.init(project=wandb_project, dir=self.run_dir.local, config=config or {})
+    def _init_wandb(self, project: str, config: dict[str, Any], *, resuming: bool) -> Any:
+        """wandb.init with the run_dir's W&B run id: a resumed run continues its W&B run (id=...,
+        resume="allow"); a new one gets a fresh id, stored in <run_dir>/wandb_run_id for its resumes."""
+        try:
+            import wandb as wb  # optional dependency
+        except ImportError:
+            raise ValueError("config.metrics.wandb: wandb is not installed (pip install wandb)") from None
+        run_id, path = None, self.run_dir.local_path(WANDB_ID_FILE)
+        if resuming:
+            self.run_dir.fetch(WANDB_ID_FILE, overwrite=True)  # a resume on a new VM: the bucket's copy
+            if os.path.exists(path):
+                with open(path, encoding="utf-8") as f:
+                    run_id = f.read().strip() or None
+        if run_id is None:
+            run_id = secrets.token_hex(8)  # W&B ids: letters and digits
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(run_id + "\n")
+            self.run_dir.push(WANDB_ID_FILE)
+        return wb.init(project=project, dir=self.run_dir.local, config=config, id=run_id, resume="allow")
 
     def _drop_after(self, step: int) -> None:
         with open(self.path, encoding="utf-8") as f:
@@ -131,6 +153,9 @@ class MetricsWriter:
             self._file.close()
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
         if self.primary:
             self.sync()
         if self._wandb is not None:

@@ -18,10 +18,12 @@ Behaviour (details in gadjax/serving/): with ``--batching continuous`` (the defa
 leave ``--max-batch`` running decode slots between chunks of ``--chunk-steps`` steps, so a short request
 never waits for a long one (continuous.py); ``--batching static`` batches concurrent requests through the
 rollout sampler, each batch running until its longest member ends (engine.py). ``stream=true`` answers
-with a server-sent-event stream that carries the whole completion once it is generated (not token by
-token); the hidden ``--system-prompt`` is prepended to every
-conversation and, when the client sends its own leading system message, both go in ONE system message,
-the hidden text first (protocol.with_hidden_system_prompt). The client never sees the hidden prompt,
+with a server-sent-event stream (chunked): with continuous batching a content delta per decode chunk as the
+tokens are produced, decoded incrementally so multi-byte characters are never split, the deltas adding up
+to the non-streaming text (streaming.py); with static batching one delta per choice once its batch ends.
+The hidden ``--system-prompt`` is prepended to every conversation and, when the client sends its own
+leading system message, both go in ONE system message, the hidden text first
+(protocol.with_hidden_system_prompt). The client never sees the hidden prompt,
 but it is counted in ``usage.prompt_tokens``. ``--api-key-env NAME`` reads the bearer token from the
 environment variable NAME; it is never printed or logged.
 """
@@ -64,6 +66,12 @@ def _parser() -> argparse.ArgumentParser:
         help="longest prompt accepted (default: model max positions - max-new-tokens, <= 4096)",
     )
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument(
+        "--mesh",
+        default="auto",
+        help="data,fsdp,tensor mesh over this host's devices, e.g. 1,1,-1 (tensor parallel over all); "
+        "auto (default): 1,1,-1 on GPU / TPU, one device on CPU",
+    )
     p.add_argument("--served-model-name", help="model id reported by /v1/models (default: file name)")
     p.add_argument("--ready-file", help="write the base URL here once listening")
     p.add_argument("--seed", type=int, help="base random seed for requests without one")
@@ -130,17 +138,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from gadjax.models.hf_io import load_decoder
     from gadjax.models.tokenizer import load_tokenizer
+    from gadjax.parallel.mesh import local_mesh, parse_mesh_flag
     from gadjax.serving.continuous import ContinuousEngine
     from gadjax.serving.engine import Engine
     from gadjax.serving.http import ChatService, make_server
 
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
     try:
+        with cli.input_errors("--mesh"):
+            mesh = local_mesh(parse_mesh_flag(args.mesh))
         tokenizer_path = args.tokenizer or args.model
         with cli.input_errors(f"{'--tokenizer' if args.tokenizer else '--model'} {tokenizer_path}"):
             tokenizer = load_tokenizer(tokenizer_path)
         with cli.input_errors(f"--model {args.model}"):
-            model = load_decoder(args.model, dtype=dtype, param_dtype=dtype)
+            model = load_decoder(args.model, dtype=dtype, param_dtype=dtype, mesh=mesh)
     except cli.InputError as e:
         return cli.report(PROG, e)
     cfg = model.config
@@ -159,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.batching == "continuous":
         engine = ContinuousEngine(model, chunk_steps=args.chunk_steps, **common)
     else:
-        engine = Engine(model, **common)
+        engine = Engine(model, mesh=mesh, **common)
     name = args.served_model_name or default_model_name(args.model)
     service = ChatService(engine, tokenizer, name, system_prompt=args.system_prompt, api_key=api_key)
     try:

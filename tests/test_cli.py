@@ -130,6 +130,11 @@ def test_train_takes_data_files_from_the_command_line(tmp_path, form):
         ("--config.rollout.n_samples=many", r"--config.rollout.n_samples=many: invalid literal for int"),
         ("--config.rollout.n_sample=3", r"unknown key 'n_sample' Did you mean \"n_samples\""),
         ("--topology=v5p-12 --compile_only", r"topology 'v5p-12': unknown v5p slice size"),
+        (
+            "--config.mesh.shape=(3,-1,1)",
+            r"config.mesh.shape: \(3,-1,1\) needs a multiple of 3 devices, found 8; "
+            r"set --config.mesh.shape='\(1,-1,1\)' to use every device found",
+        ),
     ],
 )
 def test_train_config_errors_are_one_line(tmp_path, override, message):
@@ -309,9 +314,11 @@ def test_quiet_start_env_leaves_tpus_gpus_and_the_users_choice_alone(tmp_path):
 
 
 def _no_tpu_env() -> dict[str, str]:
-    """This process's environment as a user's shell on this host would have it: no JAX_PLATFORMS, no TPU_*."""
+    """This process's environment as a user's shell on a laptop would have it: no JAX_PLATFORMS, no TPU_*,
+    one CPU device (not the tests' 8 emulated ones)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TPU_") and k != "JAX_PLATFORMS"}
     env.pop("JAX_FORCE_TPU_INIT", None)
+    env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace("device_count=8", "device_count=1")
     return env
 
 
@@ -324,10 +331,19 @@ def test_clis_start_quietly_on_a_host_without_a_tpu(tmp_path, tiny_hf):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not [m for m in LIBTPU_NOISE if m in proc.stderr], proc.stderr[-3000:]
 
+    # configs/tiny.py as it is, on one device (its mesh takes whatever devices there are)
     args = ["-m", "gadjax.train", "--config", TINY, *SHORT_RUN, "--config.train.steps=2"]
     proc = run([*args, f"--config.run_dir={tmp_path / 'run'}"], env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not [m for m in LIBTPU_NOISE if m in proc.stderr], proc.stderr[-3000:]
+    assert "mesh {'data': 1, 'fsdp': 1, 'tensor': 1}" in proc.stderr, proc.stderr[-3000:]
+    # a mesh for more devices than the laptop has: one line naming the shape, the count and the fix
+    proc = run([*args, "--config.mesh.shape=(2,-1,2)", f"--config.run_dir={tmp_path / 'run2'}"], env=env)
+    line = one_error_line(proc)
+    assert line == (
+        "gadjax.train: config.mesh.shape: (2,-1,2) needs a multiple of 4 devices, found 1; "
+        "set --config.mesh.shape='(1,-1,1)' to use every device found"
+    ), line
 
     if importlib.util.find_spec("libtpu") is None:
         return  # --compile_only needs the tpu extra

@@ -64,3 +64,25 @@ def test_a_tokenizer_flag_without_tokenizer_files_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"--tokenizer {src}: no tokenizer files" in err
     assert not os.path.exists(tmp_path / "dst")
+
+
+def test_dtype_flag_sets_the_weights_dtype_on_disk(tmp_path, capsys):
+    """--dtype bfloat16 writes BF16 tensors equal to the source's rounded by numpy's own cast (ml_dtypes),
+    and config.json names the dtype; an unknown one is a usage error."""
+    import json
+
+    import ml_dtypes
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    make_hf_model("qwen2", str(src), vocab_size=384)
+    assert main([str(src), str(dst), "--dtype", "bfloat16"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("bfloat16, no tokenizer")
+    with open(dst / "config.json") as f:
+        assert json.load(f)["torch_dtype"] == "bfloat16"
+    theirs, ours = _tensors(src), _tensors(dst)
+    for name, value in theirs.items():
+        assert ours[name].dtype == ml_dtypes.bfloat16, name
+        np.testing.assert_array_equal(ours[name], value.astype(ml_dtypes.bfloat16), err_msg=name)
+    with pytest.raises(SystemExit) as e:
+        main([str(src), str(tmp_path / "bad"), "--dtype", "int8"])
+    assert e.value.code == 2 and "--dtype: invalid choice: 'int8'" in capsys.readouterr().err

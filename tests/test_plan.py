@@ -26,6 +26,14 @@ from gadjax import plan  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from configs import tiny  # noqa: E402
+from tests.trainer.train_helpers import TEST_MESH  # noqa: E402
+
+
+def _tiny():
+    """configs/tiny.py on the tests' data x fsdp x tensor mesh (tiny.py itself takes every device as FSDP)."""
+    c = tiny.get_config()
+    c.mesh.shape = TEST_MESH
+    return c
 
 
 def test_topology_names():
@@ -48,7 +56,7 @@ def test_topology_devices_are_libtpu_chips():
 
 
 def test_tiny_compiles_for_v5p_8(capsys):
-    rep = plan.main(tiny.get_config(), "v5p-8")
+    rep = plan.main(_tiny(), "v5p-8")
     out = capsys.readouterr().out
     assert rep["num_chips"] == 4 and rep["mesh"] == {"data": 2, "fsdp": 1, "tensor": 2}
     assert set(rep["programs"]) == set(plan.PROGRAMS)
@@ -81,14 +89,14 @@ def test_tiny_compiles_for_v5p_8(capsys):
 
 def test_program_plus_resident_state_over_hbm_fails_clearly():
     with pytest.raises(plan.PlanDoesNotFitError) as e:
-        plan.run_plan(tiny.get_config(), "v5p-8", ("g_step",), hbm_bytes=1 << 20, log=None)
+        plan.run_plan(_tiny(), "v5p-8", ("g_step",), hbm_bytes=1 << 20, log=None)
     msg = str(e.value)
     assert "g_step does not fit on v5p-8" in msg and "GiB" in msg
     assert "micro_batches_g (now 1" in msg and "remat='full'" in msg and "more chips than 4" in msg
 
 
 def test_oversized_config_resource_exhausted_from_xla():
-    c = tiny.get_config()
+    c = _tiny()
     c.data.batch_size = 64
     c.data.max_prompt_tokens = 8192
     c.rollout.max_new_tokens = 8192
@@ -131,7 +139,7 @@ def test_g_step_compiles_with_splash_attention_kernels_for_v5p():
     devices = plan.topology_devices(plan.parse_topology("v5p-8"))
     kernels = {}
     for attention in ("splash", "xla"):
-        c = tiny.get_config()
+        c = _tiny()
         c.model.attention = attention
         mesh = make_plan_mesh(c, devices)
         run = build_abstract(c, mesh)
@@ -184,7 +192,7 @@ def test_rollout_micro_batches_shrink_the_rollout_program():
     quarter), and the roofline's streamed bytes count the weights once per chunk and decode step."""
     reps = {}
     for m in (1, 4):
-        c = tiny.get_config()
+        c = _tiny()
         c.rollout.micro_batches = m
         reps[m] = plan.run_plan(c, "v5p-8", ("rollout",), log=None)["programs"]["rollout"]
     assert "2 prompts x 2 samples (x 4 chunks)" in reps[4]["what"]
@@ -193,7 +201,7 @@ def test_rollout_micro_batches_shrink_the_rollout_program():
     # The streamed-bytes floor: every chunk's decode loop reads the weights again.
     from gadjax.plan.roofline import floor_bytes, rollout_decode_steps
 
-    c = tiny.get_config()
+    c = _tiny()
     sizes = dict(g_params=100, g_opt_state=200, d_params=100, d_opt_state=200, ref_params=100)
     sizes.update(kv_cache=30, kv_cache_decode=10)  # the floor reads what one decode step reads
     steps = rollout_decode_steps(c, 0)  # under the length profile: to the batch's longest row
@@ -211,7 +219,7 @@ def test_continuous_rollout_compiles_with_its_slot_layout():
     under the length profile (gadjax.rollout.schedule); the KV cache is the slots' and the prompts'."""
     reps = {}
     for batching in ("static", "continuous"):
-        c = tiny.get_config()
+        c = _tiny()
         c.rollout.batching = batching
         reps[batching] = plan.run_plan(c, "v5p-8", ("rollout",), log=None)
     cont, static = reps["continuous"], reps["static"]
@@ -223,7 +231,7 @@ def test_continuous_rollout_compiles_with_its_slot_layout():
 
 
 def test_tiny_lora_compiles_and_trains_less_state_than_full(capsys):
-    c = tiny.get_config()
+    c = _tiny()
     c.model.lora.rank = c.disc.lora.rank = 2
     c.model.base_dtype = "bfloat16"
     rep = plan.main(c, "v5p-8")
@@ -245,7 +253,7 @@ def test_tiny_lora_compiles_and_trains_less_state_than_full(capsys):
 def test_tiny_packed_programs_compile_for_the_worst_case():
     """train.packing: ref_logp / d_step / g_step compile with the worst-case micro-batch bucket; their
     predicted time comes from the micro-batches a step under the length profile runs (fewer)."""
-    c = tiny.get_config()
+    c = _tiny()
     c.train.packing = True
     rep = plan.run_plan(c, "v5p-8", ["ref_logp", "d_step", "g_step"], log=None, profile="cpu")
     lengths = rep["lengths"]["programs"]

@@ -18,6 +18,7 @@ import pytest
 
 from gadjax.config import ConfigValidationError
 from gadjax.trainer.validation import validate
+from tests.eval.fake_judge import judge_answerer
 from tests.teacher.fake_server import FakeOpenAI, answer_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -87,9 +88,12 @@ def test_the_tiny_recipe_block_runs_through_the_clis(tmp_path):
     assert lines[0].startswith("W=") and lines[-1].startswith("python -m gadjax.serve"), lines
     teacher = FakeOpenAI()
     teacher.start()
-    env = dict(os.environ, W=str(tmp_path / "w"), TEACHER_URL=teacher.base_url, JAX_PLATFORMS="cpu")
-    env["XLA_FLAGS"] = ""  # one CPU device, as a user has (the block sets mesh.shape=1,-1,1)
-    times = {}
+    judge = FakeOpenAI()
+    judge.answer = judge_answerer({})  # the judge protocol: references, then "8 6" ratings
+    judge.start()
+    env = dict(os.environ, W=str(tmp_path / "w"), TEACHER_URL=teacher.base_url, JUDGE_URL=judge.base_url)
+    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="")  # one CPU device, as a user has: configs/tiny.py as it is
+    times, outputs = {}, {}
     try:
         for line in lines[1:-1]:
             t0 = time.perf_counter()
@@ -98,8 +102,10 @@ def test_the_tiny_recipe_block_runs_through_the_clis(tmp_path):
             )
             times[line.split()[2]] = times.get(line.split()[2], 0) + time.perf_counter() - t0
             assert proc.returncode == 0, (line, proc.stderr[-4000:])
+            outputs[line] = proc.stdout
     finally:
         teacher.stop()
+        judge.stop()
     w = tmp_path / "w"
     # collect: one row per prompt, each the teacher's own answer.
     rows = [json.loads(x) for x in open(w / "corpus.jsonl")]
@@ -108,6 +114,11 @@ def test_the_tiny_recipe_block_runs_through_the_clis(tmp_path):
         for x in open(os.path.join(ROOT, "configs/tiny_assets/train.jsonl"))
     ]
     assert [r["response"] for r in rows] == [answer_for(p) for p in prompts]
+    # collect --status: what the budget spent, priced; it sends nothing (one request per distinct prompt).
+    status = json.loads(next(out for line, out in outputs.items() if "--status" in line))
+    assert status["answered"] == status["requests"] == len(teacher.requests) == len(set(prompts))
+    want_cost = (status["prompt_tokens"] * 1.25 + status["completion_tokens"] * 10) / 1e6
+    assert status["estimated_cost_usd"] == pytest.approx(want_cost)
     # warmup, then gad started from it (the reference source names the warmup run).
     assert (w / "warmup" / "checkpoints" / "1").is_dir()
     gad = [json.loads(x) for x in open(w / "gad" / "metrics.jsonl")]
@@ -117,11 +128,16 @@ def test_the_tiny_recipe_block_runs_through_the_clis(tmp_path):
     sel = json.load(open(w / "gad" / "selection.json"))
     assert sel["metric"] == "rouge_l" and sel["selected_step"] in (1, 2)
     assert (w / "gad" / "export" / "best" / "model.safetensors").is_file()
+    assert json.load(open(w / "gad" / "export" / "best" / "config.json"))["torch_dtype"] == "bfloat16"
     # evaluate: every test prompt answered by the selected export.
     ev = json.load(open(w / "eval" / "eval_best.json"))
     assert ev["counts"]["prompts"] == sum(
         1 for _ in open(os.path.join(ROOT, "configs/tiny_assets/test.jsonl"))
     )
+    # the judge rated the student and, as the baseline row, the teacher's own answers.
+    assert ev["metrics"]["judge"]["n_ok"] == ev["counts"]["prompts"]
+    assert ev["metrics"]["judge_teacher"]["n_ok"] == ev["counts"]["prompts"]
+    assert ev["summary"]["teacher_judge_score"] is not None
     # serve: the documented line on a free port, one chat request over HTTP.
     argv = _argv(lines[-1].replace("--port 8000", "--port 0"), env)
     t0 = time.perf_counter()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import jax
@@ -49,7 +50,7 @@ def test_all_three_stages_run_and_log_their_metrics(tmp_path):
     """seqkd, then warmup, then gad initialised from the warmup run (SPEC.md stage order)."""
     from gadjax.train import run
 
-    run(tiny_config(tmp_path / "seqkd", stage="seqkd"))
+    run(tiny_config(tmp_path / "seqkd", stage="seqkd", **{"export.dtype": "bfloat16"}))
     run(tiny_config(tmp_path / "warmup", stage="warmup"))
     run(tiny_config(tmp_path / "gad", stage="gad", init_from=str(tmp_path / "warmup" / "run")))
 
@@ -70,6 +71,14 @@ def test_all_three_stages_run_and_log_their_metrics(tmp_path):
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(str(tmp_path / "gad" / "run" / "export" / "student"))
+    # export.dtype: seqkd asked for bfloat16; the others keep the model's own (random init: float32).
+    for stage, dtype in (("seqkd", "bfloat16"), ("gad", "float32")):
+        with open(tmp_path / stage / "run" / "export" / "student" / "config.json") as f:
+            assert json.load(f)["torch_dtype"] == dtype, stage
+    import torch
+
+    bf16 = AutoModelForCausalLM.from_pretrained(str(tmp_path / "seqkd" / "run" / "export" / "student"))
+    assert bf16.dtype == torch.bfloat16
     # gad started from the warmup result: its first KL to the reference (= warmup G) is ~0.
     assert abs(gad[0]["kl_loss"]) < 1e-6
 
@@ -158,6 +167,9 @@ def test_invalid_config_fails_before_compiling_and_names_the_key(tmp_path):
         validation.validate(c)
     c = tiny_config(tmp_path, **{"model.attention": "fast"})
     with pytest.raises(config_lib.ConfigValidationError, match=r"config\.model\.attention.*'fast'"):
+        validation.validate(c)
+    c = tiny_config(tmp_path, **{"export.dtype": "fp8"})
+    with pytest.raises(config_lib.ConfigValidationError, match=r"config\.export\.dtype: 'fp8' is not one of"):
         validation.validate(c)
     # A backend this platform cannot run is named when the model is built (this host is a CPU).
     from gadjax.trainer.build import model_kwargs

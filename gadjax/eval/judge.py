@@ -228,11 +228,18 @@ def run_judge(
     *,
     ids: Sequence[str] | None = None,
     progress: bool = True,
+    references: Sequence[str | None] | None = None,
 ) -> tuple[list[JudgeResult], dict]:
     """Judge every (chat, student response); returns per-item results (input order) and the client
-    counters (requests, retries, cache hits, failures) of both phases."""
+    counters (requests, retries, cache hits, failures) of both phases.
+
+    ``references``: the judge's own answers from an earlier run_judge over the same chats (None where
+    that request failed): phase 1 is skipped, so a second set of responses (the teacher corpus as a
+    baseline) is rated against exactly the references the first was (a paired comparison)."""
     if len(chats) != len(student_responses):
         raise ValueError(f"run_judge: {len(chats)} chats but {len(student_responses)} student responses")
+    if references is not None and len(references) != len(chats):
+        raise ValueError(f"run_judge: {len(chats)} chats but {len(references)} references")
     ids = [str(i) for i in (ids if ids is not None else range(len(chats)))]
     ref_cfg = settings.client_config(settings.reference_max_tokens)
     ref_cfg.api_key()  # a missing key is a configuration error, not N counted item failures
@@ -240,6 +247,14 @@ def run_judge(
     results = [JudgeResult() for _ in chats]
     window = max(2 * settings.concurrency, 1)
     counters: dict[str, Any] = {}
+
+    if references is not None:
+        for k, ref in enumerate(references):
+            if ref is None:
+                results[k] = JudgeResult(failure="reference_error", error="no reference answer (it failed)")
+            else:
+                results[k].reference = ref
+        return _rate(chats, student_responses, settings, ids, results, counters, rate_cfg, window, progress)
 
     with TeacherClient(ref_cfg) as client:  # 1. the judge's own answers
         items = ((f"{i}:reference", list(c)) for i, c in zip(ids, chats, strict=True))
@@ -252,7 +267,21 @@ def run_judge(
             bar.update(1)
         bar.close()
         counters["reference"] = client.counters
+    return _rate(chats, student_responses, settings, ids, results, counters, rate_cfg, window, progress)
 
+
+def _rate(
+    chats: Sequence[Messages],
+    student_responses: Sequence[str],
+    settings: JudgeSettings,
+    ids: list[str],
+    results: list[JudgeResult],
+    counters: dict[str, Any],
+    rate_cfg: TeacherConfig,
+    window: int,
+    progress: bool,
+) -> tuple[list[JudgeResult], dict]:
+    """Phase 2 of run_judge: rate each item that has a reference answer."""
     todo = [k for k, r in enumerate(results) if r.failure is None]
     with TeacherClient(rate_cfg) as client:  # 2. ratings: reference = assistant 1, student = assistant 2
         items = (

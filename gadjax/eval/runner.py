@@ -156,6 +156,8 @@ def evaluate_model(
     t_dist = time.perf_counter() - t_dist
 
     judged: list[JudgeResult | None] = [None] * len(rows)
+    teacher_judged: list[JudgeResult | None] = [None] * len(rows)
+    metrics["judge_teacher"] = None
     t1 = time.perf_counter()
     if settings.judge is not None:
         results, counters = run_judge(
@@ -168,6 +170,8 @@ def evaluate_model(
             "base_url": settings.judge.base_url,
             "client": counters,
         }
+        if settings.teacher_baseline:
+            metrics["judge_teacher"], teacher_judged = _judge_teacher(chats, teacher, ids, results, settings)
     t_judge = time.perf_counter() - t1
 
     generations = []
@@ -190,6 +194,7 @@ def evaluate_model(
                 "marker_hit": hits[k],
                 "teacher_marker_hit": t_hits[k],
                 "judge": judged[k].as_dict() if judged[k] is not None else None,
+                "teacher_judge": teacher_judged[k].as_dict() if teacher_judged[k] is not None else None,
             }
         )
 
@@ -215,6 +220,49 @@ def evaluate_model(
         },
         "generations": generations,
     }
+
+
+def _judge_teacher(
+    chats: list[Any],
+    teacher: list[str | None],
+    ids: list[Any],
+    student_results: list[JudgeResult],
+    settings: EvalSettings,
+) -> tuple[dict[str, Any], list[JudgeResult | None]]:
+    """The teacher baseline row: the judge rates each row's teacher response against the reference
+    answer the student was rated against (the same protocol and references: a paired comparison).
+    Rows without a teacher response are counted, not judged."""
+    rows = [k for k, t in enumerate(teacher) if t is not None]
+    results, counters = run_judge(
+        [chats[k] for k in rows],
+        [teacher[k] for k in rows],
+        settings.judge,
+        ids=[f"{ids[k]}:teacher" for k in rows],
+        progress=settings.progress,
+        references=[student_results[k].reference if student_results[k].failure != "reference_error" else None
+                    for k in rows],
+    )  # fmt: skip
+    per_row: list[JudgeResult | None] = [None] * len(teacher)
+    for k, r in zip(rows, results, strict=True):
+        per_row[k] = r
+    # Student minus teacher on the rows both were scored on, x100 like the scores.
+    diffs = [
+        100.0 * (student_results[k].score - r.score)
+        for k, r in zip(rows, results, strict=True)
+        if r.failure is None and student_results[k].failure is None
+    ]
+    mean = sum(diffs) / len(diffs) if diffs else None
+    se = None
+    if len(diffs) > 1:
+        var = sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)
+        se = (var / len(diffs)) ** 0.5
+    summary = {
+        **judge_summary(results),
+        "skipped_no_teacher_response": len(teacher) - len(rows),
+        "student_minus_teacher": {"mean": mean, "se": se, "n": len(diffs)},
+        "client": counters,
+    }
+    return summary, per_row
 
 
 def _two_sample(student: list[str], teacher: list[str], settings: EvalSettings) -> dict[str, Any]:
@@ -281,6 +329,7 @@ def _whitebox(
 def summarize(metrics: Mapping[str, Any], n_prompts: int) -> dict[str, float | int | None]:
     """Flat headline numbers (None where a metric was not computed), for tables and bar plots."""
     marker, judge, length = metrics.get("marker"), metrics.get("judge"), metrics["length"]
+    teacher_judge = metrics.get("judge_teacher")
     gap = (marker or {}).get("gap") or {}
     c2st = metrics.get("two_sample") or {}
     wb = metrics.get("whitebox") or {}
@@ -308,6 +357,9 @@ def summarize(metrics: Mapping[str, Any], n_prompts: int) -> dict[str, float | i
         "judge_score": judge["score"] if judge else None,
         "judge_n_ok": judge["n_ok"] if judge else None,
         "judge_n_failed": judge["n_failed"] if judge else None,
+        "teacher_judge_score": teacher_judge["score"] if teacher_judge else None,
+        "judge_minus_teacher": teacher_judge["student_minus_teacher"]["mean"] if teacher_judge else None,
+        "judge_minus_teacher_se": teacher_judge["student_minus_teacher"]["se"] if teacher_judge else None,
     }
 
 
@@ -376,5 +428,12 @@ def format_summary(result: Mapping[str, Any], name: str) -> str:
         lines.append(
             f"  judge score     {f(s['judge_score'], '.2f')}  (50 = parity; ok "
             f"{j['n_ok']}/{j['n']}, failed: {failed})"
+        )
+    if m.get("judge_teacher"):
+        t = m["judge_teacher"]
+        lines.append(
+            f"  teacher score   {f(s['teacher_judge_score'], '.2f')}  (the corpus's answers, same judge and "
+            f"references; ok {t['n_ok']}/{t['n']}); student - teacher {f(s['judge_minus_teacher'], '+.2f')}"
+            f" +/- {f(s['judge_minus_teacher_se'], '.2f')} (paired, n={t['student_minus_teacher']['n']})"
         )
     return "\n".join(lines)

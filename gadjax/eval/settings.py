@@ -12,7 +12,8 @@ from gadjax.eval.judge import JudgeSettings
 class EvalSettings:
     """How to evaluate. ``max_prompts``: the first N rows (file order); None = all. ``marker``: a regex
     (or a literal phrase with ``marker_literal``) whose presence in a response is the persona marker.
-    ``judge``: None skips the judge protocol.
+    ``judge``: None skips the judge protocol. ``teacher_baseline``: the judge also rates the rows'
+    teacher responses, against the same reference answers, as a "teacher" baseline row.
 
     ``temperature`` 0 = greedy (the SPEC.md protocol); > 0 samples (with ``top_p``) from a key derived
     from ``seed``, so that a student can be compared with a teacher whose responses were SAMPLED at the
@@ -28,6 +29,7 @@ class EvalSettings:
     marker_literal: bool = False
     marker_ignore_case: bool = False
     judge: JudgeSettings | None = None
+    teacher_baseline: bool = False  # also judge the rows' teacher responses (same protocol, references)
     rouge_stemmer: bool = False
     extra_stop_ids: tuple[int, ...] = ()
     seed: int = 0
@@ -47,6 +49,8 @@ class EvalSettings:
             raise ValueError(f"EvalSettings.temperature={self.temperature}: must be >= 0 (0 = greedy)")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"EvalSettings.top_p={self.top_p}: must be in (0, 1]")
+        if self.teacher_baseline and self.judge is None:
+            raise ValueError("EvalSettings.teacher_baseline: needs a judge (the teacher row is judged)")
         if self.two_sample_folds < 2:
             raise ValueError(f"EvalSettings.two_sample_folds={self.two_sample_folds}: must be >= 2")
 

@@ -62,6 +62,16 @@ class ModelConfig:
         emb = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
         return self.num_layers * per_layer + emb + h
 
+    @property
+    def source_dtype(self) -> str:
+        """The checkpoint's own weight dtype (config.json ``torch_dtype`` / transformers-5 ``dtype``), one of
+        EXPORT_DTYPES; float32 when it names none (random init, GGUF: dequantized to float32)."""
+        for key in ("torch_dtype", "dtype"):
+            value = self.hf_config.get(key)
+            if isinstance(value, str) and value in EXPORT_DTYPES:
+                return value
+        return "float32"
+
     @classmethod
     def from_hf_dict(cls, cfg: dict[str, Any], source: str = "config.json") -> ModelConfig:
         """Build from a Hugging Face config dict. `source` names the file in error messages."""
@@ -136,8 +146,9 @@ class ModelConfig:
             raise ConfigError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
         return cls.from_hf_dict(cfg, source=path)
 
-    def to_hf_dict(self) -> dict[str, Any]:
-        """A config.json dict transformers loads; starts from the imported dict so extra keys survive."""
+    def to_hf_dict(self, dtype: str = "float32") -> dict[str, Any]:
+        """A config.json dict transformers loads, for weights stored in `dtype`; starts from the imported
+        dict so extra keys survive."""
         out = dict(self.hf_config)
         out.update(
             model_type=self.model_type,
@@ -167,10 +178,13 @@ class ModelConfig:
             out["eos_token_id"] = (
                 list(self.eos_token_ids) if len(self.eos_token_ids) > 1 else self.eos_token_ids[0]
             )
-        out["dtype"] = "float32"
-        out.pop("torch_dtype", None)
+        # transformers 5 reads "dtype", older versions and most tooling "torch_dtype": both say the same.
+        out["dtype"] = out["torch_dtype"] = dtype
         return out
 
+
+# Weight dtypes an export can be written in (config.json names them this way).
+EXPORT_DTYPES = ("bfloat16", "float16", "float32")
 
 _ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 

@@ -179,7 +179,8 @@ def initialize_distributed(
     if all(x is None for x in explicit):
         cluster = _cluster_env_present()
         if cluster is None:
-            logger.info("no coordinator given and no cluster environment detected: single process")
+            # debug: a plain single-process start says nothing (a config error after it stays one line)
+            logger.debug("no coordinator given and no cluster environment detected: single process")
             return _info("single", None)
         logger.info("initialising jax.distributed from the %s environment", cluster)
         jax.distributed.initialize(

@@ -164,7 +164,9 @@ class ContinuousEngine(QueuedEngine):
         ids = np.full((1, width), self.pad_id, np.int32)
         mask = np.zeros((1, width), np.int32)
         ids[0, width - req.prompt.size :], mask[0, width - req.prompt.size :] = req.prompt, 1
-        cache, logits = self._slots.prefill(ids, mask)
+        # Blocks: on CPU, several programs with collectives in flight at once can deadlock XLA (a
+        # multi-device mesh); elsewhere the insert waits for the prefill anyway.
+        cache, logits = jax.block_until_ready(self._slots.prefill(ids, mask))
         seed = req.params.seed
         req.key = jax.random.key(seed) if seed is not None else jax.random.fold_in(self._base_key, req.seq)
         req.prefilled = (cache, logits, req.prompt.size)
@@ -189,12 +191,15 @@ class ContinuousEngine(QueuedEngine):
         """Add new tokens to choice j; True when it ended (stop id or max_tokens), resolving the request
         when it was the last choice."""
         row, cap = req.rows[j], req.params.max_tokens
+        start = len(row)
         for t in toks:
             row.append(t)
             if t in self.eos_ids or len(row) >= cap:
                 break
         else:
+            req.report_tokens(j, row[start:])
             return False
+        req.report_tokens(j, row[start:])
         req.left -= 1
         if req.left == 0 and not req.future.done():
             req.future.set_result([self._generation(r, cap) for r in req.rows])

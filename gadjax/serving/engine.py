@@ -84,6 +84,7 @@ class Engine(QueuedEngine):
     eos_ids: tokens that end a response. max_new_tokens: the largest max_tokens a request may ask.
     max_prompt_tokens: longest accepted prompt (the largest prompt bucket); prompt buckets double from
     min_prompt_bucket up to it. seed: base key for requests without their own seed (None = random).
+    mesh: the Mesh the model's weights are sharded over (gadjax.parallel.mesh.local_mesh), or None.
     """
 
     def __init__(
@@ -99,6 +100,7 @@ class Engine(QueuedEngine):
         min_prompt_bucket: int = MIN_PROMPT_BUCKET,
         max_samplers: int = 16,
         seed: int | None = None,
+        mesh: Any = None,
     ):
         self._init_queue(
             eos_ids=eos_ids, pad_id=pad_id, max_batch=max_batch, max_new_tokens=max_new_tokens,
@@ -107,6 +109,7 @@ class Engine(QueuedEngine):
         if batch_wait_ms < 0:
             raise ValueError(f"batch_wait_ms={batch_wait_ms}: must be >= 0")
         self.model = model
+        self.mesh = mesh  # the Mesh the model's weights are sharded over (None: one device)
         self.batch_wait_s = float(batch_wait_ms) / 1000.0
         self.prompt_buckets = prompt_buckets(self.max_prompt_tokens, min_prompt_bucket)
         self.max_samplers = max(1, int(max_samplers))
@@ -216,7 +219,7 @@ class Engine(QueuedEngine):
         with self._lock:
             s = self._samplers.get(cfg)
             if s is None:
-                s = self._samplers[cfg] = Sampler(self.model, cfg)
+                s = self._samplers[cfg] = Sampler(self.model, cfg, mesh=self.mesh)
                 while len(self._samplers) > self.max_samplers:
                     old, _ = self._samplers.popitem(last=False)
                     self._stats["samplers_evicted"] += 1

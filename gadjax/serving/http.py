@@ -14,8 +14,11 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import queue
 import threading
 import time
+import uuid
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -28,9 +31,10 @@ from gadjax.serving.protocol import (
     bad_request,
     completion_body,
     parse_chat_request,
-    sse_body,
+    usage,
     with_hidden_system_prompt,
 )
+from gadjax.serving.streaming import DONE_EVENT, ChoiceStream, chunk_event, error_event, usage_event
 
 log = logging.getLogger("gadjax.serve")
 
@@ -92,8 +96,8 @@ class ChatService:
     def model_card(self) -> dict[str, Any]:
         return {"id": self.model_name, "object": "model", "created": self.created, "owned_by": "gadjax"}
 
-    def chat(self, req: ChatRequest) -> dict[str, Any]:
-        """A chat.completion body for a validated request (raises ApiError on limits)."""
+    def _submit(self, req: ChatRequest, on_tokens: Any = None) -> tuple[list[int], Any]:
+        """Check the request against the server's limits and queue it; (prompt ids, Future)."""
         eng = self.engine
         max_tokens = eng.max_new_tokens if req.max_tokens is None else req.max_tokens
         if max_tokens > eng.max_new_tokens:
@@ -110,14 +114,54 @@ class ChatService:
                 "context_length_exceeded",
             )
         params = GenParams(req.temperature, req.top_p, max_tokens, req.seed)
-        gens = eng.submit(ids, params, req.n).result()
-        choices = []
+        return ids, eng.submit(ids, params, req.n, on_tokens=on_tokens)
+
+    def decode(self, token_ids: list[int]) -> str:
         with self._tok_lock:
-            for g in gens:
-                text = self.tokenizer.decode(g.token_ids, skip_special_tokens=True)
-                text, stopped = apply_stop(text, req.stop)
-                choices.append((text, "stop" if stopped else g.finish_reason))
+            return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+
+    def chat(self, req: ChatRequest) -> dict[str, Any]:
+        """A chat.completion body for a validated request (raises ApiError on limits)."""
+        ids, fut = self._submit(req)
+        gens = fut.result()
+        choices = []
+        for g in gens:
+            text, stopped = apply_stop(self.decode(g.token_ids), req.stop)
+            choices.append((text, "stop" if stopped else g.finish_reason))
         return completion_body(self.model_name, choices, len(ids), sum(g.num_tokens for g in gens))
+
+    def stream(self, req: ChatRequest) -> Iterator[bytes]:
+        """Server-sent events for a validated ``stream: true`` request, produced as the engine produces
+        tokens: a role chunk per choice, content deltas, each choice's finish_reason, the usage chunk when
+        asked, ``data: [DONE]``. Limit errors raise ApiError before the first event; a generation error
+        after it is an ``{"error": ...}`` event."""
+        events: queue.Queue[tuple[int, list[int]] | None] = queue.Queue()
+        ids, fut = self._submit(req, on_tokens=lambda j, toks: events.put((j, toks)))
+        fut.add_done_callback(lambda _: events.put(None))
+        base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": self.model_name}
+        eos = self.engine.eos_ids
+        choices = [ChoiceStream(self.decode, eos, req.stop) for _ in range(req.n)]
+        for j in range(req.n):
+            yield chunk_event(base, j, {"role": "assistant", "content": ""})
+        while (item := events.get()) is not None:  # the worker reports tokens before it resolves the Future
+            j, toks = item
+            if delta := choices[j].push(toks):
+                yield chunk_event(base, j, {"content": delta})
+        try:
+            gens = fut.result()
+        except Exception as e:
+            log.exception("generation failed while streaming")
+            err = ApiError(500, f"generation failed: {type(e).__name__}: {e}", "server_error")
+            yield error_event(err.body())
+            yield DONE_EVENT
+            return
+        for j, (g, ch) in enumerate(zip(gens, choices, strict=True)):
+            if delta := ch.finish(g.token_ids):
+                yield chunk_event(base, j, {"content": delta})
+            yield chunk_event(base, j, {}, "stop" if ch.stopped else g.finish_reason)
+        if req.include_usage:
+            yield usage_event(base, usage(len(ids), sum(g.num_tokens for g in gens)))
+        yield DONE_EVENT
 
 
 class _Server(ThreadingHTTPServer):
@@ -129,6 +173,11 @@ class _Server(ThreadingHTTPServer):
 def make_server(service: ChatService, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
     """A bound (not yet serving) HTTP server; ``server_address[1]`` is the port (0 = a free one)."""
     return _Server((host, port), _handler_class(service))
+
+
+def _chain(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    yield first
+    yield from rest
 
 
 def _handler_class(service: ChatService) -> type[BaseHTTPRequestHandler]:
@@ -222,9 +271,27 @@ def _handler_class(service: ChatService) -> type[BaseHTTPRequestHandler]:
             if path != "/v1/chat/completions":
                 raise ApiError(404, f"no route POST {path}", code="not_found")
             req = parse_chat_request(body)
-            out = service.chat(req)
             if req.stream:
-                return self._send(200, sse_body(out, req.include_usage), "text/event-stream")
-            return self._json(200, out)
+                return self._stream(service.stream(req))
+            return self._json(200, service.chat(req))
+
+        def _stream(self, events: Iterator[bytes]) -> None:
+            """Send events as they come, in HTTP/1.1 chunked encoding (the connection stays reusable)."""
+            first = next(events)  # limit errors raise here, before the status line: a plain JSON error
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            try:
+                for event in _chain(first, events):
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
+                    self.wfile.flush()
+                self.wfile.write(b"0\r\n\r\n")
+            except (BrokenPipeError, ConnectionResetError):  # the client left: the engine finishes the rows
+                self.close_connection = True
+            except Exception:  # the status line is out: no JSON error can follow; end the connection
+                log.exception("internal error while streaming %s", self.path.split("?")[0])
+                self.close_connection = True
 
     return Handler

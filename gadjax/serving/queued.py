@@ -10,14 +10,17 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import dataclasses
+import logging
 import os
 import queue
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
 import numpy as np
+
+log = logging.getLogger("gadjax.serve")
 
 
 @dataclasses.dataclass
@@ -29,6 +32,19 @@ class Request:
     n: int
     future: cf.Future
     seq: int
+    # on_tokens(choice, token_ids): called on the worker thread with each choice's new tokens as they are
+    # produced (streaming); engines that produce a whole batch at once never call it.
+    on_tokens: Callable[[int, list[int]], None] | None = None
+
+    def report_tokens(self, choice: int, token_ids: list[int]) -> None:
+        """Hand new tokens to ``on_tokens``; a failing listener (a client gone) never stops the engine."""
+        if self.on_tokens is None or not token_ids:
+            return
+        try:
+            self.on_tokens(choice, token_ids)
+        except Exception:  # noqa: BLE001 (the listener's problem, reported, not the engine's)
+            log.exception("on_tokens listener failed; the request still completes")
+            self.on_tokens = None
 
 
 class QueuedEngine:
@@ -74,8 +90,15 @@ class QueuedEngine:
     def _loop(self) -> None:
         raise NotImplementedError
 
-    def submit(self, prompt_ids: Sequence[int], params: Any, n: int = 1) -> cf.Future:
-        """Queue one request; the Future resolves to ``n`` Generations (or raises the worker's error)."""
+    def submit(
+        self,
+        prompt_ids: Sequence[int],
+        params: Any,
+        n: int = 1,
+        on_tokens: Callable[[int, list[int]], None] | None = None,
+    ) -> cf.Future:
+        """Queue one request; the Future resolves to ``n`` Generations (or raises the worker's error).
+        ``on_tokens(choice, token_ids)``: new tokens of a choice as they are produced (see Request)."""
         prompt = np.asarray(prompt_ids, np.int32)
         if prompt.ndim != 1 or prompt.size == 0:
             raise ValueError("prompt_ids must be a non-empty 1-D sequence of token ids")
@@ -92,7 +115,7 @@ class QueuedEngine:
             if self._closed:
                 raise RuntimeError("engine is closed")
             self._seq += 1
-            req = self.request_type(prompt, params, int(n), fut, self._seq)
+            req = self.request_type(prompt, params, int(n), fut, self._seq, on_tokens)
             self._stats["requests"] += 1
         self._queue.put(req)
         return fut

@@ -68,6 +68,9 @@ class TeacherClient:
         self._rng = random.Random()
         self._wait_s = 0.0
         self._c: collections.Counter[str] = collections.Counter()
+        # One request per cache key at a time: a prompt repeated in the data (or asked by two threads at
+        # once) waits for the first answer and reads it from the cache instead of paying again.
+        self._key_locks: dict[str, threading.Lock] = {}
         # Spending limits are totals for the cache file (every run that used it), not for this process.
         spent = self.cache.spend() if self.cache is not None else {}
         self._spent_before = {
@@ -94,6 +97,15 @@ class TeacherClient:
         sent = self.messages_for(messages)
         cfg = self.config
         key = cache_key(cfg.base_url, cfg.model, sent, cfg.sampling_params(), sample_index)
+        if self.cache is None:
+            return self._complete(prompt_id, sent, sample_index, key)
+        with self._lock:
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:
+            return self._complete(prompt_id, sent, sample_index, key)
+
+    def _complete(self, prompt_id: str, sent: Messages, sample_index: int, key: str) -> TeacherResponse:
+        cfg = self.config
         if self.cache is not None:
             hit = self.cache.get(key)
             if hit is not None:

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
 from gadjax import config as config_lib
@@ -33,7 +34,7 @@ from gadjax.checkpoint import RunCheckpointer
 from gadjax.metrics import MetricsWriter, bar_postfix
 from gadjax.models.lora import lora_config
 from gadjax.parallel.distributed import wait_for_all_processes
-from gadjax.parallel.mesh import make_mesh
+from gadjax.parallel.mesh import MeshDoesNotFitError, make_mesh
 from gadjax.rollout.sampler import Sampler
 from gadjax.run_dir import RunDir
 from gadjax.teacher.errors import TeacherError, TooManyFailedPrompts
@@ -50,6 +51,14 @@ log = logging.getLogger("gadjax.train")
 StepHook = Callable[[int, "Trainer"], None]
 
 
+def trainer_mesh(c: ConfigDict) -> Mesh:
+    """The run's mesh over jax.devices(); a shape they cannot fill is a config error (one line, exit 2)."""
+    try:
+        return make_mesh(tuple(c.mesh.shape))
+    except MeshDoesNotFitError as e:
+        raise config_lib.ConfigValidationError(f"config.mesh.shape: {e}") from e
+
+
 class Trainer(RunStateMixin, StageStepsMixin):
     """Holds the run's state; `run()` executes the configured stage to the end."""
 
@@ -57,7 +66,7 @@ class Trainer(RunStateMixin, StageStepsMixin):
         self.config = c = config
         self.stage = c.stage
         self.primary = jax.process_index() == 0
-        self.mesh = make_mesh(tuple(c.mesh.shape))
+        self.mesh = trainer_mesh(c)
         self.run_dir = RunDir(c.run_dir)  # + this host's working copy for SQLite caches and metrics
         self.tokenizer = build.build_tokenizer(c)
         self.teacher = build.build_teacher(c)

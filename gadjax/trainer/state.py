@@ -150,7 +150,8 @@ class RunStateMixin:
         """HF export of G (adapters merged); with LoRA also a PEFT adapter directory at <out>_adapter."""
         from gadjax.models.hf_export import save_hf_checkpoint
 
-        save_hf_checkpoint(self.g_parts.module(params), out, tokenizer=self.tokenizer)
+        dtype = self.config.export.dtype or None
+        save_hf_checkpoint(self.g_parts.module(params), out, tokenizer=self.tokenizer, dtype=dtype)
         if self.g_parts.lora is not None:
             from gadjax.models.peft_io import save_peft_adapter
 
@@ -177,6 +178,7 @@ class RunStateMixin:
         self._export_student(self.g_state.params, paths.join(out, "student"))
         if self.config.export.discriminator and self.d_state is not None:
             disc = self.d_parts.module(self.d_state.params)
-            save_hf_checkpoint(disc, paths.join(out, "discriminator"), tokenizer=self.tokenizer)
+            dtype = self.config.export.dtype or None
+            save_hf_checkpoint(disc, paths.join(out, "discriminator"), tokenizer=self.tokenizer, dtype=dtype)
         if self.primary:
             log.info("exported the student to %s", paths.join(out, "student"))

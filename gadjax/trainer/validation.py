@@ -19,6 +19,7 @@ from gadjax.algo.losses import LOSS_AGG_MODES
 from gadjax.config import DTYPES, PROCESS_SHARDINGS, REMATS, STAGES, ConfigValidationError
 from gadjax.data import packing
 from gadjax.models.attention import BACKENDS
+from gadjax.models.config import EXPORT_DTYPES
 from gadjax.rollout.config import BATCHINGS, LAYER_LOOPS
 from gadjax.trainer import adapters, evaluation
 
@@ -61,6 +62,8 @@ def validate(c: ConfigDict) -> ConfigDict:
                 _fail(f"reward.{key}", f"not a valid regular expression: {e}")
     if c.disc.head_init not in ("zero", "normal"):
         _fail("disc.head_init", f"{c.disc.head_init!r} is not 'zero' or 'normal'")
+    if c.export.dtype and c.export.dtype not in EXPORT_DTYPES:
+        _fail("export.dtype", f"{c.export.dtype!r} is not one of {EXPORT_DTYPES} (or '' for the model's own)")
     if len(tuple(c.mesh.shape)) != 3:
         _fail("mesh.shape", f"{tuple(c.mesh.shape)} must have 3 entries (data, fsdp, tensor)")
     if not c.data.train:

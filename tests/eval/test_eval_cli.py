@@ -28,11 +28,12 @@ EVAL_KEYS = {"name", "model", "tokenizer", "data", "settings", "decoding", "coun
              "timing_s"}
 GEN_KEYS = {"index", "example_id", "messages", "prompt", "teacher_response", "student_response",
             "student_token_ids", "stop_id", "length", "truncated", "prompt_tokens", "prompt_truncated",
-            "rouge_l", "marker_hit", "teacher_marker_hit", "judge"}
+            "rouge_l", "marker_hit", "teacher_marker_hit", "judge", "teacher_judge"}
 SUMMARY_KEYS = {"n_prompts", "rouge_l", "length_mean", "length_median", "length_p90", "length_max",
                 "truncation_rate", "teacher_length_mean", "marker_rate", "teacher_marker_rate", "marker_gap",
                 "marker_gap_se", "marker_abs_gap", "c2st_accuracy", "c2st_se", "reverse_kl", "reverse_kl_se",
-                "teacher_nll", "teacher_nll_se", "judge_score", "judge_n_ok", "judge_n_failed"}
+                "teacher_nll", "teacher_nll_se", "judge_score", "judge_n_ok", "judge_n_failed",
+                "teacher_judge_score", "judge_minus_teacher", "judge_minus_teacher_se"}
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +152,8 @@ def test_cli_usage_errors_without_loading_a_model(tmp_path):
     assert all(f in run.stdout for f in ("--teacher-model", "--temperature", "--no-two-sample"))
     with pytest.raises(SystemExit, match="--judge-url needs --judge-model"):
         main(["--model", ROOT, "--data", DATA, "--judge-url", "http://127.0.0.1:1/v1"])
+    with pytest.raises(SystemExit, match="--teacher-baseline needs --judge-url"):
+        main(["--model", ROOT, "--data", DATA, "--teacher-baseline"])
     with pytest.raises(ValueError, match="not a valid regular expression"):
         main(["--model", ROOT, "--data", DATA, "--marker", "(oops"])
     with pytest.raises(SystemExit, match="--data: no such file or directory: .*nope.jsonl"):
@@ -219,3 +222,49 @@ def test_cli_sampled_with_teacher_model(tiny_model, tmp_path, capsys):
     assert s["c2st_se"] == pytest.approx((s["c2st_accuracy"] * (1 - s["c2st_accuracy"]) / 12) ** 0.5)
     with pytest.raises(SystemExit, match="--teacher-system-prompt needs --teacher-model"):
         main(["--model", model_dir, "--data", DATA, "--teacher-system-prompt", "x"])
+
+
+def test_teacher_baseline_is_judged_like_the_student(tiny_model, tmp_path, monkeypatch, capsys):
+    """--teacher-baseline: the judge (a real HTTP server on loopback) rates the corpus's teacher answers
+    with the same protocol and against the same reference answers as the student's (asked once), and
+    the result has a teacher row and the paired student - teacher difference."""
+    from tests.teacher import fake_server
+
+    model_dir, _ = tiny_model
+    with open(DATA) as f:
+        rows = [json.loads(line) for line in f][:3]
+    teacher_answers = {r["response"] for r in rows}
+
+    def answer(prompt: str) -> str:  # teacher answers get 9, student answers 6; the reference 8
+        if prompt.startswith("[Question]\n"):
+            _, _, second = split_rating_request(prompt)
+            return "8 9" if second in teacher_answers else "8 6"
+        return reference_for(prompt)
+
+    monkeypatch.setattr(fake_server, "answer_for", answer)
+    srv = fake_server.FakeOpenAI().start()
+    out = str(tmp_path / "out")
+    try:
+        assert main(["--model", model_dir, "--tokenizer", TOKENIZER, "--data", DATA, "--max-prompts", "3",
+                     "--max-new-tokens", str(MAX_NEW), "--batch-size", "4", "--no-two-sample",
+                     "--judge-url", srv.base_url, "--judge-model", "fake-judge", "--teacher-baseline",
+                     "--out", out, "--name", "tb", "--no-progress"]) == 0
+        prompts = [r["prompt"] for r in srv.requests]
+    finally:
+        srv.stop()
+    ratings = [split_rating_request(p) for p in prompts if p.startswith("[Question]\n")]
+    assert len(prompts) - len(ratings) == 3  # the judge's reference answers: asked once, not per row
+    rated_teacher = {(q, ref): ans for q, ref, ans in ratings if ans in teacher_answers}
+    assert len(rated_teacher) == 3
+    for r in rows:  # the teacher is rated against the very reference the student was
+        q = r["messages"][-1]["content"]
+        assert rated_teacher[(q, reference_for(q))] == r["response"]
+    doc, gens = _read(out, "tb")
+    t, s = doc["metrics"]["judge_teacher"], doc["summary"]
+    assert (t["n"], t["n_ok"], t["skipped_no_teacher_response"]) == (3, 3, 0)
+    assert s["teacher_judge_score"] == pytest.approx(100 * 9 / 17) == t["score"]
+    assert s["judge_score"] == pytest.approx(100 * 6 / 14)
+    assert s["judge_minus_teacher"] == pytest.approx(100 * (6 / 14 - 9 / 17))
+    assert s["judge_minus_teacher_se"] == pytest.approx(0.0, abs=1e-9)
+    assert all(g["teacher_judge"]["s_student"] == 9 and g["judge"]["s_student"] == 6 for g in gens)
+    assert "teacher score   52.94" in capsys.readouterr().out

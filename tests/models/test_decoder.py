@@ -163,3 +163,47 @@ def test_both_rope_config_dialects_read_the_same(tmp_path):
         }
     )
     assert old == new and new.rope_theta == 5e5 and new.rope_scaling["rope_type"] == "llama3"
+
+
+def test_export_dtype_defaults_to_the_source_and_bf16_loads_in_transformers(tmp_path):
+    """A bfloat16 source exports as bfloat16 by default (config.json says so as torch_dtype); transformers
+    loads it as bfloat16 and its logits match the float32 export's within bfloat16 rounding."""
+    import json
+
+    import torch
+    from safetensors import safe_open
+
+    ref_model = make_hf_model("qwen2", str(tmp_path / "hf32"), seed=2)
+    ref_model.to(torch.bfloat16).save_pretrained(str(tmp_path / "hf16"))  # a bf16 checkpoint, as released
+    ids, mask, pos = left_padded_batch(ref_model.config.vocab_size, LENGTHS, seed=2)
+    valid = mask.astype(bool)
+
+    model = load_decoder(str(tmp_path / "hf16"))
+    assert model.config.source_dtype == "bfloat16"
+    save_hf_checkpoint(model, str(tmp_path / "bf16"))  # default: the source's own dtype
+    save_hf_checkpoint(model, str(tmp_path / "f32"), dtype="float32")
+    for name, dtype, st in (("bf16", "bfloat16", "BF16"), ("f32", "float32", "F32")):
+        with open(tmp_path / name / "config.json") as f:
+            assert json.load(f)["torch_dtype"] == dtype
+        with safe_open(str(tmp_path / name / "model.safetensors"), framework="pt") as f:
+            assert {f.get_slice(k).get_dtype() for k in f.keys()} == {st}
+
+    bf16 = AutoModelForCausalLM.from_pretrained(str(tmp_path / "bf16")).eval()
+    f32 = AutoModelForCausalLM.from_pretrained(str(tmp_path / "f32")).eval()
+    assert bf16.dtype == torch.bfloat16 and f32.dtype == torch.float32
+    # The bf16 weights are the source's exactly (bf16 -> float32 -> bf16 is lossless).
+    src = dict(ref_model.named_parameters())
+    for name, p in bf16.named_parameters():
+        assert torch.equal(p, src[name]), name
+    lo, hi = torch_logits(bf16, ids, mask, pos)[valid], torch_logits(f32, ids, mask, pos)[valid]
+    scale = np.abs(hi).max()
+    assert np.abs(lo - hi).max() <= 2e-2 * scale  # bf16 keeps 8 mantissa bits: ~0.4% per rounding
+    assert np.abs(lo - hi).max() > 0  # and the bf16 model really computed in bf16
+    # float16 on request, from a float32 source (whose default stays float32)
+    f32_model = load_decoder(str(tmp_path / "hf32"))
+    assert f32_model.config.source_dtype == "float32"
+    save_hf_checkpoint(f32_model, str(tmp_path / "f16"), dtype="float16")
+    with open(tmp_path / "f16" / "config.json") as f:
+        assert json.load(f)["torch_dtype"] == "float16"
+    with pytest.raises(ValueError, match="export dtype 'int8' is not one of bfloat16, float16, float32"):
+        save_hf_checkpoint(f32_model, str(tmp_path / "bad"), dtype="int8")

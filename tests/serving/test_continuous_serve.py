@@ -5,6 +5,7 @@ with the same seed get; a short request does not wait for a long one; n choices 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 import threading
 
 import pytest
@@ -84,3 +85,72 @@ def test_short_request_does_not_wait_for_a_long_one(served):
     assert got[0].num_tokens <= 2
     assert final[0].num_tokens > 2 + 2 * engine.chunk_steps, final  # the long one really is long
     assert not long_done_then, "the short request waited for the long one"
+
+
+def _sse_events(resp: requests.Response) -> list[dict]:
+    """The JSON events of a server-sent-event response, read line by line as they arrive."""
+    events = []
+    for line in resp.iter_lines(decode_unicode=True):
+        if line.startswith("data: ") and line != "data: [DONE]":
+            events.append(json.loads(line[len("data: ") :]))
+    return events
+
+
+def test_engine_reports_tokens_as_they_are_produced(served):
+    """on_tokens is called after each decode chunk, before the request resolves, and the reported
+    tokens are the choice's tokens (its stop token included)."""
+    engine, tok, _ = served
+    prompt = tok.encode("a long story please", add_special_tokens=False)
+    calls: list[tuple[int, list[int], bool]] = []
+    fut_box: list = []
+    fut = engine.submit(
+        prompt,
+        GenParams(temperature=0.9, max_tokens=MAX_NEW, seed=7),  # the long answer of the test above
+        n=1,
+        on_tokens=lambda j, toks: calls.append((j, toks, fut_box[0].done() if fut_box else False)),
+    )
+    fut_box.append(fut)
+    (gen,) = fut.result(timeout=120)
+    assert gen.num_tokens > 2 + 2 * engine.chunk_steps
+    assert len(calls) >= gen.num_tokens // engine.chunk_steps  # one call per decode chunk, not one at the end
+    assert not any(done for _, _, done in calls)
+    reported = [t for _, toks, _ in calls for t in toks]
+    assert reported[: len(gen.token_ids)] == gen.token_ids and len(reported) == gen.num_tokens
+
+
+def test_streaming_sends_token_chunks_that_make_the_non_streaming_text(served):
+    """stream=true over real HTTP: several content chunks per choice, arriving as the engine decodes,
+    whose concatenation is the text (and finish_reason, usage) of the same request without streaming."""
+    _, _, url = served
+    body = {
+        "messages": user("a long story please"),
+        "temperature": 0.9,
+        "seed": 7,
+        "max_tokens": MAX_NEW,
+        "n": 2,
+    }
+    plain = requests.post(url + "/chat/completions", json=body, timeout=120).json()
+    stream_body = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    with requests.post(url + "/chat/completions", json=stream_body, timeout=120, stream=True) as r:
+        assert r.status_code == 200 and r.headers["Content-Type"] == "text/event-stream"
+        assert r.headers["Transfer-Encoding"] == "chunked"
+        events = _sse_events(r)
+    assert all(e["object"] == "chat.completion.chunk" for e in events)
+    for choice in plain["choices"]:
+        mine = [c for e in events for c in e["choices"] if c["index"] == choice["index"]]
+        assert mine[0]["delta"] == {"role": "assistant", "content": ""}
+        contents = [c["delta"]["content"] for c in mine if c["delta"].get("content")]
+        assert "".join(contents) == choice["message"]["content"]
+        if choice["finish_reason"] == "length":  # 48 tokens: 12 decode chunks
+            assert len(contents) >= 3, contents  # token chunks, not the whole answer at once
+        assert [c["finish_reason"] for c in mine if c["finish_reason"]] == [choice["finish_reason"]]
+    # seed 7: one choice runs to max_tokens, the other ends at a stop token after 8
+    assert sorted(c["finish_reason"] for c in plain["choices"]) == ["length", "stop"]
+    assert events[-1]["usage"] == plain["usage"]
+    # the connection is reusable after a chunked stream (keep-alive), and errors stay plain JSON
+    with requests.Session() as s:
+        for _ in range(2):
+            with s.post(url + "/chat/completions", json={**stream_body, "max_tokens": 4}, stream=True) as r:
+                assert _sse_events(r)[-1]["usage"]["completion_tokens"] <= 8
+        bad = s.post(url + "/chat/completions", json={**stream_body, "max_tokens": MAX_NEW + 1})
+        assert bad.status_code == 400 and "max_tokens" in bad.json()["error"]["message"]

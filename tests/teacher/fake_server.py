@@ -31,6 +31,7 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -55,6 +56,8 @@ class FakeOpenAI:
         self.latency_s, self.hang_s, self.retry_after = latency_s, hang_s, retry_after
         self.error_message, self.echo_auth_in_errors = error_message, echo_auth_in_errors
         self.record = record
+        # This server's answers (default: the module's answer_for, which tests may monkeypatch).
+        self.answer: Callable[[str], str] | None = None
         self.script: dict[str, list[str]] = {}
         self.always: dict[str, str] = {}
         self.refuse_after: int | None = None
@@ -163,7 +166,7 @@ def _make_handler(server: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
             if server.latency_s:
                 time.sleep(server.latency_s)
             if action == "ok":
-                completion = answer_for(prompt)
+                completion = (server.answer or answer_for)(prompt)
                 usage = {"prompt_tokens": sum(len(m["content"].split()) for m in body["messages"]),
                          "completion_tokens": len(completion.split())}
                 usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]

@@ -9,6 +9,8 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(REPO, "configs", "tiny.py")
+# configs/tiny.py takes every device as FSDP; the tests run data x fsdp x tensor on the 8 emulated devices.
+TEST_MESH = (2, -1, 2)
 NOT_COMPARED = ("time", "tokens_per_s", "flops_per_s", "mfu")
 
 
@@ -20,6 +22,7 @@ def tiny_config(tmp_path, **overrides):
     spec.loader.exec_module(mod)
     c = mod.get_config()
     c.run_dir = str(tmp_path / "run")
+    c.mesh.shape = TEST_MESH
     for key, value in overrides.items():
         node = c
         parts = key.split(".")
@@ -30,7 +33,8 @@ def tiny_config(tmp_path, **overrides):
 
 
 def run_cli(tmp_path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "gadjax.train", "--config", TINY, *args]
+    mesh = [] if any(a.startswith("--config.mesh.shape=") for a in args) else ["--config.mesh.shape=(2,-1,2)"]
+    cmd = [sys.executable, "-m", "gadjax.train", "--config", TINY, *mesh, *args]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=os.environ.copy())
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
