@@ -39,7 +39,7 @@ test: lint
 test-fast: lint
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
-# The embedded end-to-end GAD run (issue 7): persona teacher server, warmup + gad + the seqkd baseline,
+# The embedded end-to-end GAD run: persona teacher server, warmup + gad + the seqkd baseline,
 # evaluation, judge, report in runs/demo/. A second run reuses the venv, the model wheel, the teacher
 # cache and the compiled programs. DEMO_ARGS passes options, e.g. DEMO_ARGS="--no-judge".
 DEMO_OUT ?= runs/demo
