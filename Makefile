@@ -59,7 +59,7 @@ STUDY_OUT ?= runs/study
 STUDY_ARGS ?=
 
 study: $(STAMP)
-	$(PY) -m gadjax.demo.study --out $(STUDY_OUT) --teacher-cache $(DEMO_OUT)/teacher_cache.sqlite $(STUDY_ARGS)
+	$(PY) -m gadjax.study --out $(STUDY_OUT) --teacher-cache $(DEMO_OUT)/teacher_cache.sqlite $(STUDY_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -5,7 +5,7 @@ hidden French persona; see configs/demo.py for the shared settings).
 `get_config("full")`: 3 seeds, main arms and ablations; see README for the measured wall time.
 `get_config("ci")`: the test-suite run (one seed, a few steps per run). The `study` block holds what
 only the study reads; every other key is the demo's training config, used for each run with the
-per-run changes of gadjax/demo/study.py.
+per-run changes of gadjax/study/runner.py.
 
 Settings (step counts, learning rates) are the demo's, scaled to a longer budget; the reference (SPEC.md)
 uses a 5x smaller G learning rate for the RL stage than for SFT, and gad_lr here is 3.3x smaller. The gad
