@@ -41,7 +41,7 @@ test-fast: lint
 
 # The embedded end-to-end GAD run (issue 7): persona teacher server, warmup + gad + the seqkd baseline,
 # evaluation, judge, report in runs/demo/. A second run reuses the venv, the model wheel, the teacher
-# cache and the compiled programs. DEMO_ARGS passes options, e.g. DEMO_ARGS="--no-judge".
+# cache and the compiled programs. DEMO_ARGS passes options, e.g. DEMO_ARGS="--judge".
 DEMO_OUT ?= runs/demo
 DEMO_ARGS ?=
 

