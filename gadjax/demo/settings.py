@@ -5,9 +5,9 @@ checkpoint-selection rule, per budget, plus the validation split the selection i
 The gad settings (16 steps at lr 6e-6, the best in-band validation evaluation kept, as the paper: SPEC.md
 "Checkpoint selection") are the ones the study chose on its validation curves, never on held-out (issue
 12, docs/study/study.md: GAD came closest to the teacher after 4 gad steps in all 3 seeds of the first
-study and overshot the teacher's marker rate by 28 steps, hence 16 with selection). The D settings (8 D-only steps before the generator moves) follow issue 27's
-check that D was barely better than chance after 3 D-only steps at the start of gad; a study run
-(`make study`) is what validates them.
+study and overshot the teacher's marker rate by 28 steps, hence 16 with selection). The D settings
+(8 D-only steps before the generator moves) follow issue 27's check that D was barely better than
+chance after 3 D-only steps at the start of gad; a new study run (`make study`) is what validates them.
 """
 
 from __future__ import annotations
