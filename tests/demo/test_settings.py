@@ -79,3 +79,13 @@ def test_trainer_selection_uses_the_configured_tiebreak():
     assert sel.consider(1, {"c2st_accuracy": 0.6, "marker_abs_gap": 0.3})
     assert sel.consider(2, {"c2st_accuracy": 0.6, "marker_abs_gap": 0.1})  # tie broken by the gap
     assert not sel.consider(3, {"c2st_accuracy": 0.6, "marker_abs_gap": 0.2})
+
+
+def test_selection_summary_when_the_metric_was_not_computed():
+    from gadjax.eval.selection import Selector
+
+    sel = Selector(metric="c2st_accuracy", mode="min")
+    assert sel.consider(2, {"c2st_accuracy": None})  # a C2ST skipped for too few validation rows
+    assert not sel.consider(4, {"c2st_accuracy": None})  # ties keep the earlier step
+    s = sel.summary()
+    assert s["selected_step"] == 2 and s["selected_value"] is None
