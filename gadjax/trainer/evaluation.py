@@ -126,6 +126,7 @@ class TrainingEvaluator:
         return Selector(
             metric=str(s.metric),
             mode=str(s.mode),
+            tiebreak=tuple(str(k) for k in s.get("tiebreak", ())),
             length_band=band,
             reference_length=reference if band else None,
         )

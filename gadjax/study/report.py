@@ -278,7 +278,7 @@ def write(out: str, c: Any, records: Sequence[Mapping[str, Any]], state: Mapping
     lines = [
         "# gadjax study: GAD vs seqkd, and the paper's ablations, in miniature",
         "",
-        f"Command: `python -m gadjax.demo.study --budget {s.budget}` (`make study`). Teacher: SmolLM2-135M-Instruct "
+        f"Command: `python -m gadjax.study --budget {s.budget}` (`make study`). Teacher: SmolLM2-135M-Instruct "
         "behind a hidden French system prompt (black box: the student sees its text only); student and D: the same "
         "model without it. Teacher corpus sampled at T="
         f"{c.demo.teacher_temperature}, max {c.demo.teacher_max_tokens} tokens.",

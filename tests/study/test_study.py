@@ -1,4 +1,4 @@
-"""The study at its CI budget (`python -m gadjax.demo.study --budget ci`), as `make study` runs it: every
+"""The study at its CI budget (`python -m gadjax.study --budget ci`), as `make study` runs it: every
 arm and ablation trains for a couple of steps, the report is written, and a second invocation finds
 every run done (results.jsonl) and trains nothing.
 
@@ -14,8 +14,8 @@ import sys
 
 import pytest
 
-from gadjax.demo.study import Results, split_validation
-from gadjax.demo.study_report import mean_se, paired
+from gadjax.study import Results, split_validation
+from gadjax.study.report import mean_se, paired
 from tests.models.smollm2 import smollm2_gguf
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -25,7 +25,7 @@ def _run(out: str) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    cmd = [sys.executable, "-m", "gadjax.demo.study", "--out", out, "--budget", "ci"]
+    cmd = [sys.executable, "-m", "gadjax.study", "--out", out, "--budget", "ci"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, f"study failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return proc

@@ -1,4 +1,4 @@
-"""The study: ``python -m gadjax.demo.study [--out runs/study] [--budget full|ci]`` (`make study`).
+"""The study: ``python -m gadjax.study [--out runs/study] [--budget full|ci]`` (`make study`).
 
 The paper's claims in miniature, on the demo's embedded teacher (SmolLM2-135M-Instruct behind a hidden
 French persona, configs/study.py), with a fair protocol:
@@ -18,7 +18,7 @@ French persona, configs/study.py), with a fair protocol:
  4. final table      every final model on the held-out split, plus "before", each warmup, and a second
                      teacher sample ("teacher resample": the calibration row, C2ST ~0.5 by construction).
  5. report           <out>/study.md with tables (mean +- standard error over seeds) and PNG plots
-                     (gadjax.demo.study_report).
+                     (gadjax.study.report).
 
 Every finished run is recorded in <out>/results.jsonl; a second invocation skips what is done (a run
 interrupted midway is redone from its start), so the study can be resumed after a crash.
@@ -29,14 +29,13 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from gadjax.demo.stages import stage_config
-from gadjax.demo.study_results import Results, _read_jsonl, _write_jsonl, split_validation
 from gadjax.demo.timing import PhaseTimer, say
+from gadjax.study.results import Results, _read_jsonl, _write_jsonl, split_validation
 
 __all__ = ["Results", "Study", "split_validation"]
 
@@ -310,9 +309,3 @@ class Study:
 
     def _export(self, run: str) -> str:
         return os.path.join(self.out, "runs", run, "export", "student")
-
-
-if __name__ == "__main__":  # the command line lives in gadjax.demo.study_cli
-    from gadjax.demo.study_cli import main
-
-    sys.exit(main())

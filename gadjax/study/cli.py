@@ -1,5 +1,5 @@
-"""The study's command line: `python -m gadjax.demo.study [--out runs/study] [--budget full|ci]`
-(`make study`); see gadjax.demo.study for what it runs. Parses the flags, collects the teacher corpus
+"""The study's command line: `python -m gadjax.study [--out runs/study] [--budget full|ci]`
+(`make study`); see gadjax.study.runner for what it runs. Parses the flags, collects the teacher corpus
 (cached), runs the Study (resumable) and writes the report."""
 
 from __future__ import annotations
@@ -14,16 +14,16 @@ from typing import Any
 from gadjax.demo.run import _early_env
 from gadjax.demo.servers import _install_signal_handlers, _stop_all_servers
 from gadjax.demo.stages import load_config
-from gadjax.demo.study import DEFAULT_CONFIG, Study
-from gadjax.demo.study_results import Results
 from gadjax.demo.teacher import PROMPTS_DIR, collect_teacher, read_prompts
 from gadjax.demo.timing import PhaseTimer, say
+from gadjax.study.results import Results
+from gadjax.study.runner import DEFAULT_CONFIG, Study
 
 
 # ------------------------------------------------------------------------------------------------ main
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m gadjax.demo.study",
+        prog="python -m gadjax.study",
         description="GAD vs seqkd at equal generator updates, with the paper's ablations, in miniature.",
     )
     p.add_argument("--out", default="runs/study", help="study directory (teacher cache, runs, study.md)")
@@ -51,8 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.WARNING)
-    from gadjax.demo import study_report
     from gadjax.demo.embedded import require_gguf
+    from gadjax.study import report as study_report
 
     out = os.path.abspath(args.out)
     os.makedirs(os.path.join(out, "logs"), exist_ok=True)

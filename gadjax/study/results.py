@@ -1,5 +1,5 @@
 """The study's bookkeeping: the resumable results file (every finished run, curve point and final
-evaluation) and the validation split carved from the training prompts."""
+evaluation); the validation split is gadjax.demo.settings.split_validation (the demo selects on it too)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,10 @@ import json
 import os
 from collections.abc import Sequence
 from typing import Any
+
+from gadjax.demo.settings import split_validation
+
+__all__ = ["Results", "split_validation"]
 
 
 # ------------------------------------------------------------------------------------------- results
@@ -45,16 +49,6 @@ class Results:
 
     def final_done(self, name: str) -> bool:
         return any(r["kind"] == "final" and r["name"] == name for r in self.records)
-
-
-# ------------------------------------------------------------------------------------------- splits
-def split_validation(rows: Sequence[dict[str, Any]], every: int) -> tuple[list[dict], list[dict]]:
-    """(train, validation): every `every`-th row (1-based position every, 2*every, ...) is validation."""
-    if every < 2:
-        raise ValueError(f"study.validation_every={every}: must be >= 2")
-    train = [r for i, r in enumerate(rows) if (i + 1) % every]
-    val = [r for i, r in enumerate(rows) if (i + 1) % every == 0]
-    return train, val
 
 
 def _read_jsonl(path: str) -> list[dict[str, Any]]:
