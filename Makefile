@@ -52,7 +52,7 @@ demo: $(STAMP)
 demo-compare: $(STAMP)
 	$(PY) -m gadjax.demo.run --out $(DEMO_OUT) --compare $(DEMO_ARGS)
 
-# The study (issue 12): GAD vs seqkd at equal generator updates over 3 seeds, plus the paper's ablations
+# The study: GAD vs seqkd at equal generator updates over 5 seeds, plus the paper's ablations
 # (frozen D, no D warmup, BCE D loss, oracle reward); over 90 minutes on 2 cores (README). Writes
 # runs/study/study.md. Shares the demo's teacher cache; rerunning skips finished runs.
 STUDY_OUT ?= runs/study

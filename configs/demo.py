@@ -14,9 +14,9 @@ Training alone, after a demo run has written the corpus:
 
     python -m gadjax.train --config configs/demo.py --config.stage=warmup --config.run_dir=runs/x-warmup
 
-Scaled down from SPEC.md's reference (256 prompts x N=8, 1536 tokens, lr 1e-6): 2 prompts x N=4, 32
-tokens, and learning rates that move a 135M model in tens of steps (measured; see the demo's report).
-float32 on CPU (bfloat16 is slower here, DESIGN.md).
+Scaled down from the paper's reference (docs/recipe.md: 256 prompts x N=8, 1536 tokens, lr 1e-6)
+to 2 prompts x N=4, 32 tokens, and learning rates that move a 135M model in tens of steps (measured;
+see the demo's report). float32 on CPU (bfloat16 is slower here, DESIGN.md).
 """
 
 import os
@@ -55,7 +55,7 @@ def get_config(budget: str = "full"):
     c.data.num_epochs = 100  # train.steps is set per stage; the data simply repeats
     c.rollout.n_samples = 2 if ci else 4
     c.rollout.max_new_tokens = max_tokens
-    c.rollout.temperature = 0.8  # SPEC.md
+    c.rollout.temperature = 0.8  # the paper's sampling temperature
     c.rollout.prompt_buckets = (52,)
 
     s = stage_settings(budget)  # the stage settings the study validated (gadjax/demo/settings.py)
@@ -85,7 +85,8 @@ def get_config(budget: str = "full"):
             gad_steps=s.gad_steps,
             gad_lr=s.gad_lr,
             seqkd_lr=s.seqkd_lr,
-            # Checkpoint selection on a validation split carved from the training prompts (SPEC.md): each
+            # Checkpoint selection on a validation split carved from the training prompts (the paper's
+            # protocol): each
             # trained student is the best in-band validation evaluation; the last step is reported too.
             eval_every=s.eval_every,
             select_metric=s.select_metric,

@@ -1,4 +1,4 @@
-"""The study (`make study`, issue 12): GAD vs seqkd at equal generator updates, with the paper's
+"""The study (`make study`): GAD vs seqkd at equal generator updates, with the paper's
 ablations, in miniature on the embedded model (SmolLM2-135M-Instruct distilled from itself behind a
 hidden French persona; see configs/demo.py for the shared settings).
 
@@ -7,7 +7,7 @@ hidden French persona; see configs/demo.py for the shared settings).
 only the study reads; every other key is the demo's training config, used for each run with the
 per-run changes of gadjax/study/runner.py.
 
-Settings (step counts, learning rates) are the demo's, scaled to a longer budget; the reference (SPEC.md)
+Settings (step counts, learning rates) are the demo's, scaled to a longer budget; the paper (docs/recipe.md)
 uses a 5x smaller G learning rate for the RL stage than for SFT, and gad_lr here is 3.3x smaller. The gad
 length and the evaluation cadence were chosen on the first study's validation curves (never on held-out).
 """
