@@ -236,3 +236,47 @@ def test_a_preemption_notice_on_one_host_stops_every_host_at_the_same_step(tmp_p
     assert ea.keys() == eb.keys()
     for k in ea:
         np.testing.assert_allclose(eb[k], ea[k], rtol=0, atol=TOL, err_msg=k)
+
+
+@pytest.mark.slow
+def test_refused_prompts_are_summed_over_hosts_and_every_host_stops_at_the_same_step(tmp_path):
+    """A real loopback teacher answers the first 24 distinct prompts and refuses every later one (content
+    filter), on a 2-process seqkd run that reads its prompts per process: the skips are summed over the
+    hosts every step, so with teacher.max_failed_prompts=1 both processes stop at the same step, both save
+    their shards of that step's checkpoint, and both exit 4 (TEACHER_FAILURES_EXIT_CODE) with one line
+    naming the limit; no process hangs waiting for the other."""
+    import sys
+
+    from gadjax.parallel.distributed import run_local_processes
+    from gadjax.train import TEACHER_FAILURES_EXIT_CODE
+
+    sys.path.insert(0, os.path.join(REPO, "tests", "teacher"))
+    from fake_server import FakeOpenAI
+
+    prompts = tmp_path / "prompts.jsonl"
+    with open(os.path.join(REPO, "configs", "tiny_assets", "train.jsonl"), encoding="utf-8") as src:
+        rows = [json.loads(line) for line in src][:64]
+    prompts.write_text("".join(json.dumps({"messages": r["messages"]}) + "\n" for r in rows))
+    run_dir = str(tmp_path / "run")
+    with FakeOpenAI() as srv:
+        srv.refuse_after = 24  # 3 steps of 8 prompts; the prefetch (1 ahead per host) reaches refusals sooner
+        argv = ["-m", "gadjax.train", "--config", TINY, "--config.stage=seqkd", "--config.train.steps=8",
+                "--config.checkpoint.every=100", "--config.mesh.shape=(2,2,2)",
+                f"--config.data.train={prompts}", "--config.teacher.enabled=true",
+                f"--config.teacher.base_url={srv.base_url}", "--config.teacher.model=fake",
+                "--config.teacher.api_key_env=", "--config.teacher.max_tokens=8",
+                "--config.teacher.max_ahead=1", "--config.teacher.concurrency=1",  # requests in row order
+                "--config.teacher.max_failed_prompts=1", f"--config.run_dir={run_dir}"]  # fmt: skip
+        procs = run_local_processes(argv, 2, 4, timeout_s=RUN_TIMEOUT_S, cwd=REPO)
+        refused = len(set(srv.prompts_seen("refuse")))
+    logs = "\n".join(f"--- process {r.process_id} ---\n{r.output[-3000:]}" for r in procs)
+    assert [r.returncode for r in procs] == [TEACHER_FAILURES_EXIT_CODE] * 2, logs
+    assert refused >= 2, logs
+    for r in procs:
+        assert "more than teacher.max_failed_prompts=1" in r.output.strip().splitlines()[-1], logs
+    steps = sorted(os.listdir(os.path.join(run_dir, "checkpoints")))
+    assert len(steps) == 1 and 1 <= int(steps[0]) < 8, (steps, logs)  # one step, the same on both hosts
+    assert [r["step"] for r in _read_metrics(run_dir)] == list(range(1, int(steps[0]) + 1))
+    # Each process wrote its own shards of the step they stopped at (OCDBT: one sub-database per process).
+    item = os.path.join(run_dir, "checkpoints", steps[0], "g_params")
+    assert {f"ocdbt.process_{i}" for i in (0, 1)} <= set(os.listdir(item)), os.listdir(item)
