@@ -33,7 +33,7 @@ def _fresh_vm(tmp_path, name: str, gcs) -> tuple[dict, str]:
 
 def _train(tmp_path, vm: str, gcs, *args: str, expect: int = 0) -> subprocess.CompletedProcess:
     env, cwd = _fresh_vm(tmp_path, vm, gcs)
-    cmd = [sys.executable, "-m", "gadjax.train", "--config", TINY, *args]
+    cmd = [sys.executable, "-m", "gadjax.train", "--config", TINY, "--config.mesh.shape=(2,-1,2)", *args]
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == expect, f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-4000:]}"
     assert not os.path.exists(os.path.join(cwd, "gs:")), "a gs:// path became a local directory"

@@ -223,6 +223,9 @@ class Trainer(RunStateMixin, StageStepsMixin):
                         self._save(step + 1)
                     if c.train.debug_kill_at_step and step + 1 == c.train.debug_kill_at_step:
                         self.ckpt.wait()  # the kill lands after the checkpoint is committed
+                        # and after every host's wait: a host killed first would leave another inside
+                        # orbax's closing barrier, which then aborts (SIGABRT) instead of being killed.
+                        wait_for_all_processes("gadjax_debug_kill")
                         os.kill(os.getpid(), signal.SIGKILL)
                     if (
                         c.train.debug_signal_at_step
