@@ -121,3 +121,38 @@ def test_teacher_samples_keep_the_collected_response_and_draw_with_their_own_key
     with open(tmp_path / "data" / "teacher_samples_validation.jsonl", encoding="utf-8") as f:
         assert [json.loads(line)["responses"] for line in f] == out
     assert study.teacher_samples("validation", rows) == out and len(seeds) == 2  # cached: no new draws
+
+
+def test_likeness_eval_draws_each_sample_with_its_own_key():
+    """samples=2 on a random tiny chat model: draw j uses seed + j (draw 0 is the one-sample evaluation's
+    response), the teacher's texts per prompt are used as given, and prompts are the unit."""
+    import os
+
+    from flax import nnx
+
+    from gadjax.demo.likeness import likeness_eval, sample_responses
+    from gadjax.models.config import ModelConfig
+    from gadjax.models.decoder import Decoder
+    from gadjax.models.tokenizer import load_tokenizer
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    tok = load_tokenizer(os.path.join(repo, "configs", "tiny_assets", "tokenizer"))
+    cfg = ModelConfig(
+        model_type="qwen2", vocab_size=384, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2,
+        num_kv_heads=1, head_dim=8, rms_norm_eps=1e-6, rope_theta=1e4, attention_bias=True,
+    )  # fmt: skip
+    model = nnx.split(Decoder(cfg, rngs=nnx.Rngs(3)))  # near-uniform logits: draws differ
+    words = ("maps", "tea", "owls", "rain", "chess", "jazz")
+    rows = [{"messages": [{"role": "user", "content": f"Explain {w}."}], "response": ENGLISH} for w in words]
+    teacher = [[FRENCH, ENGLISH, FRENCH] for _ in rows]
+    kw = dict(temperature=1.0, max_new_tokens=6, max_prompt_tokens=32, batch_size=4, seed=7)
+    res = likeness_eval(model, tok, rows, folds=2, samples=2, teacher_texts=teacher, **kw)
+    assert res["n"] == 6 and res["samples_student"] == 2 and res["samples_teacher"] == 3
+    assert res["teacher_marker_rate"] == pytest.approx(2 / 3)
+    args = (kw["temperature"], kw["max_new_tokens"], kw["max_prompt_tokens"], kw["batch_size"])
+    first = [g["student_response"] for g in sample_responses(model, tok, rows, *args, 7)["generations"]]
+    second = [g["student_response"] for g in sample_responses(model, tok, rows, *args, 8)["generations"]]
+    assert [e["student"] for e in res["examples"]] == first[:3] and first != second
+    assert [e["teacher"] for e in res["examples"]] == [FRENCH] * 3
+    one = likeness_eval(model, tok, rows, folds=2, **kw)  # the demo's path: one sample per prompt
+    assert "per_prompt" not in one and one["n"] == 6

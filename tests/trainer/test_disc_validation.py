@@ -73,7 +73,9 @@ def test_warmup_logs_d_accuracy_on_the_validation_prompts(tmp_path):
         for w in EVAL_TOPICS
     ]
     val.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    c = tiny_config(tmp_path, stage="warmup", **{"train.steps": 1, "checkpoint.every": 1, "export.hf": False})
+    c = tiny_config(
+        tmp_path, stage="warmup", **{"train.steps": 1, "export.hf": False, "metrics.tensorboard": False}
+    )
     c.eval.update(every=1, data=[str(val)], batch_size=4, two_sample=False)
     validation.validate(c)
     trainer = Trainer(c)
