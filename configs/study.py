@@ -52,6 +52,9 @@ def get_config(budget: str = "full"):
             eval_batch_size=6 if ci else 16,
             c2st_folds=3 if ci else 5,  # needs 2 x folds texts per side
             eval_seed=1234,  # evaluation keys: never a training stream
+            # Samples per prompt on each side of every validation / held-out evaluation; the teacher's
+            # beyond its collected response are drawn once from the same embedded teacher (cached).
+            eval_samples=s.eval_samples,
             # Ablations (on ablation_seeds, from the same warmup run as GAD where they share it).
             # ci: one ablation (the trainer tests cover the other switches on the tiny model).
             ablations=("frozen_d",) if ci else ("frozen_d", "on_policy_long", "oracle", "no_d_warmup", "bce"),

@@ -113,10 +113,11 @@ def make_logprob_fn(
 
 
 def make_score_fn(graphdef: nnx.GraphDef) -> Callable[[Any, Batch], jax.Array]:
-    """(params, batch) -> discriminator scores [B] of concat(prompt, response)."""
+    """(params, batch) -> discriminator scores [B] of concat(prompt, response); with LoRA params is
+    (adapters + head, frozen base), as in make_logprob_fn."""
 
     def fn(params: Any, batch: Batch) -> jax.Array:
-        model = nnx.merge(graphdef, params)
+        model = nnx.merge(graphdef, *params) if isinstance(params, tuple) else nnx.merge(graphdef, params)
         return sequence_scores(
             model, batch["prompt_ids"], batch["prompt_mask"], batch["response_ids"], batch["response_mask"]
         )

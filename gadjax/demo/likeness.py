@@ -9,8 +9,12 @@ teacher's temperature: the teacher corpus was sampled at `demo.teacher_temperatu
 - C2ST accuracy: a classifier two-sample test (gadjax.eval.distribution, n-gram logistic regression,
   independent of GAD's discriminator) on student vs teacher responses; 0.5 = indistinguishable.
 
-Each comes with its standard error. Greedy decoding (SPEC.md's protocol for ROUGE-L and the judge) is a
-different question and stays in gadjax.demo.evaluation's greedy evaluation.
+Each comes with its standard error. With several samples per prompt on each side (the study's
+``eval_samples``; issue 27: one sample per prompt left standard errors as large as the effects),
+:func:`grouped_likeness` makes prompts the unit: the C2ST is grouped by prompt (its SE clustered by
+prompt), the marker gap is a paired difference of per-prompt rates (gadjax.eval.paired), and each comes
+with the minimum detectable effect at its standard error. Greedy decoding (SPEC.md's protocol for
+ROUGE-L and the judge) is a different question and stays in gadjax.demo.evaluation's greedy evaluation.
 """
 
 from __future__ import annotations
@@ -43,26 +47,30 @@ def likeness_eval(
     batch_size: int = 16,
     seed: int = 0,
     folds: int = 5,
+    samples: int = 1,
+    teacher_texts: Sequence[Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     """Sample ``model``'s responses to ``rows`` (dicts with messages + the teacher's response) at
     ``temperature`` and compare them with the teacher's: marker gap and C2ST, each with its SE.
-    One response per prompt on each side; the sampling keys derive from ``seed`` only (never from a
-    training stream), so an evaluation between training steps changes nothing in the training.
-    """
-    from gadjax.eval.distribution import marker_gap, two_sample_test
-    from gadjax.eval.runner import evaluate_model
-    from gadjax.eval.settings import EvalSettings
+    The sampling keys derive from ``seed`` only (never from a training stream), so an evaluation between
+    training steps changes nothing in the training.
 
-    settings = EvalSettings(
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        max_prompt_tokens=max_prompt_tokens,
-        temperature=temperature,
-        seed=seed,
-        two_sample=False,
-        progress=False,
+    ``samples`` = 1 and no ``teacher_texts``: one response per prompt on each side (the demo). Otherwise
+    ``samples`` student responses per prompt (draw j keyed by ``seed + j``) against ``teacher_texts[i]``
+    (the teacher's responses to row i; default its one collected response), by prompt:
+    :func:`grouped_likeness`.
+    """
+    if samples > 1 or teacher_texts is not None:
+        return _sampled_likeness(
+            model, tokenizer, rows, temperature=temperature, max_new_tokens=max_new_tokens,
+            max_prompt_tokens=max_prompt_tokens, batch_size=batch_size, seed=seed, folds=folds,
+            samples=samples, teacher_texts=teacher_texts,
+        )  # fmt: skip
+    from gadjax.eval.distribution import marker_gap, two_sample_test
+
+    result = sample_responses(
+        model, tokenizer, rows, temperature, max_new_tokens, max_prompt_tokens, batch_size, seed
     )
-    result = evaluate_model(model, tokenizer, rows, settings)
     gens = [g for g in result["generations"] if g["teacher_response"] is not None]
     students = [g["student_response"] for g in gens]
     teachers = [g["teacher_response"] for g in gens]
@@ -84,4 +92,113 @@ def likeness_eval(
         "length_mean": sum(lengths) / max(1, len(lengths)),
         "truncation_rate": truncated / max(1, len(lengths)),
         "examples": [{"student": s, "teacher": t} for s, t in zip(students[:3], teachers[:3], strict=True)],
+    }
+
+
+def sample_responses(
+    model: Any,
+    tokenizer: Any,
+    rows: Sequence[Mapping[str, Any]],
+    temperature: float,
+    max_new_tokens: int,
+    max_prompt_tokens: int,
+    batch_size: int,
+    seed: int,
+) -> dict[str, Any]:
+    """One sampled response per row (gadjax.eval.runner.evaluate_model, no metrics beyond lengths)."""
+    from gadjax.eval.runner import evaluate_model
+    from gadjax.eval.settings import EvalSettings
+
+    settings = EvalSettings(
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        max_prompt_tokens=max_prompt_tokens,
+        temperature=temperature,
+        seed=seed,
+        two_sample=False,
+        progress=False,
+    )
+    return evaluate_model(model, tokenizer, rows, settings)
+
+
+def _sampled_likeness(
+    model: Any,
+    tokenizer: Any,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    temperature: float,
+    max_new_tokens: int,
+    max_prompt_tokens: int,
+    batch_size: int,
+    seed: int,
+    folds: int,
+    samples: int,
+    teacher_texts: Sequence[Sequence[str]] | None,
+) -> dict[str, Any]:
+    """``samples`` draws per prompt (seed + j for draw j) against the teacher's texts, by prompt."""
+    keep = [i for i, r in enumerate(rows) if r.get("response") is not None]
+    args = (temperature, max_new_tokens, max_prompt_tokens, batch_size)
+    draws = [sample_responses(model, tokenizer, rows, *args, seed + j)["generations"] for j in range(samples)]
+    students = [[d[i]["student_response"] for d in draws] for i in keep]
+    teachers = [list(teacher_texts[i]) if teacher_texts is not None else [rows[i]["response"]] for i in keep]
+    gens = [d[i] for d in draws for i in keep]
+    res = grouped_likeness(students, teachers, folds=folds)
+    res.update(
+        decoding={"temperature": temperature, "top_p": 1.0},
+        length_mean=sum(int(g["length"]) for g in gens) / max(1, len(gens)),
+        truncation_rate=sum(bool(g["truncated"]) for g in gens) / max(1, len(gens)),
+        examples=[
+            {"student": s[0], "teacher": t[0]} for s, t in zip(students[:3], teachers[:3], strict=True)
+        ],
+    )
+    return res
+
+
+def grouped_likeness(
+    student: Sequence[Sequence[str]], teacher: Sequence[Sequence[str]], *, folds: int = 5
+) -> dict[str, Any]:
+    """Teacher-likeness with several texts per prompt: ``student[i]`` and ``teacher[i]`` are prompt i's
+    responses (any number >= 1 on each side). Prompts are the unit of every standard error:
+
+    - marker gap = mean over prompts of (student rate - teacher rate) of the prompt, its SE and paired
+      t-test p (gadjax.eval.paired.paired_difference), and the minimum detectable effect at that SE;
+    - C2ST: gadjax.eval.distribution.grouped_two_sample_test (folds grouped by prompt, SE clustered by
+      prompt), with its minimum detectable effect (against chance 0.5).
+
+    ``per_prompt`` keeps the prompts' marker rates, so that two models evaluated on the same prompts can be
+    compared prompt by prompt (gadjax.study.report)."""
+    from gadjax.eval.distribution import grouped_two_sample_test
+    from gadjax.eval.paired import min_detectable_effect, paired_difference
+
+    if len(student) != len(teacher) or not student or not all(map(len, (*student, *teacher))):
+        raise ValueError("grouped_likeness: one non-empty list of texts per prompt on each side")
+    s_rate = [sum(map(marker_hit, texts)) / len(texts) for texts in student]
+    t_rate = [sum(map(marker_hit, texts)) / len(texts) for texts in teacher]
+    gap = paired_difference(s_rate, t_rate)
+    ids = list(range(len(student)))
+    c2st = grouped_two_sample_test(
+        [t for texts in student for t in texts],
+        [i for i, texts in zip(ids, student, strict=True) for _ in texts],
+        [t for texts in teacher for t in texts],
+        [i for i, texts in zip(ids, teacher, strict=True) for _ in texts],
+        folds=folds,
+    )
+    n_s, n_t = sum(map(len, student)), sum(map(len, teacher))
+    return {
+        "n": len(student),
+        "samples_student": n_s / len(student),
+        "samples_teacher": n_t / len(teacher),
+        "marker_rate": float(sum(s_rate) / len(s_rate)),
+        "teacher_marker_rate": float(sum(t_rate) / len(t_rate)),
+        "marker_gap": gap["diff"],
+        "marker_abs_gap": abs(gap["diff"]),
+        "marker_gap_se": gap["se"],
+        "marker_gap_p": gap["p_value"],
+        "marker_gap_mde": min_detectable_effect(gap["se"]),
+        "c2st_accuracy": c2st["accuracy"],
+        "c2st_se": c2st["se"],
+        "c2st_se_binomial": c2st["se_binomial"],
+        "c2st_auc": c2st["auc"],
+        "c2st_mde": min_detectable_effect(c2st["se"]),
+        "per_prompt": {"marker_rate": s_rate, "teacher_marker_rate": t_rate},
     }

@@ -1,7 +1,8 @@
 """The demo's report: <out>/report.md and PNG plots (matplotlib, Agg backend; no display needed).
 
-Plots: D accuracy, teacher vs student D scores, GAD reward, rollout response length and the losses over
-steps (warmup then gad on one axis; seqkd's SFT loss alongside), and before / seqkd / gad bars per
+Plots: D accuracy (on the training pairs and on the validation prompts' pairs, eval/disc_val_accuracy,
+also tabulated per evaluation), teacher vs student D scores, GAD reward, rollout response length and the
+losses over steps (warmup then gad on one axis; seqkd's SFT loss alongside), and before / seqkd / gad bars per
 held-out metric with the teacher's own value as a line. The text states what improved and what did
 not, with a binomial standard error on the marker rates (58 held-out prompts: +-0.06 is noise).
 """
@@ -111,8 +112,12 @@ def plot_training(out: str, runs: Mapping[str, str]) -> list[str]:
             ax.legend(fontsize=8)
         paths.append(_save(fig, os.path.join(out, name)))
 
-    adversarial([("d_acc", "D accuracy")], "D accuracy: fraction of pairs with D(teacher) > D(student)",
-                "d_acc", "d_acc.png")  # fmt: skip
+    adversarial(
+        [("d_acc", "D accuracy, training pairs"), ("eval/disc_val_accuracy", "D accuracy, validation pairs")],
+        "D accuracy: fraction of pairs with D(teacher) > D(student)",
+        "d_acc",
+        "d_acc.png",
+    )
     adversarial(
         [("teacher_score_mean", "D(teacher)"), ("student_score_mean", "D(student)")],
         "discriminator scores",
@@ -143,6 +148,36 @@ def plot_training(out: str, runs: Mapping[str, str]) -> list[str]:
         ax.legend(fontsize=8)
     paths.append(_save(fig, os.path.join(out, "losses.png")))
     return paths
+
+
+def disc_validation_lines(runs: Mapping[str, str]) -> list[str]:
+    """D's accuracy on the validation prompts (never trained on) at each evaluation of warmup and gad:
+    the curve as a table (step -> accuracy, mean score gap), next to the training-batch d_acc."""
+    rows = []
+    for stage in ("warmup", "gad"):
+        path = runs.get(stage, "")
+        if not os.path.exists(os.path.join(path, "metrics.jsonl")):
+            continue
+        for r in read_metrics(path):
+            if r.get("eval/disc_val_accuracy") is None:
+                continue
+            rows.append(
+                f"| {stage} | {r['step']} | {_fmt(r['eval/disc_val_accuracy'])} | "
+                f"{_fmt(r.get('eval/disc_val_score_gap'), '+.3f')} | {r.get('eval/disc_val_pairs')} | "
+                f"{_fmt(r.get('d_acc'))} |"
+            )
+    if not rows:
+        return ["No validation evaluation of D was logged (eval.every = 0, or a run without D)."]
+    return [
+        "D scores each validation prompt's (teacher response, sampled student response) pair at every "
+        "evaluation; accuracy = fraction of pairs with D(teacher) > D(student) (0.5 = chance), gap = mean "
+        "D(teacher) - D(student). The training-pair d_acc of the same step is shown for comparison: a D "
+        "that only memorised its batches is accurate there and not here.",
+        "",
+        "| stage | step | D accuracy (validation) | score gap | pairs | d_acc (training pairs) |",
+        "|---|---|---|---|---|---|",
+        *rows,
+    ]
 
 
 def plot_bars(out: str, summaries: Mapping[str, Mapping[str, Any]], teacher: Mapping[str, Any]) -> str:
@@ -347,6 +382,10 @@ def write_report(
         f"temperature ({t.get('temperature')}), one per held-out prompt; C2ST = held-out accuracy of an "
         "n-gram logistic-regression classifier (independent of GAD's discriminator) telling student from "
         "teacher responses. Greedy rows: the SPEC.md protocol (ROUGE-L, judge).",
+        "",
+        "## Discriminator on validation prompts",
+        "",
+        *disc_validation_lines(runs),
         "",
         "## What improved and what did not",
         "",

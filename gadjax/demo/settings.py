@@ -37,6 +37,9 @@ class StageSettings:
     select_length_band: tuple[float, float]
     validation_every: int  # every k-th training prompt is validation (never trained on)
     validation_max: int  # 0 = all of it
+    # The study's validation and held-out evaluations: samples per prompt on each side (issue 27: with one,
+    # the standard errors were as large as the effects); prompts are the unit of every SE.
+    eval_samples: int = 1
 
     @property
     def seqkd_steps(self) -> int:
@@ -58,6 +61,7 @@ VALIDATED: dict[str, StageSettings] = {
         select_length_band=(0.8, 1.25),
         validation_every=5,
         validation_max=40,
+        eval_samples=4,
     ),
     # The test-suite budget: seconds per stage; lengths are not the point at 2 steps, so a wide band.
     "ci": StageSettings(
@@ -74,6 +78,7 @@ VALIDATED: dict[str, StageSettings] = {
         select_length_band=(0.25, 4.0),
         validation_every=3,
         validation_max=6,
+        eval_samples=2,
     ),
 }
 

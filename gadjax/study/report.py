@@ -4,7 +4,8 @@
 Numbers: per-run evaluations carry their own standard errors (binomial for C2ST accuracy and the marker
 gap); across seeds the table shows the mean and the standard error of the mean (std / sqrt(n), ddof 1).
 GAD minus seqkd is paired by seed (same seed, same teacher corpus), and its SE is that of the paired
-differences. The verdict lines apply issue 12's criteria literally and say plainly when they fail.
+differences; on the held-out prompts it is also paired by prompt (several samples per prompt on each side:
+gadjax.eval.paired), and every comparison states its minimum detectable effect at the achieved SE. The verdict lines apply issue 12's criteria literally and say plainly when they fail.
 """
 
 from __future__ import annotations
@@ -115,6 +116,77 @@ def paired(
     return m, se, len(diffs)
 
 
+def _mde(se: float | None) -> str:
+    """The minimum detectable effect (two-sided 5%, power 80%) at a standard error, as report text."""
+    from gadjax.eval.paired import min_detectable_effect
+
+    return "MDE n/a" if se is None or not math.isfinite(se) else f"MDE {min_detectable_effect(se):.3f}"
+
+
+def _prompt_rates(record: Mapping[str, Any], key: str) -> list[float] | None:
+    rates = (record.get("per_prompt") or {}).get(key)
+    return list(rates) if rates else None
+
+
+def prompt_paired(
+    finals: Mapping[str, Mapping[str, Any]], a: str, b: str, key: str = "marker_rate"
+) -> list[dict[str, Any]]:
+    """``a`` vs ``b`` paired BY PROMPT on the held-out prompts (both evaluated on the same prompts, several
+    samples per prompt: the per-prompt rates of ``key``): one comparison per seed both arms have, then
+    "pooled" (each prompt's rate averaged over those seeds first, so prompts stay the unit). Each is
+    gadjax.eval.paired.paired_difference (mean a - b, SE, paired t-test p) plus its minimum detectable
+    effect (gadjax.eval.paired.min_detectable_effect) at that SE."""
+    from gadjax.eval.paired import min_detectable_effect, paired_difference
+
+    ra = {r["seed"]: _prompt_rates(r, key) for r in _by_arm(finals, a)}
+    rb = {r["seed"]: _prompt_rates(r, key) for r in _by_arm(finals, b)}
+    seeds = [s for s in sorted(set(ra) & set(rb)) if ra[s] and rb[s] and len(ra[s]) == len(rb[s]) > 1]
+    out = []
+    for label, x, y in [(f"seed {s}", ra[s], rb[s]) for s in seeds] + (
+        [("pooled", np.mean([ra[s] for s in seeds], 0), np.mean([rb[s] for s in seeds], 0))]
+        if len(seeds) > 1
+        else []
+    ):
+        d = paired_difference(x, y)
+        out.append({"what": label, **d, "mde": min_detectable_effect(d["se"])})
+    return out
+
+
+def prompt_paired_lines(finals: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The held-out comparisons paired by prompt (marker rate), and each model's own gaps to the teacher,
+    with the minimum detectable effect at the achieved standard error next to each."""
+    lines = []
+    for a, b, what in (
+        ("gad", "seqkd", "GAD - seqkd, last step"),
+        ("gad_sel", "seqkd_sel", "GAD - seqkd, selected on validation"),
+        ("gad", "warmup", "GAD - its warmup start"),
+    ):
+        for r in prompt_paired(finals, a, b):
+            lines.append(
+                f"- marker rate, {what} ({r['what']}): {r['diff']:+.3f} (SE {r['se']:.3f}, paired t-test p "
+                f"{r['p_value']:.2g}, {r['n']} prompts; MDE {r['mde']:.3f})"
+            )
+    gaps = [
+        f"| {n} | {_fmt(r.get('marker_gap'), r.get('marker_gap_se'))} | {_mde(r.get('marker_gap_se'))} | "
+        f"{_fmt(r.get('c2st_accuracy'), r.get('c2st_se'))} | {_mde(r.get('c2st_se'))} |"
+        for n, r in sorted(finals.items())
+        if r.get("per_prompt")
+    ]
+    if not lines and not gaps:
+        return ["No evaluation carries per-prompt results (one sample per prompt: study.eval_samples = 1)."]
+    if gaps:
+        lines += [
+            "",
+            "Each model against the teacher on the same prompts (marker gap: paired by prompt; C2ST: folds "
+            "grouped by prompt, SE clustered by prompt; C2ST's MDE is against chance 0.5):",
+            "",
+            "| model | marker gap ± SE | | C2ST accuracy ± SE | |",
+            "|---|---|---|---|---|",
+            *gaps,
+        ]
+    return lines
+
+
 VERDICT_PAIRS = (
     ("gad", "seqkd", "last step"),
     ("gad_sel", "seqkd_sel", "checkpoints selected on validation (the paper's protocol)"),
@@ -140,14 +212,14 @@ def verdicts(
             word = "closer to" if m < 0 else "further from" if m > 0 else "as close to"
             sig = "beyond 2 x SE" if beyond else "within 2 x SE (not distinguishable at this size)"
             out.append(
-                f"- {label}: GAD - seqkd = {m:+.3f} (SE {se_txt}, {n} paired seeds): GAD is {word} the "
-                f"teacher than seqkd, {sig}."
+                f"- {label}: GAD - seqkd = {m:+.3f} (SE {se_txt}, {n} paired seeds; {_mde(se)}): GAD is "
+                f"{word} the teacher than seqkd, {sig}."
             )
             m2, se2, n2 = paired(finals, gad, "warmup", key)
             if m2 is not None:
                 se2_txt = "n/a" if se2 is None else f"{se2:.3f}"
                 out.append(
-                    f"  GAD - its warmup start = {m2:+.3f} (SE {se2_txt}, {n2} seeds): the gad stage "
+                    f"  GAD - its warmup start = {m2:+.3f} (SE {se2_txt}, {n2} seeds; {_mde(se2)}): the gad stage "
                     f"moved the student {'towards' if m2 < 0 else 'away from'} the teacher "
                     f"({'beyond' if se2 is not None and abs(m2) > 2 * se2 else 'within'} 2 x SE)."
                 )
@@ -318,6 +390,15 @@ def write(out: str, c: Any, records: Sequence[Mapping[str, Any]], state: Mapping
         "## Verdict (issue 12's criteria, held-out)",
         "",
         *verdicts(finals, curves, runs_dir),
+        "",
+        "## Paired by prompt (held-out)",
+        "",
+        f"Every evaluation draws {s.get('eval_samples', 1)} samples per prompt on each side (the teacher's: "
+        "its collected response plus draws of the same embedded teacher), so two models are compared prompt by "
+        "prompt and prompts are the unit of each standard error. MDE: the smallest true difference a two-sided "
+        "5% test detects with 80% power at that SE (2.8 x SE); a difference below it is not evidence either way.",
+        "",
+        *prompt_paired_lines(finals),
         "",
         "## Curves (validation split)",
         "",

@@ -58,6 +58,9 @@ class Study:
         self.d_only = int(c.train.d_only_steps)
         self.teacher_length: float | None = None  # mean teacher response tokens on validation
         self._selectors: dict[str, Any] = {}  # run -> (Selector, selected student params)
+        # The teacher's responses per prompt of each split (eval_samples of them; see teacher_samples).
+        self.teacher_val: list[list[str]] | None = None
+        self.teacher_heldout: list[list[str]] | None = None
 
     # ---- data ----------------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -83,15 +86,60 @@ class Study:
             for r in val
         ]
         self.teacher_length = sum(lengths) / max(1, len(lengths))
+        if int(self.s.get("eval_samples", 1)) > 1:
+            self.teacher_val = self.teacher_samples("validation", val)
+            self.teacher_heldout = self.teacher_samples("heldout", heldout)
         say(
             f"splits: {len(fit)} training prompts, {len(val)} validation, {len(heldout)} held-out; "
             f"teacher mean response length on validation {self.teacher_length:.1f} tokens"
         )
 
+    def teacher_samples(self, split: str, rows: Sequence[dict]) -> list[list[str]]:
+        """``eval_samples`` teacher responses per row: the collected one (the black-box corpus) and more
+        draws of the same teacher (the embedded model behind its hidden prompt, same temperature and max
+        tokens) sampled here with keys of their own (eval_seed + 1000 + j: never a student's, nor the
+        calibration row's). Cached in <out>/data/teacher_samples_<split>.jsonl: drawn once per study."""
+        from gadjax.demo.likeness import TEACHER_PROMPT_TOKENS, sample_responses, teacher_resample_rows
+
+        k = int(self.s.eval_samples)
+        path = os.path.join(self.out, "data", f"teacher_samples_{split}.jsonl")
+        want = [r["response"] for r in rows]
+        if os.path.exists(path):
+            cached = [r["responses"] for r in _read_jsonl(path)]
+            if len(cached) == len(rows) and all(
+                len(c) == k and c[0] == w for c, w in zip(cached, want, strict=True)
+            ):
+                return cached
+        from gadjax.models.hf_io import load_decoder
+
+        d = self.c.demo
+        with self.timer(f"teacher samples {split}"):
+            teacher = load_decoder(self.c.model.path)
+            persona = teacher_resample_rows(rows)
+            args = (float(d.teacher_temperature), int(d.teacher_max_tokens), TEACHER_PROMPT_TOKENS)
+            draws = [
+                sample_responses(teacher, self.tokenizer, persona, *args, int(self.s.eval_batch_size), seed)
+                for seed in range(int(self.s.eval_seed) + 1001, int(self.s.eval_seed) + 1000 + k)
+            ]
+            del teacher
+        out = [[w] + [dr["generations"][i]["student_response"] for dr in draws] for i, w in enumerate(want)]
+        _write_jsonl(
+            path, [{"prompt_id": r.get("prompt_id"), "responses": o} for r, o in zip(rows, out, strict=True)]
+        )
+        say(f"teacher samples ({split}): {k} per prompt ({k - 1} drawn here besides the collected one)")
+        return out
+
     # ---- evaluation ----------------------------------------------------------------------------
     def likeness(
-        self, model: Any, rows: Sequence[dict], max_tokens: int | None = None, max_prompt: int | None = None
+        self,
+        model: Any,
+        rows: Sequence[dict],
+        max_tokens: int | None = None,
+        max_prompt: int | None = None,
+        teacher: Sequence[Sequence[str]] | None = None,
     ) -> dict[str, Any]:
+        """Teacher-likeness of ``model`` on ``rows`` (eval_samples per prompt; ``teacher``: the teacher's
+        responses per row, default the collected one)."""
         from gadjax.demo.likeness import likeness_eval
 
         d = self.c.demo
@@ -105,6 +153,8 @@ class Study:
             batch_size=int(self.s.eval_batch_size),
             seed=int(self.s.eval_seed),
             folds=int(self.s.c2st_folds),
+            samples=int(self.s.get("eval_samples", 1)),
+            teacher_texts=teacher,
         )
 
     def final(
@@ -127,7 +177,7 @@ class Study:
             if model is None:
                 model = load_decoder(model_path or self.c.model.path)
             rows = rows_fn(self.heldout) if rows_fn else self.heldout
-            res = self.likeness(model, rows, meta.get("max_tokens"), max_prompt)
+            res = self.likeness(model, rows, meta.get("max_tokens"), max_prompt, self.teacher_heldout)
             del model
         say(
             f"held-out {name}: marker gap {res['marker_gap']:+.3f} (se {res['marker_gap_se']:.3f}), "
@@ -174,7 +224,7 @@ class Study:
             if own <= 0 or (updates % every and steps_done != total):
                 return
             t0 = time.perf_counter()
-            res = self.likeness(trainer.student_params(), self.val, max_tokens)
+            res = self.likeness(trainer.student_params(), self.val, max_tokens, teacher=self.teacher_val)
             res.pop("examples", None)
             self.results.add(
                 {"kind": "curve", "run": run, **meta, "step": steps_done, "updates": updates, **res}

@@ -21,6 +21,7 @@ import json
 import logging
 from typing import Any
 
+import numpy as np
 from ml_collections import ConfigDict
 
 from gadjax import paths
@@ -160,11 +161,17 @@ class TrainingEvaluator:
         return self.judge_every > 0 and (steps_done % self.judge_every == 0 or steps_done == total_steps)
 
     def evaluate(
-        self, steps_done: int, student: Any, with_judge: bool = False
+        self,
+        steps_done: int,
+        student: Any,
+        with_judge: bool = False,
+        disc_score: Any = None,
     ) -> tuple[dict[str, Any], bool]:
         """Evaluate ``student`` ((graphdef, params)); returns (``eval/``-prefixed scalars for the step's
         metrics record, whether this evaluation is the new best). ``with_judge``: process 0 also runs the
-        judge protocol (through its cache) and every process gets its scores, so all select alike."""
+        judge protocol (through its cache) and every process gets its scores, so all select alike.
+        ``disc_score`` (warmup, gad: the trainer's D forward, padded batch -> scores [rows]): D also
+        scores each eval row's (teacher, student) pair (gadjax.trainer.disc_validation)."""
         from gadjax.eval.runner import evaluate_model
         from gadjax.parallel.distributed import allgather_json
 
@@ -173,6 +180,8 @@ class TrainingEvaluator:
             settings = dataclasses.replace(settings, judge=self.judge)
         res = evaluate_model(student, self.tokenizer, self.rows, settings, mesh=self.mesh)
         summary = res["summary"]
+        if disc_score is not None:
+            summary.update(self._disc_validation(res["generations"], disc_score))
         if with_judge:
             summary.update(allgather_json({k: summary.get(k) for k in JUDGE_SUMMARY_KEYS})[0])
         if self.primary:
@@ -197,6 +206,40 @@ class TrainingEvaluator:
         if self.selector is not None:
             flat["eval/selected_step"] = self.selector.best["step"] if self.selector.best else -1
         return flat, new_best
+
+    def _disc_validation(self, generations: list[dict[str, Any]], disc_score: Any) -> dict[str, Any]:
+        """D's accuracy and score gap on the eval rows' (teacher, student) pairs; each generation gets
+        its two scores (d_teacher_score, d_student_score) for the eval/step_<N>.jsonl file."""
+        from gadjax.trainer import disc_validation as dv
+
+        c = self.c
+        max_response = max(int(c.data.max_response_tokens), self.settings.max_new_tokens)
+        pairs = dv.eval_pairs(
+            self.tokenizer,
+            generations,
+            max_prompt_tokens=int(c.data.max_prompt_tokens),
+            max_response_tokens=int(c.data.max_response_tokens),
+        )
+        if not pairs:
+            return {}
+        shards = int(self.mesh.shape["data"] * self.mesh.shape["fsdp"])
+        pad = self.tokenizer.pad_token_id
+        pad = self.tokenizer.eos_token_id if pad is None else pad  # as the data pipeline pads
+        teacher, student = dv.score_pairs(
+            pairs,
+            disc_score,
+            rows_per_batch=-(-2 * self.settings.batch_size // shards) * shards,  # rows split over shards
+            pad_id=int(pad),
+            max_prompt_tokens=int(c.data.max_prompt_tokens),
+            max_response_tokens=max_response,
+            buckets=str(c.data.buckets),
+            min_bucket=int(c.data.min_bucket),
+        )
+        scored = iter(zip(teacher.tolist(), student.tolist(), strict=True))  # pairs keep the rows' order
+        for g in generations:
+            t, s = next(scored) if g.get("teacher_response") is not None else (None, None)
+            g["d_teacher_score"], g["d_student_score"] = t, s
+        return dv.disc_val_metrics(np.asarray(teacher), np.asarray(student))
 
     def _write_generations(self, step: int, res: dict[str, Any]) -> None:
         lines = [json.dumps({"step": step, "summary": res["summary"], "decoding": res["decoding"]})]

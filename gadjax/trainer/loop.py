@@ -264,7 +264,8 @@ class Trainer(RunStateMixin, StageStepsMixin):
     def _evaluate(self, steps_done: int, with_judge: bool) -> dict[str, Any]:
         """eval.* on the current student; a new best (select.*) is saved to <run_dir>/best."""
         t0 = time.perf_counter()
-        metrics, new_best = self.evaluator.evaluate(steps_done, self.student_params(), with_judge)
+        disc = self.disc_scores if self.d_state is not None else None  # warmup, gad: D on validation
+        metrics, new_best = self.evaluator.evaluate(steps_done, self.student_params(), with_judge, disc)
         if new_best and self.best_ckpt is not None:
             self.best_ckpt.save(
                 steps_done,

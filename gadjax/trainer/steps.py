@@ -32,6 +32,7 @@ from gadjax.algo.steps import (
     make_discriminator_step,
     make_logprob_fn,
     make_policy_step,
+    make_score_fn,
     make_sft_step,
 )
 from gadjax.data import packing
@@ -131,6 +132,14 @@ class StageStepsMixin:
                     temperature=self.logprob_temperature,
                 )
                 prog = jit_step(fn, self.g_shardings, self.mesh, batch, frozen_shardings=g_base)
+            elif name == "disc_score":  # D's forward only: validation pairs (gadjax.trainer.disc_validation)
+                d_base = self.d_parts.base_shardings
+                prog = jit_forward(
+                    make_score_fn(self.d_graphdef),
+                    self.d_shardings.params if d_base is None else (self.d_shardings.params, d_base),
+                    self.mesh,
+                    batch,
+                )
             elif name == "ref_logprobs":
                 prog = jit_forward(
                     make_logprob_fn(self.g_graphdef, chunk_size=chunk, temperature=self.logprob_temperature),
@@ -168,6 +177,14 @@ class StageStepsMixin:
             fn = make_packed_logprob_fn(self.g_graphdef, chunk_size=chunk, temperature=temp)
             return jit_forward(fn, params, self.mesh, batch, row_axis=1)
         raise KeyError(name)
+
+    def disc_scores(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        """D(x, y) [rows] of a padded batch under the current D, no update: the score of the D step
+        (sequence_scores at the last valid token), run on the padded layout whatever train.packing says
+        (a few eval rows; the packed step computes the same scores)."""
+        with use_mesh(self.mesh):
+            params = self.d_parts.step_inputs(self.d_state.params)  # LoRA: (adapters + head, base)
+            return host_array(self._program("disc_score", batch)(params, shard_batch(batch, self.mesh)))
 
     def _pack_shape(self, kind: str) -> packing.PackShape:
         return packing.pack_shape(self.config, kind, self.mesh.shape["data"] * self.mesh.shape["fsdp"])

@@ -98,6 +98,9 @@ def test_demo_ci_budget_artefacts(tmp_path):
         assert records and all(r["stage"] == stage for r in records)
         assert keys <= set().union(*records), (stage, keys - set().union(*records))
     assert any("sft_loss" in r for r in read_metrics(os.path.join(out, "warmup")))
+    for stage in ("warmup", "gad"):  # D's accuracy on the validation prompts, at every evaluation
+        assert any("eval/disc_val_accuracy" in r for r in read_metrics(os.path.join(out, stage))), stage
+    assert "## Discriminator on validation prompts" in report and "| warmup | " in report
     # Every stage is evaluated on the validation split; gad and seqkd select on it (selection.json).
     for stage in ("warmup", "gad", "seqkd"):
         assert any("eval/length_mean" in r for r in read_metrics(os.path.join(out, stage))), stage

@@ -28,6 +28,7 @@ def test_demo_and_study_run_the_same_stage_settings(budget):
                 "validation_every", "validation_max"):  # fmt: skip
         assert demo.demo[key] == study.study[key] == getattr(s, key), key
     assert tuple(demo.demo.select_length_band) == tuple(study.study.select_length_band)
+    assert study.study.eval_samples == s.eval_samples >= (2 if budget == "ci" else 4)
     assert s.seqkd_steps == s.warmup_steps - s.d_only_steps + s.gad_steps
 
 
