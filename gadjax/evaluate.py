@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--temperature",
         type=float,
         default=0.0,
-        help="0 = greedy (SPEC.md); > 0 samples the student's responses (compare like with like when "
+        help="0 = greedy (the paper's); > 0 samples the student's responses (compare like with like when "
         "the teacher's responses were sampled)",
     )
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus filter when sampling")

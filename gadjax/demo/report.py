@@ -300,9 +300,9 @@ def selection_lines(runs: Mapping[str, str], demo: Mapping[str, Any]) -> list[st
     import json
 
     lines = [
-        f"- Selection (SPEC.md, as the study): every {demo.get('eval_every')} steps each stage is evaluated "
-        "on a validation split of the training prompts (never trained on); the gad and seqkd columns are the "
-        f"evaluation with the lowest {demo.get('select_metric')} whose mean length is within "
+        f"- Selection (paper protocol, as the study): every {demo.get('eval_every')} steps each stage is "
+        "evaluated on a validation split of the training prompts (never trained on); the gad and seqkd "
+        f"columns are the evaluation with the lowest {demo.get('select_metric')} whose mean length is within "
         f"{list(demo.get('select_length_band') or [])} x the teacher's; the *_last columns are the last step."
     ]
     for arm in ("gad", "seqkd"):
@@ -364,8 +364,8 @@ def write_report(
         f"gad {demo.get('gad_lr')}, seqkd {demo.get('seqkd_lr')}; D lr {od.get('lr')}; "
         f"KL beta {loss.get('kl_beta')}; grad clip {og.get('grad_clip_norm')}; "
         f"devices {state.get('jax', {}).get('devices')}.",
-        "- Evaluation: greedy, held-out prompts (data/demo/heldout.jsonl), same max tokens. Judge: the "
-        f"SPEC.md protocol on the first {demo.get('judge_prompts')} held-out prompts against a second local "
+        "- Evaluation: greedy, held-out prompts (data/demo/heldout.jsonl), same max tokens. Judge: "
+        f"the paper's judge on the first {demo.get('judge_prompts')} held-out prompts against a second local "
         "server WITHOUT the persona, serving the same 135M model. **A 135M judge is weak**: its scores are "
         "barely better than noise and many ratings do not parse (failures are counted, not guessed).",
         "",

@@ -71,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
         "--judge",
         action=argparse.BooleanOptionalAction,
         default=False,
-        help="also run the SPEC.md judge protocol against a second local server (default: off)",
+        help="also run the paper's judge protocol against a second local server (default: off)",
     )
     p.add_argument(
         "--teacher-only", action="store_true", help="collect (or reuse) the teacher corpus, then stop"

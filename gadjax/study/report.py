@@ -370,7 +370,7 @@ def write(out: str, c: Any, records: Sequence[Mapping[str, Any]], state: Mapping
         "",
         *(
             [
-                f"Checkpoint selection (SPEC.md; the paper keeps the best evaluation whose length is in band): in each "
+                f"Checkpoint selection (the paper keeps the best evaluation whose length is in band): in each "
                 f"main-arm run, the validation evaluation with the lowest {s.select_metric} (ties: "
                 f"{', '.join(s.select_tiebreak) or 'none'}) whose mean length is within "
                 f"{list(s.select_length_band) if s.select_length_band else 'any'} x the teacher's mean validation length "

@@ -68,7 +68,8 @@ class DriftWatch:
                 if mean > self.max_ratio * self.baseline:
                     warnings.append(
                         f"step {step}: mean response length {mean:.0f} is {mean / self.baseline:.2f}x its "
-                        f"start ({self.baseline:.0f}): possible reward hacking (SPEC.md); check samples"
+                        f"start ({self.baseline:.0f}): possible reward hacking (docs/recipe.md); check"
+                        " samples"
                     )
         if "d_acc" in metrics:
             self.accs.append(float(metrics["d_acc"]))
