@@ -65,7 +65,7 @@ def test_demo_ci_budget_artefacts(tmp_path):
     # report.md with the before / seqkd / gad / teacher table.
     report = open(os.path.join(out, "report.md"), encoding="utf-8").read()
     assert "| metric | before | warmup | seqkd_last | seqkd | gad_last | gad | teacher |" in report
-    assert "Selection (SPEC.md, as the study)" in report
+    assert "Selection (paper protocol, as the study)" in report
     labels = ("C2ST accuracy, sampled", "marker gap, sampled", "persona marker rate", "ROUGE-L F1 vs teacher")
     for label in (*labels, "judge score", "response length"):
         assert label in report, label
