@@ -41,7 +41,7 @@ from typing import Any
 
 from gadjax.demo.evaluation import evaluate, judge_all, likeness
 from gadjax.demo.servers import LocalServer, _install_signal_handlers, _stop_all_servers
-from gadjax.demo.settings import split_validation
+from gadjax.demo.settings import write_validation_split
 from gadjax.demo.stages import load_config, stage_config, train_stage, with_validation
 from gadjax.demo.teacher import PROMPTS_DIR, collect_teacher, read_prompts
 from gadjax.demo.timing import PhaseTimer, print_plan, say
@@ -195,12 +195,9 @@ def _run_training_and_eval(
     # 2. train: warmup, then gad from the warmup result, and the seqkd baseline from the same start. Every
     # stage is evaluated on a validation split carved from the training prompts (never trained on); gad and
     # seqkd keep their best in-band validation evaluation (SPEC.md), exported as each student (export/best).
-    fit, val = split_validation(_read_rows(data_train), int(d.validation_every))
-    if int(d.validation_max):
-        val = val[: int(d.validation_max)]
-    data_fit, data_val = (os.path.join(out, "data", f"{n}.jsonl") for n in ("fit", "validation"))
-    _write_rows(data_fit, fit)
-    _write_rows(data_val, val)
+    data_fit, data_val, fit, val = write_validation_split(
+        data_train, os.path.join(out, "data"), int(d.validation_every), int(d.validation_max)
+    )
     c.data.train = [data_fit]
     say(f"splits: {len(fit)} training prompts, {len(val)} validation (selection), {len(heldout)} held-out")
     runs = {name: os.path.join(out, name) for name in ("warmup", "gad", "seqkd")}
@@ -280,18 +277,6 @@ def student_path(runs: dict[str, str], name: str) -> str:
         return os.path.join(runs[name[: -len("_last")]], "export", "student")
     best = os.path.join(runs[name], "export", "best")
     return best if os.path.isdir(best) else os.path.join(runs[name], "export", "student")
-
-
-def _read_rows(path: str) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def _write_rows(path: str, rows: Sequence[dict[str, Any]]) -> None:
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(path + ".tmp", path)
 
 
 if __name__ == "__main__":

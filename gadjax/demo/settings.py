@@ -13,6 +13,8 @@ chance after 3 D-only steps at the start of gad; a new study run (`make study`) 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -103,3 +105,32 @@ def split_validation(rows: Sequence[dict[str, Any]], every: int) -> tuple[list[d
     train = [r for i, r in enumerate(rows) if (i + 1) % every]
     val = [r for i, r in enumerate(rows) if (i + 1) % every == 0]
     return train, val
+
+
+def write_validation_split(
+    train_path: str, data_dir: str, every: int, max_rows: int = 0
+) -> tuple[str, str, list[dict], list[dict]]:
+    """Split the rows of ``train_path`` (split_validation; the validation part cut to ``max_rows`` when
+    set) into ``data_dir``/fit.jsonl and ``data_dir``/validation.jsonl. Returns (fit path, validation
+    path, fit rows, validation rows)."""
+    fit, val = split_validation(read_rows(train_path), int(every))
+    if max_rows:
+        val = val[: int(max_rows)]
+    fit_path, val_path = (os.path.join(data_dir, f"{name}.jsonl") for name in ("fit", "validation"))
+    write_rows(fit_path, fit)
+    write_rows(val_path, val)
+    return fit_path, val_path, fit, val
+
+
+def read_rows(path: str) -> list[dict[str, Any]]:
+    """The JSON objects of a JSONL file, blank lines skipped."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def write_rows(path: str, rows: Sequence[dict[str, Any]]) -> None:
+    """``rows`` as JSONL, written to a temporary file and renamed: a reader never sees half a file."""
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    os.replace(path + ".tmp", path)

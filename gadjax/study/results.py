@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
 from typing import Any
 
 from gadjax.demo.settings import split_validation
@@ -49,15 +48,3 @@ class Results:
 
     def final_done(self, name: str) -> bool:
         return any(r["kind"] == "final" and r["name"] == name for r in self.records)
-
-
-def _read_jsonl(path: str) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def _write_jsonl(path: str, rows: Sequence[dict[str, Any]]) -> None:
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(path + ".tmp", path)

@@ -33,9 +33,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from gadjax.demo.settings import read_rows, write_rows, write_validation_split
 from gadjax.demo.stages import stage_config
 from gadjax.demo.timing import PhaseTimer, say
-from gadjax.study.results import Results, _read_jsonl, _write_jsonl, split_validation
+from gadjax.study.results import Results, split_validation
 
 __all__ = ["Results", "Study", "split_validation"]
 
@@ -66,17 +67,15 @@ class Study:
     def prepare_data(self) -> None:
         from gadjax.models.tokenizer import load_tokenizer
 
-        rows = _read_jsonl(os.path.join(self.out, "data", "train.jsonl"))
-        fit, val = split_validation(rows, int(self.s.validation_every))
-        if self.s.validation_max:
-            val = val[: int(self.s.validation_max)]
-        heldout = _read_jsonl(os.path.join(self.out, "data", "heldout.jsonl"))
+        data = os.path.join(self.out, "data")
+        fit_path, _, fit, val = write_validation_split(
+            os.path.join(data, "train.jsonl"), data, int(self.s.validation_every), int(self.s.validation_max)
+        )
+        heldout = read_rows(os.path.join(data, "heldout.jsonl"))
         if self.s.heldout_max:
             heldout = heldout[: int(self.s.heldout_max)]
-        _write_jsonl(os.path.join(self.out, "data", "fit.jsonl"), fit)
-        _write_jsonl(os.path.join(self.out, "data", "validation.jsonl"), val)
         self.val, self.heldout = val, heldout
-        self.c.data.train = [os.path.join(self.out, "data", "fit.jsonl")]
+        self.c.data.train = [fit_path]
         self.tokenizer = load_tokenizer(self.c.model.path)
         # +1: the student's length counts its EOS; a truncated teacher response has none, but every
         # response that ended did, so this is the like-for-like reference for the length band.
@@ -105,7 +104,7 @@ class Study:
         path = os.path.join(self.out, "data", f"teacher_samples_{split}.jsonl")
         want = [r["response"] for r in rows]
         if os.path.exists(path):
-            cached = [r["responses"] for r in _read_jsonl(path)]
+            cached = [r["responses"] for r in read_rows(path)]
             if len(cached) == len(rows) and all(
                 len(c) == k and c[0] == w for c, w in zip(cached, want, strict=True)
             ):
@@ -123,7 +122,7 @@ class Study:
             ]
             del teacher
         out = [[w] + [dr["generations"][i]["student_response"] for dr in draws] for i, w in enumerate(want)]
-        _write_jsonl(
+        write_rows(
             path, [{"prompt_id": r.get("prompt_id"), "responses": o} for r, o in zip(rows, out, strict=True)]
         )
         say(f"teacher samples ({split}): {k} per prompt ({k - 1} drawn here besides the collected one)")
