@@ -15,7 +15,8 @@ longest is done. Useful tokens = the sum of the response lengths each side produ
 
 The static arm decodes at equal memory: in rollout.micro_batches chunks of as many rows as the continuous
 rollout has decode slots (the KV cache a user sizes for either), each chunk until its longest row stops;
---one-batch-static also times every row in one batch (a cache rows/slots times larger).
+--one-batch-static also times every row in one batch (a cache rows/slots times larger). With
+--tail-compaction > 0 (the default) the continuous rollout is also timed without it, same slots.
 
 Each side runs once untimed (compile / warm-up) and is then timed over --repeats runs (median).
 """
@@ -131,8 +132,12 @@ def run(args: argparse.Namespace) -> dict:
     micro = args.static_micro_batches or (b * n // slots if b % max(b * n // slots, 1) == 0 else 1)
     arms = [
         ("static", dict(micro_batches=micro)),
-        ("continuous", dict(batching="continuous", slots=args.slots)),
+        ("continuous", dict(batching="continuous", slots=args.slots, tail_compaction=args.tail_compaction)),
     ]
+    if args.tail_compaction:  # the same slots without the tail compaction: what it adds
+        arms.append(
+            ("continuous_no_compaction", dict(batching="continuous", slots=args.slots, tail_compaction=0))
+        )
     if args.one_batch_static and micro > 1:
         arms.append(("static_one_batch", {}))
     results = {}
@@ -145,6 +150,7 @@ def run(args: argparse.Namespace) -> dict:
             "useful_tokens": tokens,
             "tokens_per_s": round(tokens / secs, 1),
             "decode_steps": out.decode_steps,
+            "decode_slot_steps": out.decode_slot_steps,  # rows x steps computed
             # Same key, same tokens: rows whose length is the planned one. A row can differ where float
             # rounding (another batch shape) flips one inversion draw on the real model; it then runs on
             # to another stop id or the cap, and its tokens count as they are.
@@ -152,6 +158,14 @@ def run(args: argparse.Namespace) -> dict:
         }
         _log(f"{name}: {results[name]}")
     results["continuous"]["slots"] = slots
+    results["continuous"]["slot_levels"] = list(
+        Sampler(
+            model,
+            dataclasses.replace(
+                cfg, batching="continuous", slots=args.slots, tail_compaction=args.tail_compaction
+            ),
+        ).slot_levels_for(b)
+    )
     results["static"]["micro_batches"] = micro
     results["static"]["rows_per_micro_batch"] = b * n // micro
 
@@ -210,6 +224,11 @@ def run(args: argparse.Namespace) -> dict:
             else {}
         ),
         "ratio_vs_hf": round(tps("continuous") / tps("hf"), 2),
+        **(
+            {"ratio_vs_no_compaction": round(tps("continuous") / tps("continuous_no_compaction"), 2)}
+            if "continuous_no_compaction" in results
+            else {}
+        ),
         "torch_threads": torch.get_num_threads(),
         "loadavg": open("/proc/loadavg").read().split()[:3],
     }
@@ -219,6 +238,12 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--profile", default="cpu", help="gadjax.data.lengths profile (cpu: caps 512 / 384)")
     ap.add_argument("--samples", type=int, default=4, help="samples per prompt (with --long-tail)")
     ap.add_argument("--slots", type=int, default=0, help="continuous decode slots (0 = auto: half the rows)")
+    ap.add_argument(
+        "--tail-compaction",
+        type=int,
+        default=3,
+        help="rollout.tail_compaction of the continuous arm (also timed without it when > 0)",
+    )
     ap.add_argument(
         "--static-micro-batches",
         type=int,

@@ -174,6 +174,9 @@ def base_config() -> ConfigDict:
             # still generating (README "Rollout batching"). Same key, same tokens either way.
             batching="static",
             slots=0,  # continuous decode slots per chunk; 0 = half the chunk's rows
+            # Continuous: times the slot batch may halve in the tail (queue empty, the live rows fit in half
+            # the slots); each level is one more decode loop in the program. 0 = off.
+            tail_compaction=3,
         )
     )
     c.optim_g = _optim(1e-6)

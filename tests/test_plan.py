@@ -199,19 +199,23 @@ def test_rollout_micro_batches_shrink_the_rollout_program():
     assert reps[4]["memory"]["temp"] < reps[1]["memory"]["temp"]
     assert reps[4]["memory"]["argument"] < reps[1]["memory"]["argument"]  # the prompt ids of one chunk
     # The streamed-bytes floor: every chunk's decode loop reads the weights again.
-    from gadjax.plan.roofline import floor_bytes, rollout_decode_steps
+    from gadjax.plan.roofline import floor_bytes, rollout_cache_steps, rollout_decode_steps
 
     c = _tiny()
     sizes = dict(g_params=100, g_opt_state=200, d_params=100, d_opt_state=200, ref_params=100)
     sizes.update(kv_cache=30, kv_cache_decode=10)  # the floor reads what one decode step reads
-    steps = rollout_decode_steps(c, 0)  # under the length profile: to the batch's longest row
+    steps = rollout_decode_steps(c)  # under the length profile: to the batch's longest row
     assert 1 <= steps <= c.rollout.max_new_tokens - 1
     assert floor_bytes(c, sizes)["rollout"] == steps * (100 + 10)  # float32 compute: weights at full size
     c.rollout.micro_batches = 4
-    chunked = rollout_decode_steps(c, 0)  # each chunk runs to its own longest row
+    chunked = rollout_decode_steps(c)  # each chunk runs to its own longest row
     assert chunked >= steps and floor_bytes(c, sizes)["rollout"] == chunked * (100 + 10)
     c.rollout.batching = "continuous"  # the slot queue's iterations (gadjax.rollout.schedule)
-    assert floor_bytes(c, sizes, slots=2)["rollout"] == rollout_decode_steps(c, 2) * (100 + 10)
+    assert floor_bytes(c, sizes, (2,))["rollout"] == rollout_decode_steps(c, (2,)) * (100 + 10)
+    # Tail compaction: every iteration still reads the weights, the tail reads fewer slots' caches.
+    steps, cache_steps = rollout_decode_steps(c, (2, 1)), rollout_cache_steps(c, (2, 1))
+    assert steps == rollout_decode_steps(c, (2,)) and steps / 2 <= cache_steps < steps
+    assert floor_bytes(c, sizes, (2, 1))["rollout"] == steps * 100 + cache_steps * 10
 
 
 def test_continuous_rollout_compiles_with_its_slot_layout():
@@ -225,6 +229,7 @@ def test_continuous_rollout_compiles_with_its_slot_layout():
     cont, static = reps["continuous"], reps["static"]
     assert "continuous batching, 8 slots" in cont["programs"]["rollout"]["what"]  # half of 8 x 2 rows
     assert cont["rollout"]["slots"] == 8 and static["rollout"]["slots"] is None
+    assert cont["rollout"]["tail_slots"] == [4, 2]  # halved while a multiple of the 2 batch shards
     assert cont["rollout"]["decode_steps_under_length_profile"] >= 1
     kv = lambda rep: rep["breakdown_bytes_per_chip"]["kv_cache_decode"]
     assert kv(cont) < kv(static)  # 8 slots of 32 + 16 + 1 columns vs 16 rows of 32 + 16

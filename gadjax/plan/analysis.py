@@ -52,14 +52,16 @@ def _largest_arrays(run: AbstractRun, k: int = 5) -> list[dict[str, Any]]:
     return items[:k]
 
 
-def rollout_slots(config: ConfigDict, mesh: Any) -> int:
-    """Decode slots of a continuous rollout chunk, as the Sampler resolves them on `mesh`."""
+def rollout_slots(config: ConfigDict, mesh: Any) -> tuple[int, ...]:
+    """Slot counts of a continuous rollout chunk (the decode slots, then the tail compaction's levels), as
+    the Sampler resolves them on `mesh`."""
     from gadjax.parallel.rules import DEFAULT_RULES
-    from gadjax.rollout.config import resolve_slots
-    from gadjax.rollout.sampler import batch_shards
+    from gadjax.rollout.config import batch_shards, resolve_slots, slot_levels
 
     rows = config.data.batch_size // config.rollout.micro_batches * config.rollout.n_samples
-    return resolve_slots(config.rollout.slots, rows, batch_shards(mesh, DEFAULT_RULES))
+    shards = batch_shards(mesh, DEFAULT_RULES)
+    slots = resolve_slots(config.rollout.slots, rows, shards)
+    return slot_levels(slots, config.rollout.get("tail_compaction", 0), shards)
 
 
 def our_breakdown(config: ConfigDict, run: AbstractRun) -> dict[str, int]:
@@ -95,9 +97,9 @@ def our_breakdown(config: ConfigDict, run: AbstractRun) -> dict[str, int]:
     )
     chunk = b // config.rollout.micro_batches  # prompts whose caches exist at once
     if config.rollout.batching == "continuous":  # slot caches (+ scratch column) and the prompt cache
-        slots = rollout_slots(config, mesh)
-        out["kv_cache"] = kv(slots, p + r + 1) + kv(chunk, p)
-        out["kv_cache_decode"] = kv(slots, p + r + 1)  # what each decode step reads
+        levels = rollout_slots(config, mesh)  # the tail compaction's gather holds two levels at once
+        out["kv_cache"] = sum(kv(s, p + r + 1) for s in levels[:2]) + kv(chunk, p)
+        out["kv_cache_decode"] = kv(levels[0], p + r + 1)  # what each decode step reads (before the tail)
     else:
         out["kv_cache"] = kv(chunk * n) + kv(chunk)  # the N-times repeated cache + the prefill's
         out["kv_cache_decode"] = kv(chunk * n)

@@ -51,10 +51,15 @@ def program_specs(config: ConfigDict, run: AbstractRun) -> list[ProgramSpec]:
     )
     from gadjax.parallel.programs import jit_step
     from gadjax.parallel.rules import DEFAULT_RULES
-    from gadjax.rollout.config import SamplingConfig, resolve_layer_loop, resolve_slots
+    from gadjax.rollout.config import (
+        SamplingConfig,
+        batch_shards,
+        resolve_layer_loop,
+        resolve_slots,
+        slot_levels,
+    )
     from gadjax.rollout.continuous import _continuous_rollout
     from gadjax.rollout.decode import _rollout
-    from gadjax.rollout.sampler import batch_shards
 
     mesh, mc = run.mesh, run.model_config
     b, n = config.data.batch_size, config.rollout.n_samples
@@ -84,6 +89,7 @@ def program_specs(config: ConfigDict, run: AbstractRun) -> list[ProgramSpec]:
         micro_batches=m_r,
         batching=config.rollout.batching,
         slots=config.rollout.slots,
+        tail_compaction=config.rollout.tail_compaction,
     )
     cache_dtype = jnp.dtype(config.model.dtype)
     # LoRA: the sampler gets the plain model on the base with the adapted weights replaced by merged
@@ -96,9 +102,11 @@ def program_specs(config: ConfigDict, run: AbstractRun) -> list[ProgramSpec]:
     graphdef = run.g_plain_graphdef if lora_g else run.g_graphdef
     args = (graphdef, scfg, cache_dtype, layer_loop)
     if scfg.batching == "continuous":
-        slots = resolve_slots(scfg.slots, b // m_r * n, batch_shards(mesh, DEFAULT_RULES))
-        rollout = jax.jit(functools.partial(_continuous_rollout, *args, slots))
-        what = f"{slots} slots x KV cache {p}+{r_s}+1 tokens, prompt cache {b // m_r} x {p}"
+        shards = batch_shards(mesh, DEFAULT_RULES)
+        levels = slot_levels(resolve_slots(scfg.slots, b // m_r * n, shards), scfg.tail_compaction, shards)
+        rollout = jax.jit(functools.partial(_continuous_rollout, *args, levels))
+        tail = f" (tail: {' -> '.join(map(str, levels[1:]))} slots)" if len(levels) > 1 else ""
+        what = f"{levels[0]} slots{tail} x KV cache {p}+{r_s}+1 tokens, prompt cache {b // m_r} x {p}"
     else:
         rollout = jax.jit(functools.partial(_rollout, *args))
         what = f"KV cache {p}+{r_s} tokens"

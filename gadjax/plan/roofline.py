@@ -18,6 +18,7 @@ and compile time are not in it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from gadjax.plan.topology import ChipSpec
@@ -76,37 +77,56 @@ def step_prediction(
     return {"step_s": step_s, "mfu": mfu}
 
 
-def rollout_decode_steps(config: Any, slots: int, seed: int = 0) -> int:
-    """Decode steps of a step's rollout (all chunks) with response lengths drawn from the paper's length
-    profile scaled to the config's caps (gadjax.data.lengths): static runs each chunk to its longest row
-    (almost always the cap at this batch), continuous as many iterations as its slot queue needs
-    (gadjax.rollout.schedule)."""
+def _profile_lengths(config: Any, seed: int = 0):
+    """Response lengths of a step's rollout drawn from the paper's length profile scaled to the config's
+    caps (gadjax.data.lengths)."""
     import numpy as np
 
     from gadjax.data.lengths import PAPER
-    from gadjax.rollout import schedule
 
     r = config.rollout
     profile = PAPER.scaled(config.data.max_prompt_tokens, r.max_new_tokens)
-    lengths = profile.sample_responses(np.random.default_rng(seed), config.data.batch_size * r.n_samples)
+    return profile.sample_responses(np.random.default_rng(seed), config.data.batch_size * r.n_samples)
+
+
+def rollout_decode_steps(config: Any, levels: Sequence[int] = (), seed: int = 0) -> int:
+    """Decode steps of a step's rollout (all chunks) under the length profile: static runs each chunk to
+    its longest row (almost always the cap at this batch), continuous as many iterations as its slot queue
+    needs (gadjax.rollout.schedule; `levels`: its slot counts, gadjax.plan.analysis.rollout_slots)."""
+    from gadjax.rollout import schedule
+
+    r, lengths = config.rollout, _profile_lengths(config, seed)
     if r.batching == "continuous":
-        return schedule.continuous_steps(lengths, slots, r.micro_batches)
+        return schedule.continuous_steps(lengths, levels[0], r.micro_batches)
     return schedule.static_steps(lengths, r.micro_batches)
 
 
-def floor_bytes(config: Any, breakdown: dict[str, int], slots: int = 0) -> dict[str, float]:
+def rollout_cache_steps(config: Any, levels: Sequence[int] = (), seed: int = 0) -> float:
+    """Decode steps weighted by the share of the first level's slot cache each one reads: equal to
+    rollout_decode_steps without tail compaction, fewer with it (the tail decodes fewer slots)."""
+    from gadjax.rollout import schedule
+
+    r = config.rollout
+    if r.batching != "continuous" or len(levels) < 2:
+        return float(rollout_decode_steps(config, levels, seed))
+    lengths = _profile_lengths(config, seed)
+    return schedule.continuous_slot_steps(lengths, levels, r.micro_batches) / levels[0]
+
+
+def floor_bytes(config: Any, breakdown: dict[str, int], levels: Sequence[int] = ()) -> dict[str, float]:
     """Per chip bytes each program must move at least (see the module docstring), from our breakdown;
-    `slots`: the continuous rollout's decode slots (gadjax.plan.analysis.rollout_slots)."""
+    `levels`: the continuous rollout's slot counts (gadjax.plan.analysis.rollout_slots)."""
     import jax.numpy as jnp
 
     shrink = jnp.dtype(config.model.dtype).itemsize / jnp.dtype(config.model.param_dtype).itemsize
-    steps = rollout_decode_steps(config, slots)
+    steps = rollout_decode_steps(config, levels)
+    cache_steps = rollout_cache_steps(config, levels)
     g_state = breakdown["g_params"] + breakdown["g_opt_state"]
     d_state = breakdown["d_params"] + breakdown["d_opt_state"]
     return {
         # Every decode step of every chunk reads the (compute-dtype) weights and the cache it decodes from
-        # (static: the chunk's B*N rows; continuous: the slots).
-        "rollout": steps * (breakdown["g_params"] * shrink + breakdown["kv_cache_decode"]),
+        # (static: the chunk's B*N rows; continuous: the live level's slots).
+        "rollout": steps * breakdown["g_params"] * shrink + cache_steps * breakdown["kv_cache_decode"],
         "ref_logp": breakdown["ref_params"] * shrink,
         "d_step": 2 * d_state,  # read and write the parameters and optimizer state
         "g_step": 2 * g_state,

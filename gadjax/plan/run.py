@@ -89,8 +89,8 @@ def run_plan(
     if config.train.packing:
         analytic.update(packed_model_flops(config, run.model_config, lengths))
     breakdown = our_breakdown(config, run)
-    slots = rollout_slots(config, mesh) if config.rollout.batching == "continuous" else 0
-    floors = floor_bytes(config, breakdown, slots)
+    levels = rollout_slots(config, mesh) if config.rollout.batching == "continuous" else ()
+    floors = floor_bytes(config, breakdown, levels)
     report: dict[str, Any] = {
         "topology": topo.name,
         "libtpu_topology": topo.topology_name,
@@ -120,8 +120,9 @@ def run_plan(
         "rollout": {
             "batching": config.rollout.batching,
             "micro_batches": config.rollout.micro_batches,
-            "slots": slots or None,
-            "decode_steps_under_length_profile": rollout_decode_steps(config, slots),
+            "slots": levels[0] if levels else None,
+            "tail_slots": list(levels[1:]) if levels else None,
+            "decode_steps_under_length_profile": rollout_decode_steps(config, levels),
         },
         "resident_state_bytes_per_chip": resident_total,
         "trainable_bytes_per_chip": trainable_bytes(run),

@@ -11,6 +11,8 @@ import dataclasses
 import jax
 from jax.sharding import Mesh
 
+from gadjax.parallel.rules import Rules, named_sharding
+
 DEFAULT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 LAYER_LOOPS = ("auto", "scan", "unrolled")
 BATCHINGS = ("static", "continuous")
@@ -56,6 +58,10 @@ class SamplingConfig:
     batching: str = "static"
     # Decode slots of a "continuous" rollout (per chunk of micro_batches); 0 = auto (see resolve_slots).
     slots: int = 0
+    # Tail compaction of a "continuous" rollout: once the queue is empty and the live rows fit in half the
+    # slots, they (with their caches) move into a loop over half as many slots, up to this many times
+    # (gadjax.rollout.continuous); each level is one more decode body in the same program. 0 = off.
+    tail_compaction: int = 3
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stop_ids", frozenset(int(s) for s in self.stop_ids))
@@ -78,6 +84,8 @@ class SamplingConfig:
             raise ValueError(f"SamplingConfig.batching={self.batching!r}: one of {BATCHINGS}")
         if self.slots < 0:
             raise ValueError(f"SamplingConfig.slots={self.slots}: must be >= 0 (0 = auto)")
+        if self.tail_compaction < 0:
+            raise ValueError(f"SamplingConfig.tail_compaction={self.tail_compaction}: must be >= 0 (0 = off)")
         if not self.prompt_buckets or self.prompt_buckets[0] < 1:
             raise ValueError(f"SamplingConfig.prompt_buckets={self.prompt_buckets}: need positive lengths")
 
@@ -105,9 +113,30 @@ def resolve_layer_loop(layer_loop: str, mesh: Mesh | None) -> str:
     return "unrolled" if mesh.devices.size == 1 and mesh.devices.flat[0].platform == "cpu" else "scan"
 
 
+def batch_shards(mesh: Mesh | None, rules: Rules) -> int:
+    """How many ways the rule table splits the "batch" axis on `mesh` (1 without one)."""
+    if mesh is None:
+        return 1
+    size = mesh.devices.size
+    return size // named_sharding(("batch",), (size,), mesh, rules).shard_shape((size,))[0]
+
+
 def resolve_slots(slots: int, rows: int, multiple: int = 1) -> int:
     """Decode slots of a continuous rollout of `rows` (prompt, sample) rows: `slots`, or for 0 (auto) half
     the rows; never more than the rows; rounded up to a multiple of `multiple` (the mesh's batch shards)."""
     want = slots if slots > 0 else -(-rows // 2)
     want = max(1, min(want, rows))
     return -(-want // multiple) * multiple
+
+
+def slot_levels(slots: int, tail_compaction: int, multiple: int = 1) -> tuple[int, ...]:
+    """The slot counts a continuous rollout decodes with: `slots`, then halved up to `tail_compaction`
+    times while the half stays a positive multiple of `multiple` (the mesh's batch shards, so every level
+    shards evenly)."""
+    levels = [slots]
+    while len(levels) <= tail_compaction:
+        half = levels[-1] // 2
+        if half < multiple or half % multiple:
+            break
+        levels.append(half)
+    return tuple(levels)

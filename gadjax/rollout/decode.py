@@ -165,4 +165,5 @@ def _rollout(
     # Every row was written up to t_end (pad after its stop); finish masks what follows the first stop.
     out = finish(cfg, tokens, logprobs, sampling_lp, jnp.full((rows,), t_end, jnp.int32))
     out["steps"] = t_end - 1
+    out["slot_steps"] = (t_end - 1) * tokens.shape[0]
     return out

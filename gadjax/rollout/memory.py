@@ -3,7 +3,8 @@
 Static batching: the KV cache ([layers, rows, kv_heads, prompt bucket + max_new_tokens, head_dim], keys and
 values, plus the prefill's un-repeated copy). Continuous batching (gadjax.rollout.continuous): the prompt
 cache ([layers, prompts, kv_heads, prompt bucket, head_dim]) and the slot caches ([layers, slots, kv_heads,
-prompt bucket + max_new_tokens + 1, head_dim]). Both: the parameters as sharded, the sampling buffers and,
+prompt bucket + max_new_tokens + 1, head_dim]), plus the first tail level's (half as many slots) that the
+tail compaction's gather holds beside them. Both: the parameters as sharded, the sampling buffers and,
 for the unrolled decode loop, the per-layer copies. gadjax.rollout.sampler.Sampler checks it against the
 device's limit and raises RolloutMemoryError naming what to lower.
 """
@@ -19,6 +20,7 @@ from jax.sharding import Mesh
 
 from gadjax.models.decoder import kv_cache_bytes
 from gadjax.parallel.rules import Rules, named_sharding
+from gadjax.rollout.config import batch_shards, slot_levels
 
 CACHE_AXES = ("layers", "batch", "kv_heads", "cache_length", "head_dim")  # the model's heads-major cache
 
@@ -95,14 +97,18 @@ def estimate_rollout_memory(
 
     if slots is None:
         total_cache = kv_cache_bytes(mc, rows, length, cache_dtype)
-        decode_cache = cache(rows, length)
+        decode_cache = stacked_cache = cache(rows, length)
         prefill_cache = cache(batch, length)  # the prefill's un-repeated cache lives beside it
         step_rows, prefill_len = rows, length
     else:
         total_cache = kv_cache_bytes(mc, slots, length + 1, cache_dtype) + kv_cache_bytes(
             mc, batch, prompt_bucket, cache_dtype
         )
-        decode_cache = cache(slots, length + 1)
+        decode_cache = stacked_cache = cache(slots, length + 1)
+        levels = slot_levels(slots, cfg.tail_compaction, batch_shards(mesh, rules))
+        if len(levels) > 1:  # the first compaction holds both slot caches at once
+            total_cache += kv_cache_bytes(mc, levels[1], length + 1, cache_dtype)
+            decode_cache += cache(levels[1], length + 1)
         prefill_cache = cache(batch, prompt_bucket)  # the prompt cache, read by every insert
         step_rows, prefill_len = slots, prompt_bucket
     per_dev_cache = decode_cache + prefill_cache
@@ -113,7 +119,7 @@ def estimate_rollout_memory(
     layout_copy = 0
     if layer_loop == "unrolled":
         # The per-layer weight and cache copies live beside the stacked originals.
-        layout_copy = params + decode_cache + (0 if slots is None else prefill_cache)
+        layout_copy = params + stacked_cache + (0 if slots is None else prefill_cache)
     # ~4 float32 [rows, V] buffers per step (logits, log-softmax, processed logits, noise), the first
     # token's of every row for continuous batching, and the prefill's float32 attention scores of one
     # layer [B, heads, P, cache length].

@@ -53,8 +53,10 @@ from gadjax.rollout.config import (  # noqa: F401 (re-exported: the package's pu
     DEFAULT_BUCKETS,
     LAYER_LOOPS,
     SamplingConfig,
+    batch_shards,
     resolve_layer_loop,
     resolve_slots,
+    slot_levels,
 )
 from gadjax.rollout.continuous import _continuous_rollout
 from gadjax.rollout.decode import _rollout
@@ -74,14 +76,6 @@ def prompt_keys(rng: jax.Array, first: int, count: int) -> jax.Array:
     )
 
 
-def batch_shards(mesh: Mesh | None, rules: Rules) -> int:
-    """How many ways the rule table splits the "batch" axis on `mesh` (1 without one)."""
-    if mesh is None:
-        return 1
-    size = mesh.devices.size
-    return size // named_sharding(("batch",), (size,), mesh, rules).shard_shape((size,))[0]
-
-
 @dataclasses.dataclass
 class RolloutOutput:
     """Sampler output, numpy arrays on the host (or device arrays with `as_numpy=False`).
@@ -99,6 +93,9 @@ class RolloutOutput:
       decode_steps       int               forward steps of the decode loop that ran (static: <= R - 1;
                                            continuous: iterations of the slot loop; with micro_batches,
                                            the longest chunk's)
+      decode_slot_steps  int               rows x steps those forward steps computed, all chunks
+                                           (static: rows x steps; continuous: each level's slots x its
+                                           iterations, so the tail compaction shows here)
     """
 
     prompt_ids: Any
@@ -110,6 +107,7 @@ class RolloutOutput:
     sampling_logprobs: Any
     truncated: Any
     decode_steps: int
+    decode_slot_steps: int = 0
 
 
 def _check_left_padded(mask: np.ndarray) -> np.ndarray:
@@ -198,18 +196,24 @@ class Sampler:
             self.config.slots, batch * self.config.n_samples, batch_shards(self.mesh, self.rules)
         )
 
+    def slot_levels_for(self, batch: int) -> tuple[int, ...]:
+        """Slot counts of a continuous rollout of `batch` prompts: the slots, then the tail's levels."""
+        return slot_levels(
+            self.slots_for(batch), self.config.tail_compaction, batch_shards(self.mesh, self.rules)
+        )
+
     def _program(self, bucket: int, batch: int):
         key = (bucket, batch)
         if key not in self._programs:
             args = (self.graphdef, self.config, self.cache_dtype, self.layer_loop)
             if self.config.batching == "continuous":
-                slots = self.slots_for(batch)
-                fn = functools.partial(_continuous_rollout, *args, slots)
+                levels = self.slot_levels_for(batch)
+                fn = functools.partial(_continuous_rollout, *args, levels)
                 log.info(
-                    "rollout: compiling continuous program for prompt bucket %d, batch %d, %d slots",
+                    "rollout: compiling continuous program for prompt bucket %d, batch %d, slots %s",
                     bucket,
                     batch,
-                    slots,
+                    " -> ".join(map(str, levels)),
                 )
             else:
                 fn = functools.partial(_rollout, *args)
@@ -255,7 +259,7 @@ class Sampler:
         program = self._program(bucket, chunk)
         n = cfg.n_samples
         ctx = use_mesh(self.mesh, self.rules) if self.mesh is not None else contextlib.nullcontext()
-        chunks, steps = [], 0
+        chunks, steps, slot_steps = [], 0, 0
         with ctx:
             for c in range(m):
                 rows = slice(c * chunk, (c + 1) * chunk)
@@ -267,13 +271,20 @@ class Sampler:
                 out = program(state, ids_d, mask_d, prompt_keys(rng, c * chunk, chunk))
                 # Blocks: the next program may contain collectives (DESIGN.md).
                 steps = max(steps, int(out.pop("steps")))
+                slot_steps += int(out.pop("slot_steps"))
                 chunks.append({k: np.asarray(v) for k, v in out.items()} if as_numpy else out)
 
         rep_ids = np.repeat(ids.astype(np.int32), n, axis=0)
         rep_mask = np.repeat(mask.astype(np.int32), n, axis=0)
         cat = np.concatenate if as_numpy else jnp.concatenate
         arrays = chunks[0] if m == 1 else {k: cat([o[k] for o in chunks]) for k in chunks[0]}
-        return RolloutOutput(prompt_ids=rep_ids, prompt_mask=rep_mask, decode_steps=steps, **arrays)
+        return RolloutOutput(
+            prompt_ids=rep_ids,
+            prompt_mask=rep_mask,
+            decode_steps=steps,
+            decode_slot_steps=slot_steps,
+            **arrays,
+        )
 
 
 _SAMPLERS: dict[tuple, Sampler] = {}

@@ -129,6 +129,7 @@ def sampling_config(config: ConfigDict, tokenizer: Any, model_cfg: ModelConfig) 
         micro_batches=r.micro_batches,
         batching=r.batching,
         slots=r.slots,
+        tail_compaction=r.tail_compaction,
     )
 
 

@@ -90,6 +90,43 @@ def test_continuous_gives_the_static_tokens_with_mixed_stops(model, batch, stops
     assert five.decode_steps >= int(np.ceil((lengths - 1).sum() / 5))
 
 
+def test_tail_compaction_keeps_the_tokens_and_follows_the_live_rows(model, batch, stops):
+    """Once the queue is empty the live rows move into half as many slots, then half again: the tokens
+    are those of the static rollout (and of no compaction), the iterations are the same, and the
+    slot-steps computed are what the host model of the queue predicts, fewer than without it."""
+    cfg = dataclasses.replace(_cfg(stop_ids=stops), batching="continuous", slots=8, layer_loop="scan")
+    static = Sampler(model, _cfg(stop_ids=stops)).generate(*batch, jax.random.key(3))
+    lengths = static.response_lengths
+    flat = Sampler(model, dataclasses.replace(cfg, tail_compaction=0)).generate(*batch, jax.random.key(3))
+    for loop in ("scan", "unrolled"):
+        sampler = Sampler(model, dataclasses.replace(cfg, layer_loop=loop))
+        assert sampler.slot_levels_for(4) == (8, 4, 2, 1)
+        got = sampler.generate(*batch, jax.random.key(3))
+        _assert_same(got, static, f"tail compaction, {loop}")
+        assert got.decode_steps == flat.decode_steps == schedule.continuous_steps(lengths, 8)
+        assert got.decode_slot_steps == schedule.continuous_slot_steps(lengths, (8, 4, 2, 1))
+    assert flat.decode_slot_steps == 8 * flat.decode_steps == schedule.continuous_slot_steps(lengths, (8,))
+    assert got.decode_slot_steps < flat.decode_slot_steps
+    assert static.decode_slot_steps == len(lengths) * static.decode_steps
+
+
+def test_the_host_model_of_the_tail():
+    """One long row among short ones, 4 slots halving to 1: every row starts at iteration 0, the three
+    short ones end there, and the long one decodes its 8 remaining tokens in a one-slot loop."""
+    lengths = np.array([10, 2, 2, 2])
+    assert schedule.continuous_steps(lengths, 4) == 9
+    assert schedule.continuous_slot_steps(lengths, (4,)) == 36
+    assert schedule.continuous_slot_steps(lengths, (4, 2, 1)) == 4 + 8
+    assert schedule.continuous_slot_steps(lengths, (4, 2)) == 4 + 8 * 2
+    # Rows still queued: no compaction before the last one has started (2 slots, 5 rows of 3 tokens).
+    assert schedule.continuous_slot_steps(np.full(5, 3), (2, 1)) == 2 * 5 + 1 * 1
+    from gadjax.rollout.config import slot_levels
+
+    assert slot_levels(16, 3) == (16, 8, 4, 2) and slot_levels(16, 0) == (16,)
+    assert slot_levels(8, 3, multiple=4) == (8, 4)  # every level shards evenly over the batch shards
+    assert slot_levels(5, 9) == (5, 2, 1)
+
+
 def test_continuous_micro_batches_and_a_merged_lora_state(model, batch, stops, path):
     cfg = _cfg(stop_ids=stops, micro_batches=2)
     whole = Sampler(model, _cfg(stop_ids=stops)).generate(*batch, jax.random.key(8))
@@ -151,10 +188,13 @@ def test_continuous_on_the_mesh_equals_static_on_one_device(path, batch, stops):
 
 def test_memory_estimate_of_the_slot_layout(model):
     mc = model.config
-    cfg = _cfg(batching="continuous", slots=4, layer_loop="scan")
+    cfg = _cfg(batching="continuous", slots=4, layer_loop="scan", tail_compaction=0)
     est = Sampler(model, cfg).memory_estimate(batch=4, prompt_bucket=16)
     per_slot = 2 * mc.num_layers * mc.num_kv_heads * mc.head_dim * 4  # keys + values, float32
     # 4 slots of prompt bucket + R + 1 scratch columns, and the 4 prompts' 16-column prompt cache.
     assert est.kv_cache_bytes == est.kv_cache_bytes_per_device == per_slot * (4 * (16 + R + 1) + 4 * 16)
+    # Tail compaction: its first gather holds the 2-slot cache beside the 4-slot one.
+    tail = Sampler(model, dataclasses.replace(cfg, tail_compaction=3)).memory_estimate(4, 16)
+    assert tail.kv_cache_bytes == est.kv_cache_bytes + per_slot * 2 * (16 + R + 1)
     static = Sampler(model, dataclasses.replace(cfg, batching="static")).memory_estimate(4, 16)
     assert static.kv_cache_bytes_per_device == per_slot * (12 * (16 + R) + 4 * (16 + R))
