@@ -57,7 +57,9 @@ Writes, in ``--out``:
 ``generations_<name>.jsonl``, one line per prompt in data order::
 
     index, example_id, messages, prompt (the question text given to the judge), teacher_response,
-    student_response, student_token_ids (no stop token), stop_id (the stop token; null if truncated),
+    teacher_finish_reason (the row's finish_reason: "length" when the teacher's max_tokens cut it; null if
+    the row has none), student_response, student_token_ids (no stop token), stop_id (the stop token; null
+    if truncated),
     length (= len(student_token_ids)), truncated,
     prompt_tokens, prompt_truncated, rouge_l, marker_hit, teacher_marker_hit,
     judge: null | {reference, raw, s_reference, s_student, score (0..1), failure, error},

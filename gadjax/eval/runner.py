@@ -30,13 +30,15 @@ from gadjax.eval.settings import EvalSettings
 from gadjax.parallel.rules import DEFAULT_RULES, Rules
 
 
-def _row_fields(row: Any, i: int) -> tuple[Any, list[dict[str, str]], str | None]:
-    """(example_id, messages, teacher response or None) of a record dict or a gadjax Row."""
+def _row_fields(row: Any, i: int) -> tuple[Any, list[dict[str, str]], str | None, str | None]:
+    """(example_id, messages, teacher response or None, the teacher's finish_reason or None) of a record
+    dict or a gadjax Row."""
     get = row.get if isinstance(row, Mapping) else (lambda k, d=None: getattr(row, k, d))
     messages = get("messages")
     if not messages:
         raise ValueError(f"row {i}: no 'messages' (expected a chat: list of {{role, content}})")
-    return get("example_id", i), [dict(m) for m in messages], get("response")
+    finish = get("teacher_finish_reason") or get("finish_reason")
+    return get("example_id", i), [dict(m) for m in messages], get("response"), finish
 
 
 def evaluate_model(
@@ -183,6 +185,9 @@ def evaluate_model(
                 "messages": chats[k],
                 "prompt": render_question(chats[k]),
                 "teacher_response": teacher[k],
+                # Why the teacher's text ended ("length": cut at its max_tokens): D's validation pairs
+                # encode it as training does (EOS only after a response that ended on its own).
+                "teacher_finish_reason": fields[k][3],
                 "student_response": g.text,
                 "student_token_ids": g.token_ids,
                 "stop_id": g.stop_id,

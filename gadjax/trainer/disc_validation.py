@@ -35,17 +35,21 @@ def eval_pairs(
 ) -> list[dict[str, Any]]:
     """One pair per evaluated row that has a teacher response: ``{example_id, prompt_ids, teacher_ids,
     student_ids}``. The prompt and the teacher response are tokenized as for training (RowEncoder: chat
-    template, an over-long prompt keeps its end, the teacher response gets EOS unless cut at
-    ``max_response_tokens``); the student response is the generated tokens with the stop token that ended
-    them, as a rollout carries it (D scores the last valid token)."""
+    template, an over-long prompt keeps its end, the teacher response gets EOS unless the teacher cut it
+    (``teacher_finish_reason`` "length") or it is cut at ``max_response_tokens``); the student response
+    is the generated tokens with the stop token that ended them, as a rollout carries it (D scores the
+    last valid token)."""
     enc = RowEncoder(tokenizer, max_prompt_tokens=max_prompt_tokens, max_response_tokens=max_response_tokens)
     pairs = []
     for g in generations:
         if g.get("teacher_response") is None:
             continue
-        row = enc.encode_response(
-            enc.encode_prompt({"messages": g["messages"], "response": g["teacher_response"]})
-        )
+        teacher = {"messages": g["messages"], "response": g["teacher_response"]}
+        # As in training (RowEncoder): no EOS after a response the teacher cut at its max_tokens. Without
+        # this, every truncated validation teacher response ended in an EOS that no training one has, and
+        # D's validation accuracy measured that token instead of what D learned (0.28 in the demo).
+        teacher["finish_reason"] = g.get("teacher_finish_reason")
+        row = enc.encode_response(enc.encode_prompt(teacher))
         student = list(g["student_token_ids"]) + ([] if g.get("stop_id") is None else [int(g["stop_id"])])
         pairs.append(
             {

@@ -26,9 +26,9 @@ DATA = os.path.join(ROOT, "configs", "tiny_assets", "test.jsonl")
 MAX_NEW = 8
 EVAL_KEYS = {"name", "model", "tokenizer", "data", "settings", "decoding", "counts", "metrics", "summary",
              "timing_s"}
-GEN_KEYS = {"index", "example_id", "messages", "prompt", "teacher_response", "student_response",
-            "student_token_ids", "stop_id", "length", "truncated", "prompt_tokens", "prompt_truncated",
-            "rouge_l", "marker_hit", "teacher_marker_hit", "judge", "teacher_judge"}
+GEN_KEYS = {"index", "example_id", "messages", "prompt", "teacher_response", "teacher_finish_reason",
+            "student_response", "student_token_ids", "stop_id", "length", "truncated", "prompt_tokens",
+            "prompt_truncated", "rouge_l", "marker_hit", "teacher_marker_hit", "judge", "teacher_judge"}
 SUMMARY_KEYS = {"n_prompts", "rouge_l", "length_mean", "length_median", "length_p90", "length_max",
                 "truncation_rate", "teacher_length_mean", "marker_rate", "teacher_marker_rate", "marker_gap",
                 "marker_gap_se", "marker_abs_gap", "c2st_accuracy", "c2st_se", "reverse_kl", "reverse_kl_se",

@@ -59,6 +59,40 @@ def test_score_pairs_layout_and_metrics_against_numpy():
         dv.disc_val_metrics(np.zeros(2), np.zeros(3))
 
 
+def test_validation_pairs_encode_the_teacher_as_training_does():
+    """A teacher response its own max_tokens cut ("length") has no EOS in training (RowEncoder), so none in
+    D's validation pairs either; one that ended on its own has its EOS in both."""
+    from gadjax.data.tokenize import RowEncoder
+    from gadjax.models.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(os.path.join(REPO, "configs", "tiny_assets", "tokenizer"))
+    enc = RowEncoder(tok, max_prompt_tokens=32, max_response_tokens=32)
+    messages = [{"role": "user", "content": "Tell me about comets."}]
+    gens = [
+        {
+            "example_id": i,
+            "messages": messages,
+            "teacher_response": "Comets are icy bodies that",
+            "teacher_finish_reason": finish,
+            "student_token_ids": [5, 6, 7],
+            "stop_id": None,
+        }
+        for i, finish in enumerate(("length", "stop", None))
+    ]
+    pairs = dv.eval_pairs(tok, gens, max_prompt_tokens=32, max_response_tokens=32)
+    for g, pair in zip(gens, pairs, strict=True):
+        row = {
+            "messages": messages,
+            "response": g["teacher_response"],
+            "finish_reason": g["teacher_finish_reason"],
+        }
+        trained = enc.encode_response(enc.encode_prompt(row))
+        np.testing.assert_array_equal(pair["teacher_ids"], trained["response_ids"])
+        np.testing.assert_array_equal(pair["prompt_ids"], trained["prompt_ids"])
+    assert pairs[0]["teacher_ids"][-1] != tok.eos_token_id
+    assert pairs[1]["teacher_ids"][-1] == pairs[2]["teacher_ids"][-1] == tok.eos_token_id
+
+
 def test_warmup_logs_d_accuracy_on_the_validation_prompts(tmp_path):
     import jax
 
