@@ -224,6 +224,7 @@ def _run_training_and_eval(
             c.model.path,
             os.path.join(out, "logs", "judge_server.log"),
             max_new_tokens=max(int(d.judge_reference_max_tokens), int(d.judge_rating_max_tokens)),
+            max_prompt_tokens=1024,  # the judge prompt: question, reference and answer (short here)
             max_batch=16,
             seed=args.seed,
         ).start()

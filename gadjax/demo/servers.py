@@ -50,11 +50,15 @@ class LocalServer:
         *,
         system_prompt: str | None = None,
         max_new_tokens: int = 64,
+        max_prompt_tokens: int | None = None,
         max_batch: int = 16,
         batch_wait_ms: float = 300.0,
         seed: int = 0,
     ):
         self.name, self.model, self.log_path = name, model, log_path
+        # The serve engine's slot caches are this wide whatever the prompts: its default (the model's
+        # positions, up to 4096) made every decode step of the demo's 32-token answers read 4 K columns.
+        self.max_prompt_tokens = max_prompt_tokens
         self.system_prompt = system_prompt
         self.max_new_tokens, self.max_batch, self.seed = max_new_tokens, max_batch, seed
         # Throughput over latency: wait for a full batch (each new padded batch size is a compile).
@@ -74,6 +78,7 @@ class LocalServer:
             "--ready-file", self.ready_file, "--served-model-name", self.name,
             "--max-new-tokens", str(self.max_new_tokens), "--max-batch", str(self.max_batch),
             "--batch-wait-ms", str(self.batch_wait_ms),
+            *(["--max-prompt-tokens", str(self.max_prompt_tokens)] if self.max_prompt_tokens else []),
             "--seed", str(self.seed), "--log-level", "warning",
         ]  # fmt: skip
         if self.system_prompt:

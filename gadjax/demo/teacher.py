@@ -11,6 +11,7 @@ import json
 import os
 from typing import Any
 
+from gadjax.demo.likeness import TEACHER_PROMPT_TOKENS
 from gadjax.demo.servers import LocalServer
 from gadjax.demo.timing import say
 
@@ -143,6 +144,7 @@ def collect_teacher(
                 os.path.join(out, "logs", "teacher_server.log"),
                 system_prompt=PERSONA_SYSTEM_PROMPT,
                 max_new_tokens=int(demo.teacher_max_tokens),
+                max_prompt_tokens=TEACHER_PROMPT_TOKENS,  # the hidden persona + the longest demo prompt
                 max_batch=int(demo.teacher_max_batch),
                 seed=seed,
             ).start()
