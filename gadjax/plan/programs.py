@@ -104,7 +104,7 @@ def program_specs(config: ConfigDict, run: AbstractRun) -> list[ProgramSpec]:
     if scfg.batching == "continuous":
         shards = batch_shards(mesh, DEFAULT_RULES)
         levels = slot_levels(resolve_slots(scfg.slots, b // m_r * n, shards), scfg.tail_compaction, shards)
-        rollout = jax.jit(functools.partial(_continuous_rollout, *args, levels))
+        rollout = jax.jit(functools.partial(_continuous_rollout, *args, levels, shards))
         tail = f" (tail: {' -> '.join(map(str, levels[1:]))} slots)" if len(levels) > 1 else ""
         what = f"{levels[0]} slots{tail} x KV cache {p}+{r_s}+1 tokens, prompt cache {b // m_r} x {p}"
     else:

@@ -13,7 +13,8 @@ stopped. This program keeps S fixed decode slots (static shapes for XLA) and a q
    The loop ends when the queue is empty and no slot is busy;
 3. tail compaction (`SamplingConfig.tail_compaction`, levels from config.slot_levels): once the queue is
    empty and the live rows fit in the next level's slots (half as many), they are gathered with their
-   caches into that smaller batch and decoding goes on in a loop of its own (each level is one more
+   caches into that smaller batch (within each batch shard's group of slots, so no device gathers
+   another's caches: the condition is that every group's live rows fit its half) and decoding goes on in a loop of its own (each level is one more
    while_loop, so one more decode body, in the same program). Without it the last rows, which start late
    and run long, keep every slot's decode step running while most slots idle: on the CPU length profile
    that tail was ~40% of the slot-steps (README "Rollout batching"). The gather holds the old and the new
@@ -110,12 +111,14 @@ def _continuous_rollout(
     cache_dtype: Any,
     layer_loop: str,
     levels: tuple[int, ...],
+    groups: int,
     state: nnx.State,
     ids: jax.Array,
     mask: jax.Array,
     prompt_keys: jax.Array,
 ) -> dict[str, jax.Array]:
-    """B prompts x N samples in `levels[0]` decode slots, the tail in `levels[1:]` (see the module doc);
+    """B prompts x N samples in `levels[0]` decode slots, the tail in `levels[1:]` (see the module doc),
+    compacted within `groups` equal groups of slots (the batch shards; every level a multiple of it);
     outputs as decode._rollout."""
     model = nnx.merge(graphdef, state)
     b, p = ids.shape
@@ -217,24 +220,37 @@ def _continuous_rollout(
         item = jnp.where(finished, -1, item)
         return g + 1, cache, item, t + 1, tok, nxt, tokens, logprobs, sampling_lp, lengths
 
+    def group_live(item: jax.Array) -> jax.Array:
+        """Live rows of each group of slots [groups] (a group: the slots one batch shard holds)."""
+        return jnp.sum((item >= 0).reshape(groups, -1), axis=1)
+
     def run_until(carry: tuple, live_at_most: int, inserting: bool) -> tuple:
-        """Decode until the queue is empty and at most `live_at_most` slots are busy."""
+        """Decode until the queue is empty and every group has at most `live_at_most` busy slots."""
 
         def cond(carry: tuple) -> jax.Array:
             item, nxt = carry[2], carry[5]
-            return (nxt < n_todo) | (jnp.sum(item >= 0) > live_at_most)
+            return (nxt < n_todo) | (jnp.max(group_live(item)) > live_at_most)
 
         return jax.lax.while_loop(cond, functools.partial(body, inserting=inserting), carry)
 
     def compact(carry: tuple, s: int) -> tuple:
-        """The live slots (at most `s`) with their caches, moved into the first slots of an `s`-slot batch."""
+        """Each group's live slots (at most s / groups) with their caches, moved into the first slots of
+        that group in an `s`-slot batch. Within groups: a gather across the batch-sharded slot axis would
+        make every device hold every slot's cache (the v5p-16 plan: 99.8 GiB of temporaries per chip)."""
         g, cache, item, t, last, *rest = carry
-        live = item >= 0
-        pick = jnp.nonzero(live, size=s, fill_value=0)[0].astype(jnp.int32)
-        kept = jnp.arange(s) < jnp.sum(live)
-        arrs = [jnp.take(a, pick, axis=b_ax) for a, b_ax, _ in layout.arrays(cache)]
-        cache = layout.rebuild(cache, arrs, jnp.take(cache.mask, pick, axis=0), cache.index)
-        return (g, cache, jnp.where(kept, item[pick], -1), t[pick], last[pick], *rest)
+        old, new = item.shape[0] // groups, s // groups
+        live = (item >= 0).reshape(groups, old)
+        pick = jax.vmap(lambda row: jnp.nonzero(row, size=new, fill_value=0)[0].astype(jnp.int32))(live)
+        kept = (jnp.arange(new)[None, :] < jnp.sum(live, axis=1, keepdims=True)).reshape(s)
+
+        def gather(a: jax.Array, axis: int) -> jax.Array:
+            grouped = a.reshape(a.shape[:axis] + (groups, old) + a.shape[axis + 1 :])
+            take = jax.vmap(lambda x, i: jnp.take(x, i, axis=axis), in_axes=(axis, 0), out_axes=axis)
+            return take(grouped, pick).reshape(a.shape[:axis] + (s,) + a.shape[axis + 1 :])
+
+        arrs = [gather(a, b_ax) for a, b_ax, _ in layout.arrays(cache)]
+        cache = layout.rebuild(cache, arrs, gather(cache.mask, 0), cache.index)
+        return (g, cache, jnp.where(kept, gather(item, 0), -1), gather(t, 0), gather(last, 0), *rest)
 
     idle = jnp.full((levels[0],), -1, jnp.int32)
     zeros = jnp.zeros((levels[0],), jnp.int32)
@@ -244,7 +260,7 @@ def _continuous_rollout(
     for k, s in enumerate(levels):
         if k:
             carry = compact(carry, s)
-        nxt_level = levels[k + 1] if k + 1 < len(levels) else 0
+        nxt_level = levels[k + 1] // groups if k + 1 < len(levels) else 0
         g_start = carry[0]
         carry = run_until(carry, nxt_level, inserting=k == 0)
         slot_steps += s * (carry[0] - g_start)

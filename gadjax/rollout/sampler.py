@@ -208,7 +208,8 @@ class Sampler:
             args = (self.graphdef, self.config, self.cache_dtype, self.layer_loop)
             if self.config.batching == "continuous":
                 levels = self.slot_levels_for(batch)
-                fn = functools.partial(_continuous_rollout, *args, levels)
+                groups = batch_shards(self.mesh, self.rules)
+                fn = functools.partial(_continuous_rollout, *args, levels, groups)
                 log.info(
                     "rollout: compiling continuous program for prompt bucket %d, batch %d, slots %s",
                     bucket,

@@ -47,7 +47,8 @@ def continuous_slot_steps(lengths: np.ndarray, levels: Sequence[int], chunks: in
     """Slot-steps (slots x iterations) of the continuous program whose slot counts are `levels` (the
     slots, then the tail compaction's: gadjax.rollout.config.slot_levels). Before each iteration, once
     every row has started and the live rows fit the next level, the program moves to it (as many levels
-    at once as fit)."""
+    at once as fit). Exact on one batch shard; on several the program compacts within each shard's group
+    of slots and waits until every group's live rows fit, so this is then a lower bound."""
     total = 0
     for part in np.array_split(np.asarray(lengths), chunks):
         spans = _spans(part, levels[0])
