@@ -25,7 +25,7 @@ def _run(out: str) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    cmd = [sys.executable, "-m", "gadjax.study", "--out", out, "--budget", "ci"]
+    cmd = [sys.executable, "-m", "gadjax.study", "--out", out, "--budget", "ci", "--ablations"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, f"study failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return proc
