@@ -26,20 +26,15 @@ sys.path.insert(0, REPO)
 
 from gadjax import train  # noqa: E402
 from gadjax.demo.embedded import require_gguf  # noqa: E402
-from gadjax.demo.stages import load_config, stage_config  # noqa: E402
+from gadjax.demo.stages import load_config, stage_config, with_validation  # noqa: E402
 
 
 def run_one(data: str, out: str, lr: float, seed: int, steps: int) -> dict:
     c = load_config(os.path.join(REPO, "configs", "demo.py"), "full")
     c.model.path = require_gguf()
-    d = c.demo
+    # The demo's own validation evaluation (sampled as the teacher, D scoring each pair), every 4 steps.
+    c = with_validation(c, "warmup", os.path.join(data, "validation.jsonl"), select=False)
     c.eval.every = 4
-    c.eval.data = [os.path.join(data, "validation.jsonl")]
-    c.eval.max_prompts = 0
-    c.eval.batch_size = int(d.eval_batch_size)
-    c.eval.max_new_tokens = int(d.teacher_max_tokens)
-    c.eval.temperature = float(d.teacher_temperature)
-    c.eval.seed = 1234  # evaluation keys: never a training stream
     c.eval.two_sample = False
     run_dir = os.path.join(out, f"lr{lr:g}_s{seed}")
     c = stage_config(c, "warmup", run_dir, steps, float(c.optim_g.lr))
