@@ -11,23 +11,26 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-# Estimated seconds per phase on an idle 2-core CPU, printed as the plan at the start. Extrapolated from
-# runs measured under load average 4-10 (other jobs on the machine): a warmup step took 9-17 s there,
-# the first step of each stage 30-45 s (compiles); see the report's timing table for the actual numbers.
+# Estimated seconds per phase on an idle 2-core CPU, printed as the plan at the start. "full": a quiet
+# `make demo` on a clean clone (2026-12-03, load ~2 from its own threads; 1,403 s after a 108 s install).
+# The stages include their validation evaluations (every 4 steps, ~25 s each with D scoring the pairs);
+# "ci": extrapolated from loaded runs. The report's timing table has the actual numbers.
 PLAN_S = {
     "full": {
-        "teacher": 180,
-        "load": 15,
-        "eval_before": 50,
-        "eval_teacher_resample": 25,
-        "warmup": 110,
-        "gad": 170,
-        "seqkd": 60,
-        "eval_warmup": 50,
-        "eval_seqkd": 50,
-        "eval_gad": 50,
+        "teacher": 190,
+        "load": 7,
+        "eval_before": 48,
+        "eval_teacher_resample": 38,
+        "warmup": 424,
+        "gad": 372,
+        "seqkd": 158,
+        "eval_warmup": 31,
+        "eval_seqkd_last": 31,
+        "eval_seqkd": 30,
+        "eval_gad_last": 33,
+        "eval_gad": 32,
         "judge": 90,
-        "report": 5,
+        "report": 2,
     },
     "ci": {
         "teacher": 40,
@@ -84,7 +87,8 @@ class PhaseTimer:
 def print_plan(budget: str, compare: bool, judge: bool, c: Any) -> dict[str, int]:
     plan = dict(PLAN_S[budget])
     if not compare:
-        plan.pop("seqkd"), plan.pop("eval_seqkd")
+        for phase in ("seqkd", "eval_seqkd", "eval_seqkd_last"):
+            plan.pop(phase, None)
     if not judge:
         plan.pop("judge")
     d = c.demo
@@ -96,7 +100,7 @@ def print_plan(budget: str, compare: bool, judge: bool, c: Any) -> dict[str, int
         f"{d.judge_prompts if judge else 0} held-out prompts"
     )
     say(
-        "plan (estimated seconds on an idle 2-core CPU, extrapolated from loaded runs): "
+        "plan (estimated seconds on an idle 2-core CPU, PLAN_S): "
         + ", ".join(f"{k} {v}" for k, v in plan.items())
         + f"; total ~{sum(plan.values())} s + set-up"
     )
