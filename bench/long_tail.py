@@ -128,12 +128,11 @@ def run(args: argparse.Namespace) -> dict:
     # Equal decode memory: the static rollout decodes the rows in micro-batches of as many rows as the
     # continuous rollout has slots (its KV cache holds that many rows either way); "static_one_batch" is
     # the static rollout with every row in one batch (slots x micro-batches the cache of it).
-    slots = Sampler(model, dataclasses.replace(cfg, batching="continuous", slots=args.slots)).slots_for(b)
+    continuous = dict(batching="continuous", slots=args.slots, tail_compaction=args.tail_compaction)
+    levels = Sampler(model, dataclasses.replace(cfg, **continuous)).slot_levels_for(b)
+    slots = levels[0]
     micro = args.static_micro_batches or (b * n // slots if b % max(b * n // slots, 1) == 0 else 1)
-    arms = [
-        ("static", dict(micro_batches=micro)),
-        ("continuous", dict(batching="continuous", slots=args.slots, tail_compaction=args.tail_compaction)),
-    ]
+    arms = [("static", dict(micro_batches=micro)), ("continuous", continuous)]
     if args.tail_compaction:  # the same slots without the tail compaction: what it adds
         arms.append(
             ("continuous_no_compaction", dict(batching="continuous", slots=args.slots, tail_compaction=0))
@@ -158,14 +157,7 @@ def run(args: argparse.Namespace) -> dict:
         }
         _log(f"{name}: {results[name]}")
     results["continuous"]["slots"] = slots
-    results["continuous"]["slot_levels"] = list(
-        Sampler(
-            model,
-            dataclasses.replace(
-                cfg, batching="continuous", slots=args.slots, tail_compaction=args.tail_compaction
-            ),
-        ).slot_levels_for(b)
-    )
+    results["continuous"]["slot_levels"] = list(levels)
     results["static"]["micro_batches"] = micro
     results["static"]["rows_per_micro_batch"] = b * n // micro
 

@@ -61,7 +61,7 @@ def rollout_slots(config: ConfigDict, mesh: Any) -> tuple[int, ...]:
     rows = config.data.batch_size // config.rollout.micro_batches * config.rollout.n_samples
     shards = batch_shards(mesh, DEFAULT_RULES)
     slots = resolve_slots(config.rollout.slots, rows, shards)
-    return slot_levels(slots, config.rollout.get("tail_compaction", 0), shards)
+    return slot_levels(slots, config.rollout.tail_compaction, shards)
 
 
 def our_breakdown(config: ConfigDict, run: AbstractRun) -> dict[str, int]:

@@ -51,13 +51,8 @@ def program_specs(config: ConfigDict, run: AbstractRun) -> list[ProgramSpec]:
     )
     from gadjax.parallel.programs import jit_step
     from gadjax.parallel.rules import DEFAULT_RULES
-    from gadjax.rollout.config import (
-        SamplingConfig,
-        batch_shards,
-        resolve_layer_loop,
-        resolve_slots,
-        slot_levels,
-    )
+    from gadjax.plan.analysis import rollout_slots
+    from gadjax.rollout.config import SamplingConfig, batch_shards, resolve_layer_loop
     from gadjax.rollout.continuous import _continuous_rollout
     from gadjax.rollout.decode import _rollout
 
@@ -102,9 +97,9 @@ def program_specs(config: ConfigDict, run: AbstractRun) -> list[ProgramSpec]:
     graphdef = run.g_plain_graphdef if lora_g else run.g_graphdef
     args = (graphdef, scfg, cache_dtype, layer_loop)
     if scfg.batching == "continuous":
-        shards = batch_shards(mesh, DEFAULT_RULES)
-        levels = slot_levels(resolve_slots(scfg.slots, b // m_r * n, shards), scfg.tail_compaction, shards)
-        rollout = jax.jit(functools.partial(_continuous_rollout, *args, levels, shards))
+        levels = rollout_slots(config, mesh)  # as the Sampler resolves them on this mesh
+        groups = batch_shards(mesh, DEFAULT_RULES)
+        rollout = jax.jit(functools.partial(_continuous_rollout, *args, levels, groups))
         tail = f" (tail: {' -> '.join(map(str, levels[1:]))} slots)" if len(levels) > 1 else ""
         what = f"{levels[0]} slots{tail} x KV cache {p}+{r_s}+1 tokens, prompt cache {b // m_r} x {p}"
     else:
