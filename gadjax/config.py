@@ -234,6 +234,10 @@ def base_config() -> ConfigDict:
     c.eval = ConfigDict(
         dict(
             every=0,  # steps between evaluations (and at the last step); 0 = off
+            # No evaluation before this step (then at the multiples of `every`, and the last step): e.g. the
+            # demo's seqkd baseline is evaluated over the same generator updates as the gad stage it is
+            # compared with (its selection window), not at updates gad never had. 0 = from the first.
+            start_step=0,
             data=[],  # held-out rows with teacher responses: jsonl / parquet files or a tfds dir
             max_prompts=0,  # the first N rows; 0 = all
             batch_size=8,

@@ -14,7 +14,7 @@ Each comes with its standard error. With several samples per prompt on each side
 :func:`grouped_likeness` makes prompts the unit: the C2ST is grouped by prompt (its SE clustered by
 prompt), the marker gap is a paired difference of per-prompt rates (gadjax.eval.paired), and each comes
 with the minimum detectable effect at its standard error. Greedy decoding (SPEC.md's protocol for
-ROUGE-L and the judge) is a different question and stays in gadjax.demo.evaluation's greedy evaluation.
+ROUGE-L and the judge) is a different question: gadjax.demo.evaluation adds it with --judge.
 """
 
 from __future__ import annotations
@@ -66,12 +66,20 @@ def likeness_eval(
             max_prompt_tokens=max_prompt_tokens, batch_size=batch_size, seed=seed, folds=folds,
             samples=samples, teacher_texts=teacher_texts,
         )  # fmt: skip
-    from gadjax.eval.distribution import marker_gap, two_sample_test
-
     result = sample_responses(
         model, tokenizer, rows, temperature, max_new_tokens, max_prompt_tokens, batch_size, seed
     )
-    gens = [g for g in result["generations"] if g["teacher_response"] is not None]
+    return likeness_of(result["generations"], temperature=temperature, folds=folds, seed=seed)
+
+
+def likeness_of(
+    generations: Sequence[Mapping[str, Any]], *, temperature: float, folds: int, seed: int
+) -> dict[str, Any]:
+    """Marker gap and C2ST of already sampled generations (gadjax.eval.runner's records: student_response,
+    teacher_response, length, truncated) against their teacher responses, one per prompt on each side."""
+    from gadjax.eval.distribution import marker_gap, two_sample_test
+
+    gens = [g for g in generations if g["teacher_response"] is not None]
     students = [g["student_response"] for g in gens]
     teachers = [g["teacher_response"] for g in gens]
     lengths = [int(g["length"]) for g in gens]
@@ -150,6 +158,9 @@ def _sampled_likeness(
         examples=[
             {"student": s[0], "teacher": t[0]} for s, t in zip(students[:3], teachers[:3], strict=True)
         ],
+        # The first draw's records (token ids included): the study scores them with D (D's validation
+        # accuracy); the caller drops them before saving.
+        generations=draws[0],
     )
     return res
 

@@ -28,8 +28,8 @@ METRICS = (
     ("c2st_accuracy", "C2ST accuracy, sampled (0.5 = indistinguishable from the teacher)", False),
     ("marker_gap", "marker gap, sampled (student - teacher French rate; 0 = match)", None),
     ("sampled_marker_rate", "persona marker rate, sampled", None),
-    ("marker_rate", "persona marker rate, greedy", True),
-    ("rouge_l", "ROUGE-L F1 vs teacher", True),
+    ("marker_rate", "persona marker rate, greedy with --judge (else the sampled one)", True),
+    ("rouge_l", "ROUGE-L F1 vs teacher (greedy with --judge, else sampled)", True),
     ("length_mean", "response length (tokens, mean)", None),
     ("truncation_rate", "truncated at max tokens", None),
     ("judge_score", "judge score (50 = parity)", True),
@@ -364,7 +364,8 @@ def write_report(
         f"gad {demo.get('gad_lr')}, seqkd {demo.get('seqkd_lr')}; D lr {od.get('lr')}; "
         f"KL beta {loss.get('kl_beta')}; grad clip {og.get('grad_clip_norm')}; "
         f"devices {state.get('jax', {}).get('devices')}.",
-        "- Evaluation: greedy, held-out prompts (data/demo/heldout.jsonl), same max tokens. Judge: "
+        "- Evaluation: held-out prompts (data/demo/heldout.jsonl), same max tokens, responses sampled at the "
+        "teacher's temperature (with --judge also greedy, as SPEC.md judges greedy answers). Judge: "
         f"the paper's judge on the first {demo.get('judge_prompts')} held-out prompts against a second local "
         "server WITHOUT the persona, serving the same 135M model. **A 135M judge is weak**: its scores are "
         "barely better than noise and many ratings do not parse (failures are counted, not guessed).",

@@ -181,7 +181,9 @@ def _run_training_and_eval(
     max_p = int(c.data.max_prompt_tokens)
     with timer("eval_before"):
         before_info = {**info, "model": c.model.path}
-        evals["before"] = evaluate("before", base, tokenizer, heldout, d, out, before_info, max_p)
+        evals["before"] = evaluate(
+            "before", base, tokenizer, heldout, d, out, before_info, max_p, greedy=bool(args.judge)
+        )
     with timer("eval_teacher_resample"):
         # A second teacher sample (same weights + hidden persona, the same temperature): the calibration
         # for the distribution metrics (C2ST ~0.5, marker gap ~0 up to noise).
@@ -202,17 +204,22 @@ def _run_training_and_eval(
     say(f"splits: {len(fit)} training prompts, {len(val)} validation (selection), {len(heldout)} held-out")
     runs = {name: os.path.join(out, name) for name in ("warmup", "gad", "seqkd")}
     with timer("warmup"):
-        cw = with_validation(c.copy_and_resolve_references(), "warmup", data_val, select=False)
+        # From the end of the D-only steps (the student does not move before): D's accuracy then, and on.
+        d_only = int(c.train.d_only_steps)
+        cw = c.copy_and_resolve_references()
+        cw = with_validation(cw, "warmup", data_val, select=False, start_step=d_only)
         train_stage(stage_config(cw, "warmup", runs["warmup"], d.warmup_steps, c.optim_g.lr))
     with timer("gad"):
         cg = with_validation(c.copy_and_resolve_references(), "gad", data_val, select=bool(d.select_metric))
         train_stage(stage_config(cg, "gad", runs["gad"], d.gad_steps, d.gad_lr, init_from=runs["warmup"]))
     if args.compare:
         # Same start (the base model), as many G updates as warmup (after its D-only steps) + gad.
-        seqkd_steps = int(d.warmup_steps) - int(c.train.d_only_steps) + int(d.gad_steps)
+        seqkd_steps = int(d.warmup_steps) - d_only + int(d.gad_steps)
         with timer("seqkd"):
             cs = c.copy_and_resolve_references()
-            cs = with_validation(cs, "seqkd", data_val, select=bool(d.select_metric))
+            # Evaluated (and selected) at the generator updates gad is evaluated at: the same window.
+            window = int(d.warmup_steps) - d_only + int(d.eval_every)
+            cs = with_validation(cs, "seqkd", data_val, select=bool(d.select_metric), start_step=window)
             train_stage(stage_config(cs, "seqkd", runs["seqkd"], seqkd_steps, d.seqkd_lr))
 
     # 3. evaluate each trained stage on the held-out prompts, then the judge protocol.
@@ -237,7 +244,7 @@ def _run_training_and_eval(
                 path = student_path(runs, name)
                 model = load_decoder(path)
                 evals[name] = evaluate(
-                    name, model, tokenizer, heldout, d, out, {**info, "model": path}, max_p
+                    name, model, tokenizer, heldout, d, out, {**info, "model": path}, max_p, bool(args.judge)
                 )
                 del model
         if judge_server is not None:

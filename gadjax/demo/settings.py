@@ -18,6 +18,15 @@ trains on) at D-only steps 4 / 8 / 12 / 16:
 0.3: a reward with a signal in it, where 2e-5's is mostly noise to the policy. Whether gad then moves
 the student toward the teacher is what the demo and the study measure (held-out, selected checkpoints),
 not something these runs settle.
+
+The stage lengths (warmup 16 steps = 8 D-only + 8 SFT, gad 12 steps) were set from the validation curves of
+a demo run with 24 warmup steps (issue 27, 2026-12-03, seed 0): the warmup student's validation C2ST went
+0.713 (after the D-only steps) -> 0.675 / 0.637 / 0.600 / 0.438 after 4 / 8 / 12 / 16 SFT updates, and D's
+validation accuracy 0.725 -> 0.65-0.675 -> 0.50. After 16 SFT updates the student was at the C2ST's noise
+floor (the teacher's own resample reads ~0.4-0.5), with D at chance: nothing left for gad to do, and no
+signal in its reward. After 8 SFT updates the student is still distinguishable (0.64) and D still informative
+(0.675): the gad stage starts where it has room to move the student, and a reward that knows where to. The
+shorter stages also keep the demo near its 15 minutes.
 """
 
 from __future__ import annotations
@@ -60,9 +69,9 @@ class StageSettings:
 
 VALIDATED: dict[str, StageSettings] = {
     "full": StageSettings(
-        warmup_steps=24,
+        warmup_steps=16,  # 8 D-only + 8 SFT: module doc
         d_only_steps=8,
-        gad_steps=16,
+        gad_steps=12,
         warmup_lr=2e-5,
         gad_lr=6e-6,
         seqkd_lr=2e-5,
@@ -72,7 +81,7 @@ VALIDATED: dict[str, StageSettings] = {
         select_tiebreak=("marker_abs_gap",),
         select_length_band=(0.8, 1.25),
         validation_every=5,
-        validation_max=40,
+        validation_max=32,  # two full evaluation batches of 16
         eval_samples=4,
     ),
     # The test-suite budget: seconds per stage; lengths are not the point at 2 steps, so a wide band.

@@ -36,13 +36,15 @@ def stage_config(base: Any, stage: str, run_dir: str, steps: int, lr: float, ini
     return c
 
 
-def with_validation(c: Any, stage: str, validation: str, select: bool) -> Any:
+def with_validation(c: Any, stage: str, validation: str, select: bool, start_step: int = 0) -> Any:
     """Evaluate on the validation split every ``demo.eval_every`` steps (sampled at the teacher's
     temperature, as the study: C2ST accuracy and marker gap vs the teacher), and with ``select`` keep the
     best in-band evaluation (gadjax.trainer.evaluation: <run_dir>/export/best, selection.json). The demo
-    block must still be in ``c``; call before stage_config drops it."""
+    block must still be in ``c``; call before stage_config drops it. ``start_step``: no evaluation before
+    this step (eval.start_step)."""
     d = c.demo
     c.eval.every = int(d.eval_every)
+    c.eval.start_step = int(start_step)
     c.eval.data = [validation]
     c.eval.max_prompts = 0
     c.eval.batch_size = int(d.eval_batch_size)

@@ -177,6 +177,7 @@ class Study:
                 model = load_decoder(model_path or self.c.model.path)
             rows = rows_fn(self.heldout) if rows_fn else self.heldout
             res = self.likeness(model, rows, meta.get("max_tokens"), max_prompt, self.teacher_heldout)
+            res.pop("generations", None)
             del model
         say(
             f"held-out {name}: marker gap {res['marker_gap']:+.3f} (se {res['marker_gap_se']:.3f}), "
@@ -206,10 +207,12 @@ class Study:
         total: int,
         max_tokens: int,
         select: bool,
+        start: int = 0,
     ):
-        """Trainer hook: teacher-likeness on the validation split every eval_every generator updates; with
-        ``select``, the best in-band evaluation's student weights are kept (the paper's checkpoint
-        selection, on validation)."""
+        """Trainer hook: teacher-likeness on the validation split every eval_every generator updates (from
+        update ``start`` on; and the last step), with D's accuracy on the first draw's (teacher, student)
+        pairs where the run has a D; with ``select``, the best in-band evaluation's student weights are kept
+        (the paper's checkpoint selection, on validation)."""
         import jax
         import jax.numpy as jnp
 
@@ -220,11 +223,22 @@ class Study:
         def on_step(steps_done: int, trainer: Any) -> None:
             updates = offset + max(0, steps_done - d_only)
             own = updates - offset
-            if own <= 0 or (updates % every and steps_done != total):
+            last = steps_done == total
+            if own <= 0 or (not last and (updates % every or updates < start)):
                 return
             t0 = time.perf_counter()
             res = self.likeness(trainer.student_params(), self.val, max_tokens, teacher=self.teacher_val)
             res.pop("examples", None)
+            generations = res.pop("generations", None)
+            if generations is not None and trainer.d_state is not None:
+                from gadjax.trainer.disc_validation import disc_validation
+
+                res.update(
+                    disc_validation(
+                        trainer.config, trainer.tokenizer, trainer.mesh, generations,
+                        trainer.disc_scores, int(self.s.eval_batch_size),
+                    )
+                )  # fmt: skip
             self.results.add(
                 {"kind": "curve", "run": run, **meta, "step": steps_done, "updates": updates, **res}
             )
@@ -249,9 +263,11 @@ class Study:
         init_from: str = "",
         overrides: dict[str, Any] | None = None,
         select: bool = False,
+        eval_start: int = 0,
     ) -> str:
         """One gadjax.train run with the eval hook; returns its run_dir. Skipped when already done.
-        ``select``: also evaluate, on the held-out split, the checkpoint selected on validation
+        ``eval_start``: the first generator update evaluated (the hook's ``start``). ``select``: also
+        evaluate, on the held-out split, the checkpoint selected on validation
         (final record ``<arm>_sel_s<seed>``) before the run counts as done."""
         from gadjax import train
 
@@ -273,7 +289,8 @@ class Study:
         if os.path.isdir(run_dir):
             shutil.rmtree(run_dir)  # an interrupted earlier attempt
         with self.timer(run):
-            train.run(c, on_step=self._hook(run, meta, offset, d_only, steps, max_tokens, select))
+            hook = self._hook(run, meta, offset, d_only, steps, max_tokens, select, eval_start)
+            train.run(c, on_step=hook)
         if select:
             self._final_selected(run, meta)
         self.results.add({"kind": "run", "run": run, **meta, "stage": stage, "steps": steps, "lr": lr})
@@ -314,6 +331,7 @@ class Study:
         self.train(
             f"seqkd_s{seed}", "seqkd", updates, float(s.seqkd_lr), seed,
             meta={"arm": "seqkd", "seed": seed, "stage": "seqkd"}, select=bool(s.select_metric),
+            eval_start=w - self.d_only + int(s.eval_every),  # gad's evaluations: the same window
         )  # fmt: skip
         for name in (f"warmup_s{seed}", f"gad_s{seed}", f"seqkd_s{seed}"):
             arm = name.rsplit("_", 1)[0]

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from ml_collections import ConfigDict
 
 from gadjax.data.batching import bucket_length, pad_left, pad_right
 from gadjax.data.tokenize import RowEncoder
@@ -110,3 +111,46 @@ def disc_val_metrics(teacher: np.ndarray, student: np.ndarray) -> dict[str, floa
         "disc_val_teacher_score_mean": float(t.mean()),
         "disc_val_student_score_mean": float(s.mean()),
     }
+
+
+def disc_validation(
+    c: ConfigDict,
+    tokenizer: Any,
+    mesh: Any,
+    generations: list[dict[str, Any]],
+    disc_score: ScoreFn,
+    batch_size: int,
+) -> dict[str, Any]:
+    """D's accuracy and score gap on evaluated rows' (teacher, student) pairs (``generations``: the records
+    of gadjax.eval.runner.evaluate_model, prompts D never trained on), scored by ``disc_score`` (the
+    trainer's D forward) in batches of 2 x ``batch_size`` sequences split over the mesh's batch shards.
+    Each generation gets its two scores (d_teacher_score, d_student_score). {} when no row has a teacher
+    response. Used by the training-time evaluation and by the study's own evaluation hook."""
+    max_new = int(c.eval.max_new_tokens) or int(c.rollout.max_new_tokens)  # as the evaluation generates
+    max_response = max(int(c.data.max_response_tokens), max_new)
+    pairs = eval_pairs(
+        tokenizer,
+        generations,
+        max_prompt_tokens=int(c.data.max_prompt_tokens),
+        max_response_tokens=int(c.data.max_response_tokens),
+    )
+    if not pairs:
+        return {}
+    shards = int(mesh.shape["data"] * mesh.shape["fsdp"])
+    pad = tokenizer.pad_token_id
+    pad = tokenizer.eos_token_id if pad is None else pad  # as the data pipeline pads
+    teacher, student = score_pairs(
+        pairs,
+        disc_score,
+        rows_per_batch=-(-2 * batch_size // shards) * shards,  # rows split over shards
+        pad_id=int(pad),
+        max_prompt_tokens=int(c.data.max_prompt_tokens),
+        max_response_tokens=max_response,
+        buckets=str(c.data.buckets),
+        min_bucket=int(c.data.min_bucket),
+    )
+    scored = iter(zip(teacher.tolist(), student.tolist(), strict=True))  # pairs keep the rows' order
+    for g in generations:
+        t, s = next(scored) if g.get("teacher_response") is not None else (None, None)
+        g["d_teacher_score"], g["d_student_score"] = t, s
+    return disc_val_metrics(np.asarray(teacher), np.asarray(student))

@@ -21,7 +21,6 @@ import json
 import logging
 from typing import Any
 
-import numpy as np
 from ml_collections import ConfigDict
 
 from gadjax import paths
@@ -45,6 +44,8 @@ def validate(c: ConfigDict, fail: Any) -> None:
     for path in e.data:
         if not paths.exists(path):
             fail("eval.data", f"{path!r} does not exist")
+    if not isinstance(e.start_step, int) or e.start_step < 0:
+        fail("eval.start_step", f"must be an integer >= 0 (got {e.start_step!r}; 0 = from the first step)")
     if e.temperature < 0:
         fail("eval.temperature", "must be >= 0 (0 = greedy)")
     if not isinstance(e.judge_every, int) or e.judge_every < 0:
@@ -64,6 +65,14 @@ def validate(c: ConfigDict, fail: Any) -> None:
         fail("select.length_band", f"{band} must be () or (low, high) with 0 <= low <= high")
     if s.length_reference not in LENGTH_REFERENCES:
         fail("select.length_reference", f"{s.length_reference!r} is not one of {LENGTH_REFERENCES}")
+
+
+def evaluation_due(steps_done: int, total_steps: int, every: int, start_step: int = 0) -> bool:
+    """Whether step ``steps_done`` is evaluated: at the multiples of ``every`` from ``start_step`` on, and
+    at the last step; never with ``every`` = 0."""
+    if every <= 0:
+        return False
+    return steps_done == total_steps or (steps_done >= start_step and steps_done % every == 0)
 
 
 def _judge_settings(c: ConfigDict) -> Any:
@@ -105,6 +114,7 @@ class TrainingEvaluator:
 
         self.c, self.tokenizer, self.mesh, self.primary = c, tokenizer, mesh, primary
         self.every = int(c.eval.every)
+        self.start_step = int(c.eval.get("start_step", 0))
         self.judge_every = int(c.eval.judge_every)
         self.settings = _settings(c)
         self.judge = _judge_settings(c) if self.judge_every else None
@@ -155,7 +165,7 @@ class TrainingEvaluator:
 
     # ---- the evaluation ----------------------------------------------------------------------------
     def due(self, steps_done: int, total_steps: int) -> bool:
-        return self.every > 0 and (steps_done % self.every == 0 or steps_done == total_steps)
+        return evaluation_due(steps_done, total_steps, self.every, self.start_step)
 
     def judge_due(self, steps_done: int, total_steps: int) -> bool:
         return self.judge_every > 0 and (steps_done % self.judge_every == 0 or steps_done == total_steps)
@@ -208,38 +218,11 @@ class TrainingEvaluator:
         return flat, new_best
 
     def _disc_validation(self, generations: list[dict[str, Any]], disc_score: Any) -> dict[str, Any]:
-        """D's accuracy and score gap on the eval rows' (teacher, student) pairs; each generation gets
-        its two scores (d_teacher_score, d_student_score) for the eval/step_<N>.jsonl file."""
-        from gadjax.trainer import disc_validation as dv
+        from gadjax.trainer.disc_validation import disc_validation
 
-        c = self.c
-        max_response = max(int(c.data.max_response_tokens), self.settings.max_new_tokens)
-        pairs = dv.eval_pairs(
-            self.tokenizer,
-            generations,
-            max_prompt_tokens=int(c.data.max_prompt_tokens),
-            max_response_tokens=int(c.data.max_response_tokens),
+        return disc_validation(
+            self.c, self.tokenizer, self.mesh, generations, disc_score, self.settings.batch_size
         )
-        if not pairs:
-            return {}
-        shards = int(self.mesh.shape["data"] * self.mesh.shape["fsdp"])
-        pad = self.tokenizer.pad_token_id
-        pad = self.tokenizer.eos_token_id if pad is None else pad  # as the data pipeline pads
-        teacher, student = dv.score_pairs(
-            pairs,
-            disc_score,
-            rows_per_batch=-(-2 * self.settings.batch_size // shards) * shards,  # rows split over shards
-            pad_id=int(pad),
-            max_prompt_tokens=int(c.data.max_prompt_tokens),
-            max_response_tokens=max_response,
-            buckets=str(c.data.buckets),
-            min_bucket=int(c.data.min_bucket),
-        )
-        scored = iter(zip(teacher.tolist(), student.tolist(), strict=True))  # pairs keep the rows' order
-        for g in generations:
-            t, s = next(scored) if g.get("teacher_response") is not None else (None, None)
-            g["d_teacher_score"], g["d_student_score"] = t, s
-        return dv.disc_val_metrics(np.asarray(teacher), np.asarray(student))
 
     def _write_generations(self, step: int, res: dict[str, Any]) -> None:
         lines = [json.dumps({"step": step, "summary": res["summary"], "decoding": res["decoding"]})]

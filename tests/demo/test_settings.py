@@ -12,6 +12,7 @@ import pytest
 from gadjax.demo.run import student_path
 from gadjax.demo.settings import VALIDATED, split_validation, stage_settings
 from gadjax.demo.stages import load_config, stage_config, with_validation
+from gadjax.trainer.evaluation import evaluation_due
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -34,7 +35,9 @@ def test_demo_and_study_run_the_same_stage_settings(budget):
 
 def test_validated_gad_settings_are_the_studys_choice():
     full = VALIDATED["full"]
-    assert (full.gad_steps, full.gad_lr) == (16, 6e-6)
+    assert (full.gad_steps, full.gad_lr) == (12, 6e-6)
+    # issue 27: 16 SFT updates left the warmup student at the C2ST's noise floor (nothing for gad to do)
+    assert full.warmup_steps - full.d_only_steps == 8
     assert full.select_metric == "c2st_accuracy" and full.select_length_band == (0.8, 1.25)
     assert full.d_only_steps > 3  # issue 27: 3 D-only steps left D near chance when gad started
     with pytest.raises(ValueError, match="budget"):
@@ -59,6 +62,17 @@ def test_demo_stage_configs_evaluate_on_validation_and_select(tmp_path):
     assert gad.select.metric == "c2st_accuracy" and gad.select.mode == "min"
     assert tuple(gad.select.length_band) == tuple(c.demo.select_length_band)
     assert warm.select.metric == "" and "demo" not in gad
+    assert gad.eval.start_step == 0 == warm.eval.start_step  # the default: from the first step
+    late = with_validation(c.copy_and_resolve_references(), "seqkd", val, select=True, start_step=6)
+    assert late.eval.start_step == 6
+
+
+def test_evaluation_start_step_moves_the_first_evaluation_only():
+    # The demo's seqkd: 20 updates, evaluated at gad's updates (12, 16, 20), not at 4 and 8.
+    assert [s for s in range(1, 21) if evaluation_due(s, 20, 4, start_step=12)] == [12, 16, 20]
+    assert [s for s in range(1, 11) if evaluation_due(s, 10, 4)] == [4, 8, 10]  # the last step too
+    assert [s for s in range(1, 11) if evaluation_due(s, 10, 4, start_step=9)] == [10]
+    assert not any(evaluation_due(s, 10, 0) for s in range(1, 11))
 
 
 def test_student_path_prefers_the_selected_export(tmp_path):
