@@ -292,6 +292,26 @@ def plot_curves(
     return _save(fig, os.path.join(out, name))
 
 
+def disc_table(curves: Sequence[Mapping[str, Any]]) -> list[str]:
+    """D's accuracy on the validation pairs (teacher response vs the student's first draw, prompts D never
+    trained on) at each evaluation of the GAD arm, mean +- SE over seeds, beside the n-gram C2ST at the same
+    points: how separable the two distributions are to a reference classifier vs to the reward model."""
+    pts = [c for c in curves if c.get("arm") == "gad" and c.get("disc_val_accuracy") is not None]
+    if not pts:
+        return ["(no evaluation with D's validation accuracy in results.jsonl)"]
+    lines = [
+        "| stage | generator updates | D validation accuracy | D score gap (teacher - student) | "
+        "C2ST accuracy (n-gram) | seeds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for stage, updates in sorted({(c["stage"], c["updates"]) for c in pts}, key=lambda k: (k[1], k[0])):
+        at = [c for c in pts if (c["stage"], c["updates"]) == (stage, updates)]
+        cells = [_fmt(*mean_se([c[k] for c in at])) for k in ("disc_val_accuracy", "disc_val_score_gap")]
+        c2st = _fmt(*mean_se([c["c2st_accuracy"] for c in at]))
+        lines.append(f"| {stage} | {updates} | {cells[0]} | {cells[1]} | {c2st} | {len(at)} |")
+    return lines
+
+
 def plot_drift(out: str, runs_dir: str, names: Sequence[str]) -> str:
     """Rollout length and D accuracy per gad step for the frozen-D pair and the other ablations."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -403,6 +423,14 @@ def write(out: str, c: Any, records: Sequence[Mapping[str, Any]], state: Mapping
         "## Curves (validation split)",
         "",
         "![GAD vs seqkd](curves_main.png)",
+        "",
+        "## The discriminator on validation",
+        "",
+        "D's accuracy on (teacher, student) pairs of the validation prompts at each evaluation of the GAD arm "
+        "(0.5 = chance: a reward with no signal), beside the n-gram C2ST's accuracy on the same evaluation "
+        "(both near 0.5 once the student's samples are hard to tell from the teacher's).",
+        "",
+        *disc_table(curves),
         "",
     ]
     abl_finals = [
