@@ -23,6 +23,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, REPO)
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # as the demo: no accelerator probing on a CPU machine
 
 from gadjax import train  # noqa: E402
 from gadjax.demo.embedded import require_gguf  # noqa: E402

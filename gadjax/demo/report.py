@@ -28,7 +28,7 @@ METRICS = (
     ("c2st_accuracy", "C2ST accuracy, sampled (0.5 = indistinguishable from the teacher)", False),
     ("marker_gap", "marker gap, sampled (student - teacher French rate; 0 = match)", None),
     ("sampled_marker_rate", "persona marker rate, sampled", None),
-    ("marker_rate", "persona marker rate, greedy with --judge (else the sampled one)", True),
+    ("marker_rate", "persona marker rate, greedy (--judge)", True),
     ("rouge_l", "ROUGE-L F1 vs teacher (greedy with --judge, else sampled)", True),
     ("length_mean", "response length (tokens, mean)", None),
     ("truncation_rate", "truncated at max tokens", None),
@@ -267,7 +267,10 @@ def _table(summaries: Mapping[str, Mapping[str, Any]], teacher: Mapping[str, Any
     names = [m for m in MODELS if m in summaries]
     head = "| metric | " + " | ".join(names) + " | teacher |"
     rows = [head, "|---" * (len(names) + 2) + "|"]
+    greedy = any(summaries[m].get("decoding_of_rows") == "greedy" for m in names)
     for key, label, _ in METRICS:
+        if key == "marker_rate" and not greedy:
+            continue  # without --judge there is no greedy pass: the sampled marker row says it all
         spec = ".1f" if key in ("length_mean", "judge_score") else ".3f"
         cells = [_fmt(summaries[m].get(key), spec) for m in names]
         rows.append(f"| {label} | " + " | ".join(cells) + f" | {_fmt(teacher.get(key), spec)} |")
@@ -382,7 +385,9 @@ def write_report(
         "Sampled rows: student and teacher responses drawn the same way, sampled at the teacher's "
         f"temperature ({t.get('temperature')}), one per held-out prompt; C2ST = held-out accuracy of an "
         "n-gram logistic-regression classifier (independent of GAD's discriminator) telling student from "
-        "teacher responses. Greedy rows: the SPEC.md protocol (ROUGE-L, judge).",
+        "teacher responses. With --judge, ROUGE-L, lengths and the greedy marker rate come from a greedy "
+        "pass (the SPEC.md protocol, as the judge rates greedy answers); without it from the sampled "
+        "responses.",
         "",
         "## Discriminator on validation prompts",
         "",

@@ -12,23 +12,23 @@ from collections.abc import Iterator
 from typing import Any
 
 # Estimated seconds per phase on an idle 2-core CPU, printed as the plan at the start. "full": a quiet
-# `make demo` on a clean clone (2026-12-03, load ~2 from its own threads; 1,403 s after a 108 s install).
-# The stages include their validation evaluations (every 4 steps, ~25 s each with D scoring the pairs);
+# `make demo` on a clean clone (2026-12-03, issue 27's settings: 722 s after a 93 s install, 817 s in all).
+# The stages include their validation evaluations (~7 s of sampling + ~7 s of D scoring 32 pairs each);
 # "ci": extrapolated from loaded runs. The report's timing table has the actual numbers.
 PLAN_S = {
     "full": {
-        "teacher": 190,
-        "load": 7,
-        "eval_before": 48,
-        "eval_teacher_resample": 38,
-        "warmup": 424,
-        "gad": 372,
-        "seqkd": 158,
-        "eval_warmup": 31,
-        "eval_seqkd_last": 31,
-        "eval_seqkd": 30,
-        "eval_gad_last": 33,
-        "eval_gad": 32,
+        "teacher": 111,
+        "load": 6,
+        "eval_before": 22,
+        "eval_teacher_resample": 33,
+        "warmup": 202,
+        "gad": 215,
+        "seqkd": 60,
+        "eval_warmup": 14,
+        "eval_seqkd_last": 13,
+        "eval_seqkd": 13,
+        "eval_gad_last": 14,
+        "eval_gad": 14,
         "judge": 90,
         "report": 2,
     },
