@@ -218,7 +218,7 @@ def _run_training_and_eval(
         with timer("seqkd"):
             cs = c.copy_and_resolve_references()
             # Evaluated (and selected) at the generator updates gad is evaluated at: the same window.
-            window = int(d.warmup_steps) - d_only + int(d.eval_every)
+            window = int(d.warmup_steps) - d_only + 1  # after the warmup's SFT updates, as gad
             cs = with_validation(cs, "seqkd", data_val, select=bool(d.select_metric), start_step=window)
             train_stage(stage_config(cs, "seqkd", runs["seqkd"], seqkd_steps, d.seqkd_lr))
 

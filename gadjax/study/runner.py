@@ -331,7 +331,7 @@ class Study:
         self.train(
             f"seqkd_s{seed}", "seqkd", updates, float(s.seqkd_lr), seed,
             meta={"arm": "seqkd", "seed": seed, "stage": "seqkd"}, select=bool(s.select_metric),
-            eval_start=w - self.d_only + int(s.eval_every),  # gad's evaluations: the same window
+            eval_start=w - self.d_only + 1,  # after the warmup's updates: gad's evaluations, the same window
         )  # fmt: skip
         for name in (f"warmup_s{seed}", f"gad_s{seed}", f"seqkd_s{seed}"):
             arm = name.rsplit("_", 1)[0]

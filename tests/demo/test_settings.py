@@ -35,7 +35,7 @@ def test_demo_and_study_run_the_same_stage_settings(budget):
 
 def test_validated_gad_settings_are_the_studys_choice():
     full = VALIDATED["full"]
-    assert (full.gad_steps, full.gad_lr) == (12, 6e-6)
+    assert (full.gad_steps, full.gad_lr) == (12, 1e-5)
     # issue 27: 16 SFT updates left the warmup student at the C2ST's noise floor (nothing for gad to do)
     assert full.warmup_steps - full.d_only_steps == 8
     assert full.select_metric == "c2st_accuracy" and full.select_length_band == (0.8, 1.25)

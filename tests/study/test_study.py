@@ -93,6 +93,12 @@ def test_study_ci_budget_end_to_end(tmp_path):
         sel = finals[f"{arm}_sel_s0"]["selection"]
         steps = [r["updates"] for r in curves if r["run"] == f"{arm}_s0"]
         assert sel["selected_step"] in steps and sel["candidates"] == len(steps), (arm, sel, steps)
+    # seqkd is evaluated (and selected) at gad's generator updates only; D's validation accuracy where
+    # there is a D (gad), not in seqkd.
+    at = {arm: sorted(r["updates"] for r in curves if r["run"] == f"{arm}_s0") for arm in ("gad", "seqkd")}
+    assert at["seqkd"] == at["gad"], at
+    assert all(0 <= r["disc_val_accuracy"] <= 1 for r in curves if r["run"] in ("gad_s0", "warmup_s0"))
+    assert not any("disc_val_accuracy" in r for r in curves if r["run"] == "seqkd_s0")
     report = open(os.path.join(out, "study.md"), encoding="utf-8").read()
     assert "## Held-out: final models" in report and "## Verdict" in report
     assert "teacher, second sample (calibration)" in report
