@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -25,14 +24,11 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, REPO)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # as the demo: no accelerator probing on a CPU machine
 
-from gadjax import train  # noqa: E402
-from gadjax.demo.embedded import require_gguf  # noqa: E402
-from gadjax.demo.stages import load_config, stage_config, with_validation  # noqa: E402
+from gadjax.demo.stages import full_demo_config, stage_config, train_for_metrics, with_validation  # noqa: E402
 
 
 def run_one(data: str, out: str, lr: float, seed: int, steps: int) -> dict:
-    c = load_config(os.path.join(REPO, "configs", "demo.py"), "full")
-    c.model.path = require_gguf()
+    c = full_demo_config(REPO)
     # The demo's own validation evaluation (sampled as the teacher, D scoring each pair), every 4 steps.
     c = with_validation(c, "warmup", os.path.join(data, "validation.jsonl"), select=False)
     c.eval.every = 4
@@ -45,11 +41,7 @@ def run_one(data: str, out: str, lr: float, seed: int, steps: int) -> dict:
     c.seed = seed
     c.export.hf = False
     c.metrics.progress = False
-    shutil.rmtree(run_dir, ignore_errors=True)
-    train.run(c)
-    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
-        records = [json.loads(line) for line in f]
-    shutil.rmtree(os.path.join(run_dir, "checkpoints"), ignore_errors=True)
+    records = train_for_metrics(c)
     val = [
         [m["step"], round(m["eval/disc_val_accuracy"], 3), round(m["eval/disc_val_score_gap"], 3)]
         for m in records

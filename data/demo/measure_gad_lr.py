@@ -26,14 +26,11 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, REPO)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # as the demo: no accelerator probing on a CPU machine
 
-from gadjax import train  # noqa: E402
-from gadjax.demo.embedded import require_gguf  # noqa: E402
-from gadjax.demo.stages import load_config, stage_config, with_validation  # noqa: E402
+from gadjax.demo.stages import full_demo_config, stage_config, train_for_metrics, with_validation  # noqa: E402
 
 
 def run_one(demo: str, out: str, lr: float, seed: int, steps: int) -> dict:
-    c = load_config(os.path.join(REPO, "configs", "demo.py"), "full")
-    c.model.path = require_gguf()
+    c = full_demo_config(REPO)
     data = os.path.join(demo, "data")
     c = with_validation(c, "gad", os.path.join(data, "validation.jsonl"), select=False)
     run_dir = os.path.join(out, f"lr{lr:g}_s{seed}")
@@ -42,10 +39,7 @@ def run_one(demo: str, out: str, lr: float, seed: int, steps: int) -> dict:
     c.seed = seed
     c.export.hf = False
     c.metrics.progress = False
-    shutil.rmtree(run_dir, ignore_errors=True)
-    train.run(c)
-    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
-        records = [json.loads(line) for line in f]
+    records = train_for_metrics(c)
     shutil.rmtree(run_dir, ignore_errors=True)
     keys = ("eval/c2st_accuracy", "eval/c2st_se", "eval/disc_val_accuracy", "eval/length_mean")
     val = [[m["step"], *(round(m[k], 3) for k in keys)] for m in records if keys[0] in m]
@@ -60,7 +54,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=0, help="gad steps (0 = the demo's)")
     ap.add_argument("--out", default=os.path.join("runs", "gad_lr"))
     args = ap.parse_args()
-    steps = args.steps or int(load_config(os.path.join(REPO, "configs", "demo.py"), "full").demo.gad_steps)
+    steps = args.steps or int(full_demo_config(REPO).demo.gad_steps)
     for lr in args.lr:
         for seed in args.seeds:
             print(json.dumps(run_one(args.demo, args.out, lr, seed, steps)), flush=True)

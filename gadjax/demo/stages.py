@@ -69,3 +69,25 @@ def train_stage(cfg: Any) -> dict[str, Any]:
     if os.path.isdir(cfg.run_dir):
         shutil.rmtree(cfg.run_dir)
     return train.run(cfg)
+
+
+def full_demo_config(repo_root: str) -> Any:
+    """configs/demo.py's "full" budget with the embedded model: the base of the data/demo/measure_*.py
+    validation sweeps."""
+    from gadjax.demo.embedded import require_gguf
+
+    c = load_config(os.path.join(repo_root, "configs", "demo.py"), "full")
+    c.model.path = require_gguf()
+    return c
+
+
+def train_for_metrics(cfg: Any) -> list[dict[str, Any]]:
+    """``train_stage`` without keeping anything but the metrics: the per-step records of metrics.jsonl;
+    the run's checkpoints are deleted (a sweep runs many of them)."""
+    import json
+
+    train_stage(cfg)
+    with open(os.path.join(cfg.run_dir, "metrics.jsonl"), encoding="utf-8") as f:
+        records = [json.loads(line) for line in f]
+    shutil.rmtree(os.path.join(cfg.run_dir, "checkpoints"), ignore_errors=True)
+    return records
