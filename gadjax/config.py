@@ -195,6 +195,9 @@ def base_config() -> ConfigDict:
         dict(
             steps=0,  # 0: one pass over num_epochs of the data
             d_only_steps=10,  # warmup: D trains alone first
+            # D updates per step (warmup and gad), each on the step's same (teacher, student) pairs; G's
+            # rewards are the first update's pre-update scores (SPEC.md). More keeps D up with a moving G.
+            d_updates=1,
             micro_batches_g=1,
             micro_batches_d=1,
             logprob_chunk=256,

@@ -41,7 +41,7 @@ from typing import Any
 
 from gadjax.demo.evaluation import evaluate, judge_all, likeness
 from gadjax.demo.servers import LocalServer, _install_signal_handlers, _stop_all_servers
-from gadjax.demo.settings import write_validation_split
+from gadjax.demo.settings import seqkd_eval_start, write_validation_split
 from gadjax.demo.stages import load_config, stage_config, train_stage, with_validation
 from gadjax.demo.teacher import PROMPTS_DIR, collect_teacher, read_prompts
 from gadjax.demo.timing import PhaseTimer, print_plan, say
@@ -218,7 +218,7 @@ def _run_training_and_eval(
         with timer("seqkd"):
             cs = c.copy_and_resolve_references()
             # Evaluated (and selected) at the generator updates gad is evaluated at: the same window.
-            window = int(d.warmup_steps) - d_only + 1  # after the warmup's SFT updates, as gad
+            window = seqkd_eval_start(d.warmup_steps, d_only)
             cs = with_validation(cs, "seqkd", data_val, select=bool(d.select_metric), start_step=window)
             train_stage(stage_config(cs, "seqkd", runs["seqkd"], seqkd_steps, d.seqkd_lr))
 

@@ -77,6 +77,12 @@ class StageSettings:
         return self.warmup_steps - self.d_only_steps + self.gad_steps
 
 
+def seqkd_eval_start(warmup_steps: int, d_only_steps: int) -> int:
+    """The first seqkd step evaluated (and selectable): the generator update after the warmup's SFT updates,
+    where the gad stage's own evaluations begin, so both arms are selected over the same updates."""
+    return int(warmup_steps) - int(d_only_steps) + 1
+
+
 VALIDATED: dict[str, StageSettings] = {
     "full": StageSettings(
         warmup_steps=16,  # 8 D-only + 8 SFT: module doc

@@ -21,6 +21,17 @@ def load_config(path: str, budget: str) -> Any:
     return mod.get_config(budget)
 
 
+def set_config_value(c: Any, key: str, value: Any) -> None:
+    """``c.<key> = value`` for a dotted key (``train.d_updates``); a KeyError names an unknown key."""
+    *parents, leaf = key.split(".")
+    node = c
+    for part in parents:
+        node = node[part]
+    if leaf not in node:
+        raise KeyError(f"config has no key {key!r}")
+    node[leaf] = value
+
+
 def stage_config(base: Any, stage: str, run_dir: str, steps: int, lr: float, init_from: str = "") -> Any:
     """A copy of the demo config for one training stage (the `demo` block removed)."""
     c = base.copy_and_resolve_references()

@@ -33,8 +33,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from gadjax.demo.settings import read_rows, write_rows, write_validation_split
-from gadjax.demo.stages import stage_config
+from gadjax.demo.settings import read_rows, seqkd_eval_start, write_rows, write_validation_split
+from gadjax.demo.stages import set_config_value, stage_config
 from gadjax.demo.timing import PhaseTimer, say
 from gadjax.study.results import Results, split_validation
 
@@ -45,6 +45,17 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "study.py")
 
 log = logging.getLogger("gadjax.study")
+
+
+def _release_compiled_programs() -> None:
+    """Drop the finished run's compiled programs: jax keeps every executable it compiled, and a study
+    compiles a Trainer's worth per run (the issue-27 study grew to 10.7 GB by seed 4 and was OOM-killed)."""
+    import gc
+
+    import jax
+
+    gc.collect()
+    jax.clear_caches()
 
 
 # ---------------------------------------------------------------------------------------------- study
@@ -277,11 +288,7 @@ class Study:
         c = stage_config(self.c, stage, run_dir, steps, lr, init_from=init_from)
         c.seed = int(seed)
         for key, value in (overrides or {}).items():
-            node = c
-            *parents, leaf = key.split(".")
-            for p in parents:
-                node = node[p]
-            node[leaf] = value
+            set_config_value(c, key, value)
         if "study" in c:
             del c["study"]
         d_only = self.d_only if stage == "warmup" else 0
@@ -291,6 +298,7 @@ class Study:
         with self.timer(run):
             hook = self._hook(run, meta, offset, d_only, steps, max_tokens, select, eval_start)
             train.run(c, on_step=hook)
+            _release_compiled_programs()
         if select:
             self._final_selected(run, meta)
         self.results.add({"kind": "run", "run": run, **meta, "stage": stage, "steps": steps, "lr": lr})
@@ -331,7 +339,7 @@ class Study:
         self.train(
             f"seqkd_s{seed}", "seqkd", updates, float(s.seqkd_lr), seed,
             meta={"arm": "seqkd", "seed": seed, "stage": "seqkd"}, select=bool(s.select_metric),
-            eval_start=w - self.d_only + 1,  # after the warmup's updates: gad's evaluations, the same window
+            eval_start=seqkd_eval_start(w, self.d_only),
         )  # fmt: skip
         for name in (f"warmup_s{seed}", f"gad_s{seed}", f"seqkd_s{seed}"):
             arm = name.rsplit("_", 1)[0]

@@ -115,7 +115,7 @@ class Trainer(RunStateMixin, StageStepsMixin):
         self.g_opt = build.build_optimizer(c.optim_g, self.total_steps)
         self.g_state, self.g_shardings = self._train_state(g_params, self.g_opt)
         if disc is not None:
-            self.d_opt = build.build_optimizer(c.optim_d, self.total_steps)
+            self.d_opt = build.build_optimizer(c.optim_d, self.total_steps * c.train.d_updates)
             self.d_state, self.d_shardings = self._train_state(d_params, self.d_opt)
         else:
             self.d_state = None

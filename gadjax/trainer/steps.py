@@ -222,6 +222,8 @@ class StageStepsMixin:
         return out, m
 
     def _disc_step(self, batch: dict[str, np.ndarray], roll: Any, rng: jax.Array, timer: _Timer) -> dict:
+        """train.d_updates D updates on this step's pairs. The metrics (and the student scores that are G's
+        rewards) are the first update's, computed before any update; ``d_loss_last`` is the last one's."""
         d_batch = {
             "prompt_ids": batch["prompt_ids"],
             "prompt_mask": batch["prompt_mask"],
@@ -230,14 +232,27 @@ class StageStepsMixin:
             "student_ids": roll.response_ids,
             "student_mask": roll.response_mask,
         }
+        updates = int(self.config.train.d_updates)
         with timer("d_step"):
-            if not self.config.train.packing:
-                self.d_state, m = self._run("disc", self.d_state, d_batch, rng)
-                return _prefixed(_block(m), "d_")
-            layout, packed = packing.pack_discriminator(*d_batch.values(), self.n, self._pack_shape("disc"))
-            self.d_state, m = self._run("disc_packed", self.d_state, packed, rng)
-            m = _block(m)
-            m["student_scores"] = packing.student_scores(layout, m.pop("row_scores"))
+            if self.config.train.packing:
+                layout, run_batch = packing.pack_discriminator(
+                    *d_batch.values(), self.n, self._pack_shape("disc")
+                )
+                name = "disc_packed"
+            else:
+                layout, run_batch, name = None, d_batch, "disc"
+            for i in range(updates):  # update 0 keeps rng itself: d_updates=1 is the single update it was
+                self.d_state, m_i = self._run(
+                    name, self.d_state, run_batch, rng if i == 0 else jax.random.fold_in(rng, i)
+                )
+                m_i = _block(m_i)
+                if i == 0:
+                    m = m_i
+            if updates > 1:
+                m["d_loss_last"] = m_i["loss"]
+        if layout is None:
+            return _prefixed(m, "d_")
+        m["student_scores"] = packing.student_scores(layout, m.pop("row_scores"))
         return _prefixed({**m, **_pack_metrics("d", layout)}, "d_")
 
     def _sft_step(self, batch: dict[str, np.ndarray], rng: jax.Array, timer: _Timer) -> dict:

@@ -77,7 +77,8 @@ def validate(c: ConfigDict) -> ConfigDict:
     _positive(c, "data.batch_size", "data.max_prompt_tokens", "data.max_response_tokens")
     _positive(c, "rollout.n_samples", "rollout.max_new_tokens", "rollout.micro_batches")
     _positive(c, "train.logprob_chunk")
-    _positive(c, "train.micro_batches_g", "train.micro_batches_d", "checkpoint.every", "checkpoint.keep")
+    _positive(c, "train.micro_batches_g", "train.micro_batches_d", "train.d_updates")
+    _positive(c, "checkpoint.every", "checkpoint.keep")
     for opt in ("optim_g", "optim_d"):
         if c[opt].lr <= 0:
             _fail(f"{opt}.lr", f"must be > 0 (got {c[opt].lr})")
