@@ -343,8 +343,25 @@ class Study:
         )  # fmt: skip
         for name in (f"warmup_s{seed}", f"gad_s{seed}", f"seqkd_s{seed}"):
             arm = name.rsplit("_", 1)[0]
-            self.final(name, self._export(name), arm=arm, seed=seed)
+            if not self._reuse_selected(name, arm, seed, updates):
+                self.final(name, self._export(name), arm=arm, seed=seed)
         return warm
+
+    def _reuse_selected(self, name: str, arm: str, seed: int, last_update: int) -> bool:
+        """When the checkpoint selected on validation is the run's last step, its held-out record is the
+        last step's as well (the same weights): record it under ``name`` instead of evaluating them again."""
+        if self.results.final_done(name):
+            return True
+        sel = next(
+            (r for r in self.results.records if r["kind"] == "final" and r["name"] == f"{arm}_sel_s{seed}"),
+            None,
+        )
+        if sel is None or sel["selection"].get("selected_step") != last_update:
+            return False
+        same = {k: v for k, v in sel.items() if k not in ("name", "arm", "run", "selection")}
+        self.results.add({**same, "name": name, "arm": arm, "seed": seed, "same_as": sel["name"]})
+        say(f"held-out {name}: the selected checkpoint is the last step's ({sel['name']}'s evaluation)")
+        return True
 
     def ablations(self, seed: int, warm: str) -> None:
         from gadjax.demo.persona import ENGLISH_REGEX, MARKER_REGEX
