@@ -92,7 +92,9 @@ def base_config() -> ConfigDict:
     # The generator's reward in the gad stage. "discriminator" (SPEC.md): r = D(x, y_s). "regex": a
     # programmatic (oracle) reward for controls, the count of `pattern` matches in the decoded response
     # minus the count of `negative_pattern` matches (case-insensitive); D still trains and is logged.
-    c.reward = ConfigDict(dict(kind="discriminator", pattern="", negative_pattern=""))
+    # norm_by_std: GRPO's advantages (r - group mean) / group std (SPEC.md); False: Dr.GRPO's r - group mean
+    # (arXiv 2503.20783), so a group D cannot tell apart gets small advantages instead of unit ones.
+    c.reward = ConfigDict(dict(kind="discriminator", pattern="", negative_pattern="", norm_by_std=True))
     # Start G and D from an earlier run (the warmup result for gad). Empty: from the model paths.
     c.init_from = ""
     # gad without init_from starts G and D from the model paths (no warmup: the paper's ablation). The

@@ -189,8 +189,8 @@ def test_nan_in_a_batch_is_skipped_and_logged(tmp_path, monkeypatch, caplog):
     real = steps_mod.group_advantages
     calls = {"n": 0}
 
-    def poisoned(scores, n):
-        adv, m = real(scores, n)
+    def poisoned(scores, n, *args):
+        adv, m = real(scores, n, *args)
         calls["n"] += 1
         if calls["n"] == 2:
             adv = adv.at[0].set(jnp.nan)

@@ -388,9 +388,10 @@ def make_policy_step(
     return step
 
 
-def group_advantages(rewards: jax.Array, n: int) -> tuple[jax.Array, Metrics]:
-    """GRPO advantages from rewards [B*N] plus reward / advantage statistics for the logs."""
-    adv = grpo_advantages(rewards, n)
+def group_advantages(rewards: jax.Array, n: int, norm_by_std: bool = True) -> tuple[jax.Array, Metrics]:
+    """GRPO advantages from rewards [B*N] (``norm_by_std=False``: Dr.GRPO's, not divided by the group's
+    std) plus reward / advantage statistics for the logs."""
+    adv = grpo_advantages(rewards, n, norm_by_std=norm_by_std)
     r = rewards.astype(jnp.float32)
     return adv, {
         "reward_mean": jnp.mean(r),

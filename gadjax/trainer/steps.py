@@ -267,7 +267,7 @@ class StageStepsMixin:
         return _prefixed({**m, **_pack_metrics("g", layout)}, "g_")
 
     def _policy_step(self, roll: Any, scores: np.ndarray, rng: jax.Array, timer: _Timer) -> dict:
-        adv, adv_m = group_advantages(jnp.asarray(scores), self.n)
+        adv, adv_m = group_advantages(jnp.asarray(scores), self.n, bool(self.config.reward.norm_by_std))
         pol = {
             "prompt_ids": roll.prompt_ids,
             "prompt_mask": roll.prompt_mask,

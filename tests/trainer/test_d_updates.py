@@ -1,4 +1,5 @@
-"""train.d_updates: several D updates per step on the step's pairs (configs/tiny.py, 8-device CPU mesh)."""
+"""The gad stage's D and reward knobs (configs/tiny.py, 8-device CPU mesh): train.d_updates (several D
+updates per step on the step's pairs) and reward.norm_by_std (GRPO vs Dr.GRPO advantages)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ FIRST_UPDATE = ("d_loss", "d_acc", "teacher_score_mean", "student_score_mean", "
 def _run(tmp_path, name, **overrides):
     from gadjax.train import run
 
-    run(tiny_config(tmp_path / name, stage="gad", **COMMON, **overrides))
+    run(tiny_config(tmp_path / name, stage="gad", **{**COMMON, **overrides}))
     return read_metrics(str(tmp_path / name / "run"))
 
 
@@ -48,3 +49,16 @@ def test_d_updates_must_be_positive(tmp_path):
     c = tiny_config(tmp_path, stage="gad", **{"train.d_updates": 0})
     with pytest.raises(config_lib.ConfigValidationError, match=r"train\.d_updates"):
         validation.validate(c)
+
+
+@pytest.mark.slow
+def test_reward_without_std_norm_keeps_the_rewards_and_changes_the_advantages(tmp_path):
+    # Sampled rollouts (greedy ones make the N samples of a prompt identical: zero advantages either way);
+    # both runs draw the same first-step samples from the same key.
+    grpo = _run(tmp_path, "grpo", **{"rollout.temperature": 1.0})
+    dr = _run(tmp_path, "dr", **{"rollout.temperature": 1.0, "reward.norm_by_std": False})
+    for key in ("reward_mean", "reward_std", "student_score_mean", "d_loss"):
+        assert abs(grpo[0][key] - dr[0][key]) <= 1e-5, key
+    # Unit-std groups vs raw centred scores: the same rewards, different advantage magnitudes.
+    assert abs(grpo[0]["advantage_abs_mean"] - dr[0]["advantage_abs_mean"]) > 1e-4
+    assert abs(dr[0]["advantage_mean"]) <= 1e-5  # still centred per group
