@@ -10,23 +10,16 @@ gadjax.eval.paired), and every comparison states its minimum detectable effect a
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from gadjax.metrics import read_metrics
+from gadjax.study.plots import HEADLINE, plot_curves, plot_drift
+from gadjax.study.stats import by_arm, finals_of, fmt, mde_text, mean_se, paired, prompt_paired
 
-from gadjax.metrics import read_metrics  # noqa: E402
-
-HEADLINE = (
-    ("c2st_accuracy", "C2ST accuracy (0.5 = indistinguishable)"),
-    ("marker_abs_gap", "|marker gap| (0 = teacher's rate)"),
-)
 COLUMNS = (
     ("marker_rate", "marker rate"),
     ("marker_gap", "marker gap"),
@@ -44,40 +37,16 @@ ABLATION_LABELS = {
 }
 
 
-def mean_se(xs: Sequence[float]) -> tuple[float | None, float | None]:
-    """Mean and standard error of the mean (ddof 1); SE None for fewer than 2 values."""
-    xs = [float(x) for x in xs if x is not None and math.isfinite(float(x))]
-    if not xs:
-        return None, None
-    m = float(np.mean(xs))
-    return m, (float(np.std(xs, ddof=1) / math.sqrt(len(xs))) if len(xs) > 1 else None)
-
-
-def _fmt(m: float | None, se: float | None = None, spec: str = ".3f") -> str:
-    if m is None:
-        return "n/a"
-    return format(m, spec) + (f" ± {format(se, spec)}" if se is not None else "")
-
-
-def _finals(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {r["name"]: dict(r) for r in records if r["kind"] == "final"}
-
-
-def _by_arm(finals: Mapping[str, Mapping[str, Any]], prefix: str) -> list[Mapping[str, Any]]:
-    """Final records of one main arm across seeds (names <prefix>_s<seed>)."""
-    return [r for n, r in sorted(finals.items()) if n.rsplit("_s", 1)[0] == prefix and "_s" in n]
-
-
 def main_table(finals: Mapping[str, Mapping[str, Any]]) -> list[str]:
     lines = ["| model | n seeds | " + " | ".join(lbl for _, lbl in COLUMNS) + " |"]
     lines.append("|---" * (len(COLUMNS) + 2) + "|")
     rows: list[tuple[str, list[Mapping[str, Any]]]] = [
         ("before (untrained student)", [finals["before"]] if "before" in finals else []),
-        ("warmup (GAD's start)", _by_arm(finals, "warmup")),
-        ("seqkd, last step", _by_arm(finals, "seqkd")),
-        ("gad, last step", _by_arm(finals, "gad")),
-        ("seqkd, selected on validation", _by_arm(finals, "seqkd_sel")),
-        ("gad, selected on validation", _by_arm(finals, "gad_sel")),
+        ("warmup (GAD's start)", by_arm(finals, "warmup")),
+        ("seqkd, last step", by_arm(finals, "seqkd")),
+        ("gad, last step", by_arm(finals, "gad")),
+        ("seqkd, selected on validation", by_arm(finals, "seqkd_sel")),
+        ("gad, selected on validation", by_arm(finals, "gad_sel")),
         (
             "teacher, second sample (calibration)",
             [finals["teacher_resample"]] if "teacher_resample" in finals else [],
@@ -92,7 +61,7 @@ def main_table(finals: Mapping[str, Mapping[str, Any]]) -> list[str]:
             if len(recs) == 1:  # one run: its own (binomial) SE where it has one
                 se_key = {"c2st_accuracy": "c2st_se", "marker_gap": "marker_gap_se"}.get(key)
                 cells.append(
-                    _fmt(
+                    fmt(
                         vals[0],
                         recs[0].get(se_key) if se_key else None,
                         ".1f" if key == "length_mean" else ".3f",
@@ -100,56 +69,9 @@ def main_table(finals: Mapping[str, Mapping[str, Any]]) -> list[str]:
                 )
             else:
                 m, se = mean_se(vals)
-                cells.append(_fmt(m, se, ".1f" if key == "length_mean" else ".3f"))
+                cells.append(fmt(m, se, ".1f" if key == "length_mean" else ".3f"))
         lines.append(f"| {label} | {len(recs)} | " + " | ".join(cells) + " |")
     return lines
-
-
-def paired(
-    finals: Mapping[str, Mapping[str, Any]], a: str, b: str, key: str
-) -> tuple[float | None, float | None, int]:
-    """Mean and SE of (a - b) over the seeds both arms have."""
-    ra = {r["seed"]: r for r in _by_arm(finals, a)}
-    rb = {r["seed"]: r for r in _by_arm(finals, b)}
-    diffs = [ra[s][key] - rb[s][key] for s in sorted(set(ra) & set(rb))]
-    m, se = mean_se(diffs)
-    return m, se, len(diffs)
-
-
-def _mde(se: float | None) -> str:
-    """The minimum detectable effect (two-sided 5%, power 80%) at a standard error, as report text."""
-    from gadjax.eval.paired import min_detectable_effect
-
-    return "MDE n/a" if se is None or not math.isfinite(se) else f"MDE {min_detectable_effect(se):.3f}"
-
-
-def _prompt_rates(record: Mapping[str, Any], key: str) -> list[float] | None:
-    rates = (record.get("per_prompt") or {}).get(key)
-    return list(rates) if rates else None
-
-
-def prompt_paired(
-    finals: Mapping[str, Mapping[str, Any]], a: str, b: str, key: str = "marker_rate"
-) -> list[dict[str, Any]]:
-    """``a`` vs ``b`` paired BY PROMPT on the held-out prompts (both evaluated on the same prompts, several
-    samples per prompt: the per-prompt rates of ``key``): one comparison per seed both arms have, then
-    "pooled" (each prompt's rate averaged over those seeds first, so prompts stay the unit). Each is
-    gadjax.eval.paired.paired_difference (mean a - b, SE, paired t-test p) plus its minimum detectable
-    effect (gadjax.eval.paired.min_detectable_effect) at that SE."""
-    from gadjax.eval.paired import min_detectable_effect, paired_difference
-
-    ra = {r["seed"]: _prompt_rates(r, key) for r in _by_arm(finals, a)}
-    rb = {r["seed"]: _prompt_rates(r, key) for r in _by_arm(finals, b)}
-    seeds = [s for s in sorted(set(ra) & set(rb)) if ra[s] and rb[s] and len(ra[s]) == len(rb[s]) > 1]
-    out = []
-    for label, x, y in [(f"seed {s}", ra[s], rb[s]) for s in seeds] + (
-        [("pooled", np.mean([ra[s] for s in seeds], 0), np.mean([rb[s] for s in seeds], 0))]
-        if len(seeds) > 1
-        else []
-    ):
-        d = paired_difference(x, y)
-        out.append({"what": label, **d, "mde": min_detectable_effect(d["se"])})
-    return out
 
 
 def prompt_paired_lines(finals: Mapping[str, Mapping[str, Any]]) -> list[str]:
@@ -167,8 +89,8 @@ def prompt_paired_lines(finals: Mapping[str, Mapping[str, Any]]) -> list[str]:
                 f"{r['p_value']:.2g}, {r['n']} prompts; MDE {r['mde']:.3f})"
             )
     gaps = [
-        f"| {n} | {_fmt(r.get('marker_gap'), r.get('marker_gap_se'))} | {_mde(r.get('marker_gap_se'))} | "
-        f"{_fmt(r.get('c2st_accuracy'), r.get('c2st_se'))} | {_mde(r.get('c2st_se'))} |"
+        f"| {n} | {fmt(r.get('marker_gap'), r.get('marker_gap_se'))} | {mde_text(r.get('marker_gap_se'))} | "
+        f"{fmt(r.get('c2st_accuracy'), r.get('c2st_se'))} | {mde_text(r.get('c2st_se'))} |"
         for n, r in sorted(finals.items())
         if r.get("per_prompt")
     ]
@@ -200,7 +122,7 @@ def verdicts(
     (paired by seed) and GAD vs its own warmup start, for the last step and for the selected checkpoints."""
     out = []
     for gad, seqkd, what in VERDICT_PAIRS:
-        if not _by_arm(finals, gad):
+        if not by_arm(finals, gad):
             continue
         out.append(f"{what[0].upper()}{what[1:]}:")
         for key, label in HEADLINE:
@@ -212,19 +134,19 @@ def verdicts(
             word = "closer to" if m < 0 else "further from" if m > 0 else "as close to"
             sig = "beyond 2 x SE" if beyond else "within 2 x SE (not distinguishable at this size)"
             out.append(
-                f"- {label}: GAD - seqkd = {m:+.3f} (SE {se_txt}, {n} paired seeds; {_mde(se)}): GAD is "
+                f"- {label}: GAD - seqkd = {m:+.3f} (SE {se_txt}, {n} paired seeds; {mde_text(se)}): GAD is "
                 f"{word} the teacher than seqkd, {sig}."
             )
             m2, se2, n2 = paired(finals, gad, "warmup", key)
             if m2 is not None:
                 se2_txt = "n/a" if se2 is None else f"{se2:.3f}"
                 out.append(
-                    f"  GAD - its warmup start = {m2:+.3f} (SE {se2_txt}, {n2} seeds; {_mde(se2)}): the gad stage "
+                    f"  GAD - its warmup start = {m2:+.3f} (SE {se2_txt}, {n2} seeds; {mde_text(se2)}): the gad stage "
                     f"moved the student {'towards' if m2 < 0 else 'away from'} the teacher "
                     f"({'beyond' if se2 is not None and abs(m2) > 2 * se2 else 'within'} 2 x SE)."
                 )
-        sel = [r.get("selection", {}).get("selected_step") for r in _by_arm(finals, gad)]
-        sel_s = [r.get("selection", {}).get("selected_step") for r in _by_arm(finals, seqkd)]
+        sel = [r.get("selection", {}).get("selected_step") for r in by_arm(finals, gad)]
+        sel_s = [r.get("selection", {}).get("selected_step") for r in by_arm(finals, seqkd)]
         if any(x is not None for x in sel + sel_s):
             out.append(f"- selected at generator updates: GAD {sel}, seqkd {sel_s} (by seed).")
         out.append("")
@@ -257,41 +179,6 @@ def length_drift(runs_dir: str, window: int = 5) -> dict[str, tuple[float, float
     return out
 
 
-# --------------------------------------------------------------------------------------------- plots
-def _save(fig: Any, path: str) -> str:
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def plot_curves(
-    out: str, curves: Sequence[Mapping[str, Any]], arms: Sequence[str], name: str, title: str
-) -> str:
-    """Teacher-likeness on the validation split against generator updates, mean +- SE over seeds."""
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-    for arm in arms:
-        pts = [c for c in curves if c["arm"] == arm]
-        xs = sorted({c["updates"] for c in pts})
-        for ax, (key, label) in zip(
-            axes, (*HEADLINE, ("length_mean", "response length (tokens)")), strict=True
-        ):
-            ms, ses = [], []
-            for x in xs:
-                m, se = mean_se([c[key] for c in pts if c["updates"] == x])
-                ms.append(m)
-                ses.append(se or 0.0)
-            if xs:
-                ax.errorbar(xs, ms, yerr=ses, marker="o", capsize=3, label=arm)
-            ax.set_xlabel("generator updates")
-            ax.set_title(label, fontsize=10)
-    axes[0].axhline(0.5, color="grey", ls=":", lw=1)
-    axes[1].axhline(0.0, color="grey", ls=":", lw=1)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(title, fontsize=11)
-    return _save(fig, os.path.join(out, name))
-
-
 def disc_table(curves: Sequence[Mapping[str, Any]]) -> list[str]:
     """D's accuracy on the validation pairs (teacher response vs the student's first draw, prompts D never
     trained on) at each evaluation of the GAD arm, mean +- SE over seeds, beside the n-gram C2ST at the same
@@ -306,37 +193,16 @@ def disc_table(curves: Sequence[Mapping[str, Any]]) -> list[str]:
     ]
     for stage, updates in sorted({(c["stage"], c["updates"]) for c in pts}, key=lambda k: (k[1], k[0])):
         at = [c for c in pts if (c["stage"], c["updates"]) == (stage, updates)]
-        cells = [_fmt(*mean_se([c[k] for c in at])) for k in ("disc_val_accuracy", "disc_val_score_gap")]
-        c2st = _fmt(*mean_se([c["c2st_accuracy"] for c in at]))
+        cells = [fmt(*mean_se([c[k] for c in at])) for k in ("disc_val_accuracy", "disc_val_score_gap")]
+        c2st = fmt(*mean_se([c["c2st_accuracy"] for c in at]))
         lines.append(f"| {stage} | {updates} | {cells[0]} | {cells[1]} | {c2st} | {len(at)} |")
     return lines
-
-
-def plot_drift(out: str, runs_dir: str, names: Sequence[str]) -> str:
-    """Rollout length and D accuracy per gad step for the frozen-D pair and the other ablations."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for name in names:
-        run = os.path.join(runs_dir, f"{name}_s0")
-        if not os.path.exists(os.path.join(run, "metrics.jsonl")):
-            continue
-        recs = read_metrics(run)
-        for ax, key in zip(axes, ("response_length_mean", "d_acc"), strict=True):
-            pts = [(r["step"], r[key]) for r in recs if key in r]
-            if pts:
-                ax.plot(*zip(*pts, strict=True), marker=".", label=name)
-    axes[0].set_title("rollout response length (tokens)")
-    axes[1].set_title("D accuracy on the step's pairs")
-    for ax in axes:
-        ax.set_xlabel("gad step")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    return _save(fig, os.path.join(out, "ablation_drift.png"))
 
 
 # --------------------------------------------------------------------------------------------- report
 def write(out: str, c: Any, records: Sequence[Mapping[str, Any]], state: Mapping[str, Any]) -> str:
     """Write <out>/study.md (+ plots); returns its path."""
-    finals = _finals(records)
+    finals = finals_of(records)
     curves = [r for r in records if r["kind"] == "curve"]
     runs_dir = os.path.join(out, "runs")
     s = c.study
@@ -445,7 +311,7 @@ def write(out: str, c: Any, records: Sequence[Mapping[str, Any]], state: Mapping
         ]
         ref = [(n, r) for n, r in finals.items() if n == "gad_s0"]
         for n, r in ref + sorted(abl_finals):
-            cells = [_fmt(r.get(k), None, ".1f" if k == "length_mean" else ".3f") for k, _ in COLUMNS]
+            cells = [fmt(r.get(k), None, ".1f" if k == "length_mean" else ".3f") for k, _ in COLUMNS]
             lines.append(f"| {n} | {ABLATION_LABELS.get(r['arm'], r['arm'])} | " + " | ".join(cells) + " |")
         lines += [
             "",
