@@ -86,6 +86,7 @@ def get_config(budget: str = "full"):
             warmup_steps=s.warmup_steps,
             gad_steps=s.gad_steps,
             gad_lr=s.gad_lr,
+            gad_d_lr=s.gad_d_lr,
             seqkd_lr=s.seqkd_lr,
             # Checkpoint selection on a validation split carved from the training prompts (the paper's
             # protocol): each

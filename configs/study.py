@@ -41,6 +41,7 @@ def get_config(budget: str = "full"):
             warmup_steps=s.warmup_steps,  # of which train.d_only_steps train D alone
             gad_steps=s.gad_steps,
             gad_lr=s.gad_lr,
+            gad_d_lr=s.gad_d_lr,
             seqkd_lr=s.seqkd_lr,
             eval_every=s.eval_every,  # generator updates between teacher-likeness evaluations
             select_metric=s.select_metric,

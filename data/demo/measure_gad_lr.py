@@ -55,7 +55,8 @@ def run_one(demo: str, out: str, lr: float, seed: int, steps: int, sets: list[st
     data = os.path.join(demo, "data")
     c = with_validation(c, "gad", os.path.join(data, "validation.jsonl"), select=False)
     run_dir = os.path.join(out, f"lr{lr:g}_s{seed}" + "".join(f"_{a}" for a in sets))
-    c = stage_config(c, "gad", run_dir, steps, lr, init_from=os.path.join(demo, "warmup"))
+    d_lr = float(c.demo.gad_d_lr)  # the gad stage's D lr (gadjax/demo/settings.py); --set may override
+    c = stage_config(c, "gad", run_dir, steps, lr, init_from=os.path.join(demo, "warmup"), d_lr=d_lr)
     applied = [_override(c, a) for a in sets]
     c.data.train = [os.path.join(data, "fit.jsonl")]
     c.seed = seed

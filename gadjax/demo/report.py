@@ -364,7 +364,8 @@ def write_report(
         *selection_lines(runs, demo),
         f"- Per step: {data.get('batch_size')} prompts x N={ro.get('n_samples')} student samples "
         f"(T={ro.get('temperature')}, max {ro.get('max_new_tokens')} tokens); G lr: warmup {og.get('lr')}, "
-        f"gad {demo.get('gad_lr')}, seqkd {demo.get('seqkd_lr')}; D lr {od.get('lr')}; "
+        f"gad {demo.get('gad_lr')}, seqkd {demo.get('seqkd_lr')}; D lr: warmup {od.get('lr')}, "
+        f"gad {demo.get('gad_d_lr', od.get('lr'))}; "
         f"KL beta {loss.get('kl_beta')}; grad clip {og.get('grad_clip_norm')}; "
         f"devices {state.get('jax', {}).get('devices')}.",
         "- Evaluation: held-out prompts (data/demo/heldout.jsonl), same max tokens, responses sampled at the "

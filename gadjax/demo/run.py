@@ -211,7 +211,8 @@ def _run_training_and_eval(
         train_stage(stage_config(cw, "warmup", runs["warmup"], d.warmup_steps, c.optim_g.lr))
     with timer("gad"):
         cg = with_validation(c.copy_and_resolve_references(), "gad", data_val, select=bool(d.select_metric))
-        train_stage(stage_config(cg, "gad", runs["gad"], d.gad_steps, d.gad_lr, init_from=runs["warmup"]))
+        gad = stage_config(cg, "gad", runs["gad"], d.gad_steps, d.gad_lr, runs["warmup"], d_lr=d.gad_d_lr)
+        train_stage(gad)
     if args.compare:
         # Same start (the base model), as many G updates as warmup (after its D-only steps) + gad.
         seqkd_steps = int(d.warmup_steps) - d_only + int(d.gad_steps)

@@ -37,6 +37,18 @@ that 8-SFT-update warmup (a quiet clean-clone `make demo`, seed 0), validation C
 1e-5 has the lowest value (the selection rule's metric) at every step; 2e-5 first moved the student away
 from the teacher. One seed and differences of 1-2 SE: a weak choice, stated as such; the study's validation
 curves over 5 seeds are the check.
+The gad stage's D lr (5e-4) and the other ways tried to keep D informative while G moves (issue 27, the
+study found D's validation accuracy falling to chance during gad), by data/demo/measure_gad_lr.py from one
+warmup run (`make demo`, 2026-12-04), gad lr 1e-5, 12 steps, seeds 0 / 1; validation C2ST and D's
+validation accuracy at gad steps 4 / 8 / 12 (32 prompts, one sample each: SE ~0.06 per value):
+    D lr 2e-4 (warmup's)         C2ST 0.703 0.641 0.578 / 0.625 0.516 0.688   D 0.69 0.50 0.44 / 0.69 0.63 0.56
+    D lr 5e-4                    C2ST 0.750 0.656 0.609 / 0.562 0.625 0.641   D 0.63 0.78 0.81 / 0.72 0.72 0.75
+    2 D updates per step         C2ST 0.734 0.719 0.672 / 0.641 0.641 0.672   D 0.69 0.66 0.66 / 0.53 0.44 0.56
+    Dr.GRPO advantages           C2ST 0.625 0.625 0.609 / 0.656 0.641 0.703   D 0.59 0.59 0.53 / 0.59 0.66 0.72
+(train.d_updates=2; reward.norm_by_std=false.) Only the larger D lr keeps D informative through the stage
+(0.78 at step 12, mean of the two seeds, against 0.50); none moves the student's validation C2ST beyond
+noise (mean at step 12: 0.625 against 0.633). 5e-4 is kept for what issue 27 asks of D (a reward that still
+separates teacher from student while G learns); the held-out effect is the study's to measure.
 """
 
 from __future__ import annotations
@@ -59,7 +71,8 @@ class StageSettings:
     warmup_lr: float  # G's SFT lr in warmup
     gad_lr: float  # smaller than SFT's, as the reference (SPEC.md: 1e-6 vs seqkd's 5e-6)
     seqkd_lr: float
-    d_lr: float
+    d_lr: float  # warmup's D lr
+    gad_d_lr: float  # D's lr in the gad stage (a D that keeps up with a moving G: module doc)
     eval_every: int  # generator updates between validation evaluations (and the last step)
     # Selection (SPEC.md): the lowest validation C2ST accuracy (ties: smaller |marker gap|) whose mean length
     # is within length_band x the teacher's mean on validation; "" = off.
@@ -92,6 +105,7 @@ VALIDATED: dict[str, StageSettings] = {
         gad_lr=1e-5,  # chosen on validation: module doc
         seqkd_lr=2e-5,
         d_lr=2e-4,  # chosen on validation: module doc
+        gad_d_lr=5e-4,  # chosen on validation: module doc
         eval_every=4,
         select_metric="c2st_accuracy",
         select_tiebreak=("marker_abs_gap",),
@@ -109,6 +123,7 @@ VALIDATED: dict[str, StageSettings] = {
         gad_lr=6e-6,
         seqkd_lr=2e-5,
         d_lr=2e-5,
+        gad_d_lr=2e-5,
         eval_every=2,
         select_metric="c2st_accuracy",
         select_tiebreak=("marker_abs_gap",),

@@ -32,8 +32,11 @@ def set_config_value(c: Any, key: str, value: Any) -> None:
     node[leaf] = value
 
 
-def stage_config(base: Any, stage: str, run_dir: str, steps: int, lr: float, init_from: str = "") -> Any:
-    """A copy of the demo config for one training stage (the `demo` block removed)."""
+def stage_config(
+    base: Any, stage: str, run_dir: str, steps: int, lr: float, init_from: str = "", d_lr: float | None = None
+) -> Any:
+    """A copy of the demo config for one training stage (the `demo` block removed): G's lr ``lr``, D's
+    ``d_lr`` when given (the gad stage's own), else the config's."""
     c = base.copy_and_resolve_references()
     if "demo" in c:
         del c["demo"]
@@ -41,6 +44,8 @@ def stage_config(base: Any, stage: str, run_dir: str, steps: int, lr: float, ini
     c.run_dir = run_dir
     c.train.steps = int(steps)
     c.optim_g.lr = float(lr)
+    if d_lr is not None:
+        c.optim_d.lr = float(d_lr)
     c.init_from = init_from
     if stage == "seqkd":
         c.loss.kl_beta = 0.0

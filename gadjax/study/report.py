@@ -242,7 +242,7 @@ def write(out: str, c: Any, records: Sequence[Mapping[str, Any]], state: Mapping
         f"{c.demo.teacher_temperature}, max {c.demo.teacher_max_tokens} tokens.",
         "",
         f"Budget per seed (equal generator updates): GAD = warmup {w} steps ({d_only} D-only, so {w - d_only} SFT "
-        f"updates, lr {c.optim_g.lr:g}) + gad {g} steps (lr {s.gad_lr:g}); seqkd = {w - d_only + g} SFT updates "
+        f"updates, lr {c.optim_g.lr:g}; D lr {c.optim_d.lr:g}) + gad {g} steps (lr {s.gad_lr:g}; D lr {s.gad_d_lr:g}); seqkd = {w - d_only + g} SFT updates "
         f"(lr {s.seqkd_lr:g}). {c.data.batch_size} prompts x N={c.rollout.n_samples} samples per step, rollout T="
         f"{c.rollout.temperature}. Seeds: {list(s.seeds)}. Machine load at start/end: "
         f"{state.get('loadavg_start')} / {state.get('loadavg_end')}; wall time {state.get('total_s_all', state.get('total_s', 0)) / 60:.1f} min (all invocations).",

@@ -285,7 +285,8 @@ class Study:
         run_dir = os.path.join(self.out, "runs", run)
         if self.results.run_done(run):
             return run_dir
-        c = stage_config(self.c, stage, run_dir, steps, lr, init_from=init_from)
+        d_lr = float(self.s.gad_d_lr) if stage == "gad" else None  # D's lr of the gad stage (settings.py)
+        c = stage_config(self.c, stage, run_dir, steps, lr, init_from=init_from, d_lr=d_lr)
         c.seed = int(seed)
         for key, value in (overrides or {}).items():
             set_config_value(c, key, value)

@@ -25,7 +25,7 @@ def test_demo_and_study_run_the_same_stage_settings(budget):
     for c in (demo, study):
         assert c.train.d_only_steps == s.d_only_steps
         assert c.optim_d.lr == s.d_lr and c.optim_g.lr == s.warmup_lr
-    for key in ("warmup_steps", "gad_steps", "gad_lr", "seqkd_lr", "eval_every", "select_metric",
+    for key in ("warmup_steps", "gad_steps", "gad_lr", "gad_d_lr", "seqkd_lr", "eval_every", "select_metric",
                 "validation_every", "validation_max"):  # fmt: skip
         assert demo.demo[key] == study.study[key] == getattr(s, key), key
     assert tuple(demo.demo.select_length_band) == tuple(study.study.select_length_band)
@@ -63,6 +63,9 @@ def test_demo_stage_configs_evaluate_on_validation_and_select(tmp_path):
     assert tuple(gad.select.length_band) == tuple(c.demo.select_length_band)
     assert warm.select.metric == "" and "demo" not in gad
     assert gad.eval.start_step == 0 == warm.eval.start_step  # the default: from the first step
+    assert gad.optim_d.lr == c.optim_d.lr == warm.optim_d.lr  # no d_lr: the config's
+    gad_own = stage_config(c, "gad", str(tmp_path / "g2"), 2, c.demo.gad_lr, d_lr=c.demo.gad_d_lr * 3)
+    assert gad_own.optim_d.lr == c.demo.gad_d_lr * 3 and gad_own.optim_g.lr == c.demo.gad_lr
     late = with_validation(c.copy_and_resolve_references(), "seqkd", val, select=True, start_step=6)
     assert late.eval.start_step == 6
 
