@@ -45,7 +45,10 @@ validation accuracy at gad steps 4 / 8 / 12 (32 prompts, one sample each: SE ~0.
     D lr 5e-4                    C2ST 0.750 0.656 0.609 / 0.562 0.625 0.641   D 0.63 0.78 0.81 / 0.72 0.72 0.75
     2 D updates per step         C2ST 0.734 0.719 0.672 / 0.641 0.641 0.672   D 0.69 0.66 0.66 / 0.53 0.44 0.56
     Dr.GRPO advantages           C2ST 0.625 0.625 0.609 / 0.656 0.641 0.703   D 0.59 0.59 0.53 / 0.59 0.66 0.72
-(train.d_updates=2; reward.norm_by_std=false.) Only the larger D lr keeps D informative through the stage
+    4 D updates per step         C2ST 0.625 0.562 0.484 (seed 0 only)          D 0.75 0.41 0.59
+(train.d_updates=2 / 4; reward.norm_by_std=false.) 4 D updates read lowest on seed 0 (0.484 at step 12, 1.5 SE
+below the 2e-4 run) with an erratic D; one seed, and each update adds a D step (~5 s of ~14 s per gad step
+here): a lead for more seeds, not a choice. Only the larger D lr keeps D informative through the stage
 (0.78 at step 12, mean of the two seeds, against 0.50); none moves the student's validation C2ST beyond
 noise (mean at step 12: 0.625 against 0.633). 5e-4 is kept for what issue 27 asks of D (a reward that still
 separates teacher from student while G learns); the held-out effect is the study's to measure.
