@@ -41,10 +41,10 @@ The gad stage's D lr (5e-4) and the other ways tried to keep D informative while
 study found D's validation accuracy falling to chance during gad), by data/demo/measure_gad_lr.py from one
 warmup run (`make demo`, 2026-12-04), gad lr 1e-5, 12 steps, seeds 0 / 1; validation C2ST and D's
 validation accuracy at gad steps 4 / 8 / 12 (32 prompts, one sample each: SE ~0.06 per value):
-    D lr 2e-4 (warmup's)         C2ST 0.703 0.641 0.578 / 0.625 0.516 0.688   D 0.69 0.50 0.44 / 0.69 0.63 0.56
-    D lr 5e-4                    C2ST 0.750 0.656 0.609 / 0.562 0.625 0.641   D 0.63 0.78 0.81 / 0.72 0.72 0.75
-    2 D updates per step         C2ST 0.734 0.719 0.672 / 0.641 0.641 0.672   D 0.69 0.66 0.66 / 0.53 0.44 0.56
-    Dr.GRPO advantages           C2ST 0.625 0.625 0.609 / 0.656 0.641 0.703   D 0.59 0.59 0.53 / 0.59 0.66 0.72
+    D lr 2e-4 (warmup's)        C2ST 0.703 0.641 0.578 / 0.625 0.516 0.688   D 0.69 0.50 0.44 / 0.69 0.63 0.56
+    D lr 5e-4                   C2ST 0.750 0.656 0.609 / 0.562 0.625 0.641   D 0.63 0.78 0.81 / 0.72 0.72 0.75
+    2 D updates per step        C2ST 0.734 0.719 0.672 / 0.641 0.641 0.672   D 0.69 0.66 0.66 / 0.53 0.44 0.56
+    Dr.GRPO advantages          C2ST 0.625 0.625 0.609 / 0.656 0.641 0.703   D 0.59 0.59 0.53 / 0.59 0.66 0.72
     4 D updates per step         C2ST 0.625 0.562 0.484 (seed 0 only)          D 0.75 0.41 0.59
 (train.d_updates=2 / 4; reward.norm_by_std=false.) 4 D updates read lowest on seed 0 (0.484 at step 12, 1.5 SE
 below the 2e-4 run) with an erratic D; one seed, and each update adds a D step (~5 s of ~14 s per gad step
