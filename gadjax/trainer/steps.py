@@ -334,7 +334,8 @@ class StageStepsMixin:
                 + forward_flops_per_token(cfg, p + rs // 2) * gen
             )
             d_tokens = rows * (p + r) + rows * self.n * (p + rs)
-            total += train_flops(cfg, *self._computed("d", "disc", d_tokens, p + max(r, rs) // 2, metrics))
+            d_pass = train_flops(cfg, *self._computed("d", "disc", d_tokens, p + max(r, rs) // 2, metrics))
+            total += d_pass * int(self.config.train.d_updates)  # each D update is a forward + backward
         if self.stage == "gad":
             rs = roll.response_ids.shape[1]
             g_tokens, ctx = self._computed("g", "policy", rows * self.n * (p + rs), (p + rs) // 2, metrics)

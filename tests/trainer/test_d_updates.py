@@ -32,6 +32,9 @@ def test_more_d_updates_keep_the_pre_update_rewards_and_move_d_further(tmp_path)
     assert "d_loss_last" not in one[0]
     # Two more updates on the same pairs lower D's loss on them (Bradley-Terry, AdamW at the tiny lr).
     assert three[0]["d_loss_last"] < three[0]["d_loss"]
+    # The step's FLOPs estimate (flops_per_s x time_step_s) counts the two extra D passes.
+    flops = [r[0]["flops_per_s"] * r[0]["time_step_s"] for r in (one, three)]
+    assert flops[1] > flops[0] * (1 + 1e-6), flops
     # Step 2 sees a D that took three updates instead of one.
     assert abs(one[1]["d_loss"] - three[1]["d_loss"]) > 1e-6
 
